@@ -1,0 +1,7 @@
+//! kib: builds Kubernetes node disk images from an existing bootable image and a manifest,
+//! offline, without booting a VM.
+//!
+//! The pipeline has three phases, each in its own module: [`phase0`] attaches and mounts the
+//! image, [`phase1`] customizes it in a chroot, [`phase2`] cleans it and writes the artifacts.
+
+pub mod manifest;

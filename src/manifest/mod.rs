@@ -1,0 +1,358 @@
+//! The manifest: schema ([`schema`]), loading with includes and variables ([`load`]), and the
+//! resolved form that the phases execute ([`Manifest`]).
+
+pub mod schema;
+pub mod vars;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use sha2::{Digest, Sha256};
+
+pub use schema::*;
+pub use vars::Vars;
+
+/// The default per-step time limit.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// What went wrong while loading a manifest. Each variant names the file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read manifest {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{column}: {field}: {message}")]
+    Parse { path: PathBuf, line: usize, column: usize, field: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{path}: include `{include}` not found; looked for: {}", searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    IncludeNotFound { path: PathBuf, include: String, searched: Vec<PathBuf> },
+    #[error("manifest includes itself: {}", chain.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" -> "))]
+    IncludeCycle { chain: Vec<PathBuf> },
+    #[error("{path}:{line}: step `{step}`: undefined variable `${{{name}}}` (define it under `variables:` or pass --set {name}=...)")]
+    UndefinedVariable { path: PathBuf, line: usize, step: String, name: String },
+    #[error("--set {0}: expected NAME=VALUE")]
+    BadOverride(String),
+    #[error("--set {name}: the manifest has no variable `{name}`; it has: {known}")]
+    UnknownOverride { name: String, known: String },
+}
+
+/// One manifest file that was read, for the BOM.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// A step's action, exactly one per step.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Packages(Packages),
+    File(FileStep),
+    Run(RunStep),
+    Systemd(SystemdStep),
+    Sysctl(SysctlStep),
+    KernelModules(KernelModulesStep),
+}
+
+impl Action {
+    /// The action's key in the manifest.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Packages(_) => "packages",
+            Action::File(_) => "file",
+            Action::Run(_) => "run",
+            Action::Systemd(_) => "systemd",
+            Action::Sysctl(_) => "sysctl",
+            Action::KernelModules(_) => "kernel-modules",
+        }
+    }
+
+    /// A copy with `${name}` expanded in every string field except `run.script`, which gets the
+    /// variables through its environment instead.
+    pub fn expand(&self, vars: &Vars) -> Result<Action, vars::Undefined> {
+        let e = |s: &String| vars.expand(s);
+        let ev = |v: &Vec<String>| v.iter().map(|s| vars.expand(s)).collect::<Result<Vec<_>, _>>();
+        let em = |m: &IndexMap<String, String>| {
+            m.iter().map(|(k, v)| Ok((vars.expand(k)?, vars.expand(v)?))).collect::<Result<IndexMap<_, _>, _>>()
+        };
+        let eo = |o: &Option<String>| o.as_ref().map(|s| vars.expand(s)).transpose();
+        Ok(match self {
+            Action::Packages(p) => Action::Packages(Packages {
+                update: p.update,
+                install: ev(&p.install)?,
+                remove: ev(&p.remove)?,
+                purge: ev(&p.purge)?,
+                hold: ev(&p.hold)?,
+                recommends: p.recommends,
+            }),
+            Action::File(f) => Action::File(FileStep {
+                path: e(&f.path)?,
+                content: eo(&f.content)?,
+                source: eo(&f.source)?,
+                mode: eo(&f.mode)?,
+                owner: eo(&f.owner)?,
+            }),
+            Action::Run(r) => Action::Run(RunStep { script: r.script.clone(), shell: eo(&r.shell)? }),
+            Action::Systemd(s) => Action::Systemd(SystemdStep {
+                enable: ev(&s.enable)?,
+                disable: ev(&s.disable)?,
+                mask: ev(&s.mask)?,
+                unmask: ev(&s.unmask)?,
+            }),
+            Action::Sysctl(s) => Action::Sysctl(SysctlStep { file: e(&s.file)?, settings: em(&s.settings)? }),
+            Action::KernelModules(k) => Action::KernelModules(KernelModulesStep {
+                file: e(&k.file)?,
+                load: ev(&k.load)?,
+                options: em(&k.options)?,
+            }),
+        })
+    }
+}
+
+/// A step ready to run: its action, where it came from and its limits.
+#[derive(Debug, Clone)]
+pub struct ResolvedStep {
+    pub name: String,
+    /// The YAML file that defines the step; `file.source` paths are relative to its folder.
+    pub origin: PathBuf,
+    pub when: When,
+    pub timeout: Duration,
+    pub action: Action,
+}
+
+impl ResolvedStep {
+    /// Whether the step applies to an image with this os-release `ID`/`ID_LIKE` and architecture.
+    pub fn applies(&self, os_ids: &[String], arch: &str) -> bool {
+        (self.when.os.is_empty() || self.when.os.iter().any(|o| os_ids.contains(o)))
+            && (self.when.arch.is_empty() || self.when.arch.iter().any(|a| a == arch))
+    }
+}
+
+/// A manifest with its includes resolved, in execution order.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The top-level file.
+    pub path: PathBuf,
+    pub sha256: String,
+    /// Every file read, the top-level one first.
+    pub files: Vec<SourceFile>,
+    pub name: String,
+    /// Variables after includes and `--set` (builtins not included).
+    pub variables: Vars,
+    pub steps: Vec<ResolvedStep>,
+    pub output: Output,
+    pub sysprep: Sysprep,
+}
+
+/// Loads `path` and everything it includes, applies `overrides` (`--set`), and checks every
+/// `${name}` reference.
+///
+/// Errors: unreadable files, YAML syntax or schema errors (with file, line, column and field),
+/// includes that are missing or cyclic, steps with no or several actions, undefined variables.
+pub fn load(path: &Path, overrides: &[String]) -> Result<Manifest, ManifestError> {
+    let mut loader = Loader { stack: Vec::new(), seen: HashSet::new(), files: Vec::new(), steps: Vec::new() };
+    let (top, vars) = loader.load_file(path)?;
+    if top.kind != Kind::ImageManifest {
+        return Err(invalid(path, "kind must be `ImageManifest` for the manifest you build (`Phase` files are included)"));
+    }
+    let mut variables = vars;
+    for o in overrides {
+        let (k, v) = o.split_once('=').ok_or_else(|| ManifestError::BadOverride(o.clone()))?;
+        if !variables.contains_key(k) {
+            return Err(ManifestError::UnknownOverride {
+                name: k.to_string(),
+                known: variables.keys().cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
+        variables.insert(k.to_string(), v.to_string());
+    }
+    let variables = Vars(variables);
+    // Check every reference now, with placeholders for the facts Phase 0 provides.
+    let mut probe = variables.clone();
+    for b in vars::BUILTIN {
+        probe.0.entry((*b).to_string()).or_insert_with(String::new);
+    }
+    for step in &loader.steps {
+        if let Err(vars::Undefined(name)) = step.action.expand(&probe) {
+            let line = std::fs::read_to_string(&step.origin)
+                .ok()
+                .and_then(|t| t.lines().position(|l| l.contains(&format!("${{{name}")))).map_or(0, |i| i + 1);
+            return Err(ManifestError::UndefinedVariable { path: step.origin.clone(), line, step: step.name.clone(), name });
+        }
+    }
+    let name = top.metadata.name.clone().unwrap_or_else(|| {
+        path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into())
+    });
+    Ok(Manifest {
+        path: path.to_path_buf(),
+        sha256: loader.files[0].sha256.clone(),
+        files: loader.files,
+        name,
+        variables,
+        steps: loader.steps,
+        output: top.output.unwrap_or_default(),
+        sysprep: top.sysprep.unwrap_or_default(),
+    })
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> ManifestError {
+    ManifestError::Invalid { path: path.to_path_buf(), message: message.into() }
+}
+
+struct Loader {
+    stack: Vec<PathBuf>,
+    seen: HashSet<PathBuf>,
+    files: Vec<SourceFile>,
+    steps: Vec<ResolvedStep>,
+}
+
+impl Loader {
+    /// Parses one file, then its includes (depth first), then appends its own steps. Returns the
+    /// file and the variables it defines, includes' defaults first.
+    fn load_file(&mut self, path: &Path) -> Result<(ManifestFile, IndexMap<String, String>), ManifestError> {
+        let canonical = path.canonicalize().map_err(|source| ManifestError::Io { path: path.to_path_buf(), source })?;
+        if self.stack.contains(&canonical) {
+            let mut chain = self.stack.clone();
+            chain.push(canonical);
+            return Err(ManifestError::IncludeCycle { chain });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io { path: path.to_path_buf(), source })?;
+        self.files.push(SourceFile { path: path.to_path_buf(), sha256: hex::encode(Sha256::digest(text.as_bytes())) });
+        let file = parse(path, &text)?;
+        if file.api_version != "kib/v1" {
+            return Err(invalid(path, format!("apiVersion `{}` is not supported; use `kib/v1`", file.api_version)));
+        }
+        if file.kind == Kind::Phase && (file.output.is_some() || file.sysprep.is_some()) {
+            return Err(invalid(path, "a `Phase` file cannot have `output` or `sysprep`; those belong to the ImageManifest"));
+        }
+        self.seen.insert(canonical.clone());
+        self.stack.push(canonical);
+        let mut variables = IndexMap::new();
+        for include in &file.include {
+            let found = find_include(path, include)?;
+            let canonical = found.canonicalize().map_err(|source| ManifestError::Io { path: found.clone(), source })?;
+            if self.seen.contains(&canonical) && !self.stack.contains(&canonical) {
+                continue; // already included through another file: its steps run once
+            }
+            let (inc, inc_vars) = self.load_file(&found)?;
+            if inc.kind != Kind::Phase {
+                return Err(invalid(&found, "an included file must have `kind: Phase`"));
+            }
+            variables.extend(inc_vars);
+        }
+        for (k, v) in &file.variables {
+            if !Vars::valid_name(k) {
+                return Err(invalid(path, format!("variable name `{k}` must be letters, digits and _ (not starting with a digit)")));
+            }
+            variables.insert(k.clone(), v.clone());
+        }
+        for (i, step) in file.steps.iter().enumerate() {
+            self.steps.push(resolve_step(path, i, step)?);
+        }
+        self.stack.pop();
+        Ok((file, variables))
+    }
+}
+
+/// Parses one file's YAML into the schema, turning serde's error into file:line:column + field.
+fn parse(path: &Path, text: &str) -> Result<ManifestFile, ManifestError> {
+    let de = yaml_serde::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let (line, column) = inner.location().map_or((0, 0), |l| (l.line(), l.column()));
+        let mut message = inner.to_string();
+        // yaml_serde appends " at line L column C"; the prefix already says where.
+        if let Some(i) = message.find(" at line ") {
+            message.truncate(i);
+        }
+        ManifestError::Parse { path: path.to_path_buf(), line, column, field, message }
+    })
+}
+
+/// Looks `include` up relative to the including file's folder, then each folder above it.
+fn find_include(from: &Path, include: &str) -> Result<PathBuf, ManifestError> {
+    let mut searched = Vec::new();
+    let start = from.parent().unwrap_or(Path::new("."));
+    let start = if start.as_os_str().is_empty() { Path::new(".") } else { start };
+    let start = start.canonicalize().unwrap_or_else(|_| start.to_path_buf());
+    for dir in start.ancestors() {
+        let candidate = dir.join(include);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        searched.push(candidate);
+    }
+    Err(ManifestError::IncludeNotFound { path: from.to_path_buf(), include: include.to_string(), searched })
+}
+
+fn resolve_step(path: &Path, index: usize, step: &Step) -> Result<ResolvedStep, ManifestError> {
+    let here = || format!("step {} (`{}`)", index + 1, step.name);
+    let mut actions = Vec::new();
+    if let Some(a) = &step.packages {
+        actions.push(Action::Packages(a.clone()));
+    }
+    if let Some(a) = &step.file {
+        actions.push(Action::File(a.clone()));
+    }
+    if let Some(a) = &step.run {
+        actions.push(Action::Run(a.clone()));
+    }
+    if let Some(a) = &step.systemd {
+        actions.push(Action::Systemd(a.clone()));
+    }
+    if let Some(a) = &step.sysctl {
+        actions.push(Action::Sysctl(a.clone()));
+    }
+    if let Some(a) = &step.kernel_modules {
+        actions.push(Action::KernelModules(a.clone()));
+    }
+    if actions.len() != 1 {
+        let found: Vec<_> = actions.iter().map(Action::kind).collect();
+        return Err(invalid(
+            path,
+            format!(
+                "{}: a step needs exactly one of packages, file, run, systemd, sysctl, kernel-modules; found {}",
+                here(),
+                if found.is_empty() { "none".to_string() } else { found.join(", ") }
+            ),
+        ));
+    }
+    let action = actions.remove(0);
+    if let Action::File(f) = &action {
+        if f.content.is_some() == f.source.is_some() {
+            return Err(invalid(path, format!("{}: `file` needs exactly one of `content` and `source`", here())));
+        }
+        if !f.path.starts_with('/') {
+            return Err(invalid(path, format!("{}: `file.path` must be absolute, got `{}`", here(), f.path)));
+        }
+        if let Some(m) = &f.mode {
+            parse_mode(m).map_err(|e| invalid(path, format!("{}: {e}", here())))?;
+        }
+    }
+    let timeout = match &step.timeout {
+        None => DEFAULT_STEP_TIMEOUT,
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| invalid(path, format!("{}: timeout `{t}`: {e} (examples: 90s, 10m, 1h)", here())))?,
+    };
+    Ok(ResolvedStep {
+        name: step.name.clone(),
+        origin: path.to_path_buf(),
+        when: step.when.clone().unwrap_or_default(),
+        timeout,
+        action,
+    })
+}
+
+/// Parses an octal mode string such as `"0644"` or `"755"`.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("mode `{s}` is not an octal permission such as \"0644\""))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,206 @@
+//! The manifest schema: what a `kib/v1` YAML file may contain.
+//!
+//! Every struct denies unknown fields, so a typo is an error that names the file, line and column
+//! (see [`super::load`]). Strings may use `${name}` to refer to a variable; they are expanded just
+//! before a step runs, when the image's facts (`${arch}`, `${os_id}`, ...) are known. `$${` writes
+//! a literal `${`. `run` scripts are not expanded: they receive the variables as environment
+//! variables of the same name, so `${kubernetes_version}` works there with the shell's own syntax.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+/// One YAML file: a complete image manifest, or a phase that manifests include.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestFile {
+    /// Must be `kib/v1`.
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    /// `ImageManifest` for a buildable image, `Phase` for an includable building block.
+    pub kind: Kind,
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// Default values of variables. The including file's values override an included file's, and
+    /// `--set name=value` overrides both. Values are strings: quote versions (`"1.30"`).
+    #[serde(default)]
+    pub variables: IndexMap<String, String>,
+    /// Phase files whose steps run before this file's own steps, in this order. A path is looked up
+    /// relative to this file's folder, then relative to each folder above it.
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    /// Only in an `ImageManifest`.
+    pub output: Option<Output>,
+    /// Only in an `ImageManifest`. Phase 2's clean-up of machine identity; on by default.
+    pub sysprep: Option<Sysprep>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    ImageManifest,
+    Phase,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// The image's name: the output files are `<name>.<format>`. Defaults to the file's stem.
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+/// One step of Phase 1. It has a `name` and exactly one action key.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    pub name: String,
+    /// Run the step only when the image matches.
+    pub when: Option<When>,
+    /// How long the step may run before kib stops it, such as `90s`, `10m` or `1h`.
+    /// Default: 30 minutes.
+    pub timeout: Option<String>,
+    pub packages: Option<Packages>,
+    pub file: Option<FileStep>,
+    pub run: Option<RunStep>,
+    pub systemd: Option<SystemdStep>,
+    pub sysctl: Option<SysctlStep>,
+    #[serde(rename = "kernel-modules")]
+    pub kernel_modules: Option<KernelModulesStep>,
+}
+
+/// Conditions on the image, all of which must hold.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    /// os-release `ID` values, such as `debian` or `ubuntu`; `ID_LIKE` counts too.
+    #[serde(default)]
+    pub os: Vec<String>,
+    /// Debian-style architecture names, such as `amd64` or `arm64`.
+    #[serde(default)]
+    pub arch: Vec<String>,
+}
+
+/// `packages`: install, remove and hold packages with the image's own package manager (apt on
+/// Debian-family images). Needs the image's package manager and its repositories reachable.
+/// Writes whatever the packages contain; kib records the resulting package list in the BOM.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Packages {
+    /// Refresh the package lists first. Default: true when `install` is not empty.
+    pub update: Option<bool>,
+    /// Package names, optionally pinned: `containerd` or `containerd=1.6.20~ds1-1+b1`.
+    #[serde(default)]
+    pub install: Vec<String>,
+    /// Package names to remove (configuration files are kept; see `purge`).
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Package names to purge, configuration files included.
+    #[serde(default)]
+    pub purge: Vec<String>,
+    /// Package names to hold at their installed version (`apt-mark hold`).
+    #[serde(default)]
+    pub hold: Vec<String>,
+    /// Install recommended packages too. Default: false.
+    #[serde(default)]
+    pub recommends: bool,
+}
+
+/// `file`: writes one regular file into the image, from inline `content` or a `source` file on the
+/// build host (relative to the YAML file that names it). Missing parent folders are created
+/// (mode 0755, root). The path is resolved inside the image root: a symlink in the image can
+/// not make kib write outside it. Needs `/etc/passwd` and `/etc/group` in the image when `owner`
+/// uses names.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct FileStep {
+    /// Absolute path inside the image.
+    pub path: String,
+    pub content: Option<String>,
+    pub source: Option<String>,
+    /// Octal permission bits as a string, such as `"0644"` (the default).
+    pub mode: Option<String>,
+    /// `user:group`, by name (looked up in the image) or number. Default `root:root` (0:0).
+    pub owner: Option<String>,
+}
+
+/// `run`: a script run by `shell` inside the chroot, in its own PID namespace, with the manifest's
+/// variables in its environment. Needs the shell in the image.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RunStep {
+    pub script: String,
+    /// Default `/bin/sh -e` semantics: kib runs `<shell> -ec <script>`.
+    pub shell: Option<String>,
+}
+
+/// `systemd`: enables, disables and masks units offline, with the image's own `systemctl` in the
+/// chroot (no unit is started). Needs systemd in the image.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SystemdStep {
+    #[serde(default)]
+    pub enable: Vec<String>,
+    #[serde(default)]
+    pub disable: Vec<String>,
+    #[serde(default)]
+    pub mask: Vec<String>,
+    #[serde(default)]
+    pub unmask: Vec<String>,
+}
+
+/// `sysctl`: writes `/etc/sysctl.d/<file>` with one `key = value` line per setting, in order.
+/// Needs nothing from the image; systemd-sysctl applies it at boot.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SysctlStep {
+    /// File name inside /etc/sysctl.d, such as `99-kubernetes.conf`.
+    pub file: String,
+    pub settings: IndexMap<String, String>,
+}
+
+/// `kernel-modules`: writes `/etc/modules-load.d/<file>` listing modules to load at boot, and
+/// `/etc/modprobe.d/<file>` when `options` are given. Needs nothing from the image.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct KernelModulesStep {
+    /// File name, such as `kubernetes.conf`.
+    pub file: String,
+    #[serde(default)]
+    pub load: Vec<String>,
+    /// Module name to its options string (`options <module> <options>` lines).
+    #[serde(default)]
+    pub options: IndexMap<String, String>,
+}
+
+/// Phase 2's artifacts.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// Formats to write, such as `[qcow2, raw]`. `--format` overrides. Default: `[qcow2]`.
+    #[serde(default)]
+    pub formats: Vec<String>,
+    /// qcow2 compression: `none` (default), `zlib` or `zstd`.
+    pub qcow2_compression: Option<String>,
+}
+
+/// Phase 2's sysprep: which operations run. All run unless listed in `skip`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Sysprep {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Operation names to leave out (see `kib sysprep-operations`).
+    #[serde(default)]
+    pub skip: Vec<String>,
+}
+
+impl Default for Sysprep {
+    fn default() -> Self {
+        Sysprep { enabled: true, skip: Vec::new() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}

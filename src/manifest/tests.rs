@@ -1,0 +1,163 @@
+use super::*;
+use std::fs;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(&p, text).unwrap();
+    p
+}
+
+const TOP: &str = r#"apiVersion: kib/v1
+kind: ImageManifest
+metadata: {name: node}
+variables:
+  pause_image: registry.k8s.io/pause:3.9
+include: [phases/kernel.yaml]
+steps:
+  - name: tools
+    packages: {install: [jq, "chrony=4.3-2"]}
+  - name: crictl config
+    file: {path: /etc/crictl.yaml, content: "image: ${pause_image}\n", mode: "0600"}
+output: {formats: [qcow2, raw]}
+"#;
+
+const KERNEL: &str = r#"apiVersion: kib/v1
+kind: Phase
+variables: {pause_image: overridden-by-top, modules_file: k8s.conf}
+steps:
+  - name: modules
+    kernel-modules: {file: "${modules_file}", load: [overlay, br_netfilter]}
+  - name: only arm
+    when: {arch: [arm64]}
+    run: {script: "echo $pause_image"}
+"#;
+
+#[test]
+fn loads_includes_in_order_with_variables() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "phases/kernel.yaml", KERNEL);
+    let top = write(d.path(), "manifests/node.yaml", TOP);
+    let m = load(&top, &["pause_image=mirror/pause:3.9".into()]).unwrap();
+    assert_eq!(m.name, "node");
+    let names: Vec<_> = m.steps.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["modules", "only arm", "tools", "crictl config"]);
+    assert_eq!(m.variables.0["pause_image"], "mirror/pause:3.9");
+    assert_eq!(m.files.len(), 2);
+    assert_eq!(m.output.formats, ["qcow2", "raw"]);
+    assert!(m.sysprep.enabled);
+    let Action::File(f) = m.steps[3].action.expand(&m.variables).unwrap() else { panic!("not a file step") };
+    assert_eq!(f.content.unwrap(), "image: mirror/pause:3.9\n");
+    assert!(!m.steps[1].applies(&["debian".into()], "amd64"));
+    assert!(m.steps[1].applies(&["debian".into()], "arm64"));
+    assert_eq!(m.steps[0].timeout, DEFAULT_STEP_TIMEOUT);
+}
+
+#[test]
+fn unknown_field_names_file_line_and_field() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        d.path(),
+        "m.yaml",
+        "apiVersion: kib/v1\nkind: ImageManifest\nsteps:\n  - name: tools\n    packages:\n      instal: [jq]\n",
+    );
+    let e = load(&p, &[]).unwrap_err().to_string();
+    assert!(e.contains("m.yaml:6:"), "{e}");
+    assert!(e.contains("unknown field `instal`"), "{e}");
+    assert!(e.contains("steps[0].packages"), "{e}");
+}
+
+#[test]
+fn type_error_names_file_line_and_field() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        d.path(),
+        "m.yaml",
+        "apiVersion: kib/v1\nkind: ImageManifest\nsteps:\n  - name: tools\n    packages:\n      install: jq\n",
+    );
+    let e = load(&p, &[]).unwrap_err().to_string();
+    assert!(e.contains("m.yaml:6:"), "{e}");
+    assert!(e.contains("steps[0].packages.install"), "{e}");
+    assert!(e.contains("invalid type"), "{e}");
+}
+
+#[test]
+fn step_needs_exactly_one_action() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        d.path(),
+        "m.yaml",
+        "apiVersion: kib/v1\nkind: ImageManifest\nsteps:\n  - name: two\n    run: {script: x}\n    packages: {install: [a]}\n",
+    );
+    let e = load(&p, &[]).unwrap_err().to_string();
+    assert!(e.contains("step 1 (`two`)") && e.contains("found packages, run"), "{e}");
+    let p = write(d.path(), "n.yaml", "apiVersion: kib/v1\nkind: ImageManifest\nsteps:\n  - name: none\n");
+    assert!(load(&p, &[]).unwrap_err().to_string().contains("found none"));
+}
+
+#[test]
+fn include_cycle_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "a.yaml", "apiVersion: kib/v1\nkind: Phase\ninclude: [b.yaml]\n");
+    write(d.path(), "b.yaml", "apiVersion: kib/v1\nkind: Phase\ninclude: [a.yaml]\n");
+    let top = write(d.path(), "top.yaml", "apiVersion: kib/v1\nkind: ImageManifest\ninclude: [a.yaml]\n");
+    let e = load(&top, &[]).unwrap_err().to_string();
+    assert!(e.starts_with("manifest includes itself"), "{e}");
+    assert!(e.contains("a.yaml -> ") && e.contains("b.yaml -> "), "{e}");
+    let selfish = write(d.path(), "self.yaml", "apiVersion: kib/v1\nkind: ImageManifest\ninclude: [self.yaml]\n");
+    assert!(load(&selfish, &[]).unwrap_err().to_string().starts_with("manifest includes itself"));
+}
+
+#[test]
+fn missing_include_lists_where_it_looked() {
+    let d = tempfile::tempdir().unwrap();
+    let top = write(d.path(), "m/top.yaml", "apiVersion: kib/v1\nkind: ImageManifest\ninclude: [phases/x.yaml]\n");
+    let e = load(&top, &[]).unwrap_err().to_string();
+    assert!(e.contains("include `phases/x.yaml` not found") && e.contains("m/phases/x.yaml"), "{e}");
+}
+
+#[test]
+fn undefined_variable_names_line_and_step() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        d.path(),
+        "m.yaml",
+        "apiVersion: kib/v1\nkind: ImageManifest\nsteps:\n  - name: pin\n    packages: {install: [\"kubelet=${kubernetes_verison}\"]}\n",
+    );
+    let e = load(&p, &[]).unwrap_err().to_string();
+    assert!(e.contains("m.yaml:5: step `pin`: undefined variable `${kubernetes_verison}`"), "{e}");
+}
+
+#[test]
+fn builtin_variables_are_known_and_set_checks_names() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        d.path(),
+        "m.yaml",
+        "apiVersion: kib/v1\nkind: ImageManifest\nvariables: {v: \"1\"}\nsteps:\n  - name: a\n    file: {path: \"/opt/${arch}/${os_id}\", content: x}\n",
+    );
+    assert!(load(&p, &[]).is_ok());
+    let e = load(&p, &["w=2".into()]).unwrap_err().to_string();
+    assert!(e.contains("no variable `w`") && e.contains("it has: v"), "{e}");
+    assert!(load(&p, &["novalue".into()]).unwrap_err().to_string().contains("expected NAME=VALUE"));
+}
+
+#[test]
+fn bad_values_are_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let head = "apiVersion: kib/v1\nkind: ImageManifest\nsteps:\n  - name: s\n";
+    for (body, want) in [
+        ("    file: {path: etc/x, content: a}\n", "must be absolute"),
+        ("    file: {path: /x, content: a, mode: \"0999\"}\n", "not an octal permission"),
+        ("    file: {path: /x}\n", "exactly one of `content` and `source`"),
+        ("    timeout: soon\n    run: {script: x}\n", "timeout `soon`"),
+    ] {
+        let p = write(d.path(), "m.yaml", &format!("{head}{body}"));
+        let e = load(&p, &[]).unwrap_err().to_string();
+        assert!(e.contains(want), "{body}: {e}");
+    }
+    let p = write(d.path(), "v.yaml", "apiVersion: kib/v2\nkind: ImageManifest\n");
+    assert!(load(&p, &[]).unwrap_err().to_string().contains("apiVersion `kib/v2`"));
+    let p = write(d.path(), "k.yaml", "apiVersion: kib/v1\nkind: Phase\n");
+    assert!(load(&p, &[]).unwrap_err().to_string().contains("kind must be `ImageManifest`"));
+}
