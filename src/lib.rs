@@ -5,3 +5,4 @@
 //! image, [`phase1`] customizes it in a chroot, [`phase2`] cleans it and writes the artifacts.
 
 pub mod manifest;
+pub mod guest;
