@@ -6,3 +6,4 @@
 
 pub mod manifest;
 pub mod guest;
+pub mod exec;
