@@ -49,6 +49,12 @@ impl GuestRoot {
         self.open_in(guest, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
     }
 
+    /// Opens any path as an `O_PATH` descriptor (following symlinks inside the root), for use as
+    /// a mount target.
+    pub fn open_in_path(&self, guest: &Path) -> io::Result<OwnedFd> {
+        self.open_in(guest, OFlags::PATH, Mode::empty())
+    }
+
     /// Opens a file for reading, following symlinks inside the root.
     pub fn open_read(&self, guest: &Path) -> io::Result<File> {
         Ok(File::from(self.open_in(guest, OFlags::RDONLY, Mode::empty())?))

@@ -7,3 +7,6 @@
 pub mod manifest;
 pub mod guest;
 pub mod exec;
+pub mod mounts;
+pub mod hash;
+pub mod phase0;

@@ -1,0 +1,460 @@
+#!/usr/bin/env bash
+# make-base-image.sh: build a Debian 12 (bookworm) cloud disk image from Debian's archive, offline-style
+# (mmdebstrap into a directory, then filesystems written straight into image files: no VM, no mount).
+#
+# The result is shaped like Debian's own "genericcloud" image:
+#   raw, sparse, 2 GiB, GPT:
+#     partition 14  BIOS boot   (1 MiB .. 4 MiB)       grub-pc's core.img is embedded here
+#     partition 15  ESP, vfat   (4 MiB .. 128 MiB)     /EFI/BOOT/BOOTX64.EFI (grub, no shim)
+#     partition  1  ext4 root   (128 MiB .. end)       type "Linux root (x86-64)"
+#   /etc/fstab mounts / and /boot/efi by UUID; kernel command line has console=tty0 console=ttyS0,115200.
+#
+# Usage: make-base-image.sh [--arch amd64] [--output-dir DIR] [--force]
+#
+# The image and its SHA256SUMS are cached in the output directory (default /var/cache/kib/base). A stamp file
+# records the sha256 of this script; when the image, a matching SHA256SUMS and a stamp for this script version are
+# all there, nothing is rebuilt. The image path is always the LAST line of stdout; progress goes to stderr.
+#
+# Host facts this script is written for (see shared/DESIGN.md section 6): the kernel cannot mount vfat, and
+# `losetup -P` creates no partition nodes. So the ESP is made with mkfs.vfat + mtools on a file, the root
+# filesystem with `mkfs.ext4 -d`, and both are copied into the disk at their partition offsets with dd. GRUB's BIOS
+# boot code goes in with grub-bios-setup on the image file through a device.map. No loop device, no mount of our own.
+set -euo pipefail
+
+SELF="$(readlink -f "${BASH_SOURCE[0]}")"
+PROG="$(basename "$SELF")"
+
+ARCH="amd64"
+OUTPUT_DIR="/var/cache/kib/base"
+FORCE=0
+
+SUITE="bookworm"
+MIRROR="http://deb.debian.org/debian"
+SECURITY_MIRROR="http://deb.debian.org/debian-security"
+DISK_SIZE_MIB=2048
+HOSTNAME_DEFAULT="debian"
+KERNEL_CMDLINE="console=tty0 console=ttyS0,115200 earlyprintk=ttyS0,115200 consoleblank=0"
+
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+
+usage() {
+    cat <<EOF
+Usage: $PROG [--arch amd64] [--output-dir DIR] [--force]
+
+Build a Debian 12 (bookworm) genericcloud-style raw disk image with mmdebstrap.
+
+  --arch ARCH        target architecture (default: amd64; arm64 is planned, not implemented)
+  --output-dir DIR   where the image, SHA256SUMS and stamp go (default: /var/cache/kib/base)
+  --force            rebuild even when a valid cached image exists
+  -h, --help         show this help
+
+The image path is printed as the last line of stdout. Must run as root.
+EOF
+}
+
+ORIG_ARGS=("$@")
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --arch) [[ $# -ge 2 ]] || die "--arch needs a value"; ARCH="$2"; shift 2 ;;
+        --arch=*) ARCH="${1#*=}"; shift ;;
+        --output-dir) [[ $# -ge 2 ]] || die "--output-dir needs a value"; OUTPUT_DIR="$2"; shift 2 ;;
+        --output-dir=*) OUTPUT_DIR="${1#*=}"; shift ;;
+        --force) FORCE=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+    esac
+done
+
+# --- per-architecture settings -------------------------------------------------------------------------------------
+# Everything that differs between architectures is set here, so that arm64 is one more case below:
+#   KERNEL_PKG=linux-image-cloud-arm64, BOOT_PKGS=(grub-efi-arm64), BIOS_BOOT=0, ROOT_PARTTYPE=B921B045-1DF0-41C3-
+#   AF44-4C6F280D3FAE (Linux root arm64), GRUB_EFI_TARGET=arm64-efi, EFI_BOOT_NAME=BOOTAA64.EFI, and mmdebstrap
+#   running the foreign packages through qemu-user-static (binfmt).
+case "$ARCH" in
+    amd64)
+        KERNEL_PKG="linux-image-cloud-amd64"
+        BOOT_PKGS=(grub-pc grub-efi-amd64-bin)
+        BIOS_BOOT=1                                              # partition 14 + grub-pc in the MBR
+        ROOT_PARTTYPE="4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"     # Linux root (x86-64)
+        GRUB_BIOS_TARGET="i386-pc"
+        GRUB_EFI_TARGET="x86_64-efi"
+        EFI_BOOT_NAME="BOOTX64.EFI"
+        EFI_GRUB_NAME="grubx64.efi"
+        ;;
+    arm64)
+        die "--arch arm64 is not implemented yet (it would use linux-image-cloud-arm64 and grub-efi-arm64, with no BIOS boot partition)"
+        ;;
+    *)
+        die "unsupported --arch '$ARCH' (supported: amd64)"
+        ;;
+esac
+
+BIOSBOOT_PARTTYPE="21686148-6449-6E6F-744E-656564454649"
+ESP_PARTTYPE="C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+# Layout in 512-byte sectors, as in Debian's genericcloud image.
+BIOSBOOT_START=2048;  BIOSBOOT_SIZE=6144      # 1 MiB .. 4 MiB
+ESP_START=8192;       ESP_SIZE=253952         # 4 MiB .. 128 MiB
+ROOT_START=262144                             # 128 MiB .. end of disk
+
+IMAGE_NAME="debian-12-genericcloud-${ARCH}.raw"
+STAMP_NAME="debian-12-genericcloud-${ARCH}.stamp"
+
+[[ "$(id -u)" -eq 0 ]] || die "must run as root"
+
+# Run the rest in a private mount namespace: whatever mmdebstrap mounts in its chroot (proc, sys, dev) disappears
+# with the namespace even if this script is killed with SIGKILL.
+if [[ -z "${KIB_MAKE_BASE_IMAGE_NS:-}" ]]; then
+    command -v unshare >/dev/null || die "unshare (util-linux) is missing"
+    export KIB_MAKE_BASE_IMAGE_NS=1
+    exec unshare --mount --propagation private -- bash "$SELF" "${ORIG_ARGS[@]}"
+fi
+
+# From here on, stdout carries only the final image path (fd 3); everything else goes to stderr.
+exec 3>&1 1>&2
+
+mkdir -p "$OUTPUT_DIR"
+OUTPUT_DIR="$(readlink -f "$OUTPUT_DIR")"
+IMAGE="$OUTPUT_DIR/$IMAGE_NAME"
+SUMS="$OUTPUT_DIR/SHA256SUMS"
+STAMP="$OUTPUT_DIR/$STAMP_NAME"
+SCRIPT_SHA="$(sha256sum "$SELF" | cut -d' ' -f1)"
+STAMP_CONTENT="script-sha256=$SCRIPT_SHA
+arch=$ARCH
+suite=$SUITE"
+
+# One build at a time per output directory; a cache check waits for a running build.
+exec 9>"$OUTPUT_DIR/.lock"
+if ! flock -n 9; then
+    log "waiting for another build in $OUTPUT_DIR to finish"
+    flock 9
+fi
+
+cache_valid() {
+    [[ -f "$IMAGE" && -f "$SUMS" && -f "$STAMP" ]] || return 1
+    [[ "$(cat "$STAMP")" == "$STAMP_CONTENT" ]] || { log "cache stamp is for another script version"; return 1; }
+    local want have
+    want="$(awk -v n="$IMAGE_NAME" '$2 == n || $2 == "*" n { print $1 }' "$SUMS")"
+    [[ -n "$want" ]] || { log "SHA256SUMS has no entry for $IMAGE_NAME"; return 1; }
+    have="$(sha256sum "$IMAGE" | cut -d' ' -f1)"
+    [[ "$want" == "$have" ]] || { log "cached image does not match SHA256SUMS"; return 1; }
+}
+
+if [[ "$FORCE" -eq 0 ]] && cache_valid; then
+    log "cached image is up to date"
+    echo "$IMAGE" >&3
+    exit 0
+fi
+
+# --- dependencies --------------------------------------------------------------------------------------------------
+ensure_tools() {
+    # command -> Debian package
+    local -A need=(
+        [mmdebstrap]=mmdebstrap [sfdisk]=fdisk [mkfs.vfat]=dosfstools [mcopy]=mtools [mmd]=mtools
+        [mkfs.ext4]=e2fsprogs [flock]=util-linux [findmnt]=util-linux
+    )
+    local -a missing=()
+    local cmd pkg
+    for cmd in "${!need[@]}"; do
+        command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+    done
+    # mmdebstrap needs the archive keyring to verify bookworm.
+    [[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] || missing+=(debian-archive-keyring)
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    log "installing missing tools: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y --no-install-recommends "${missing[@]}"; then
+        apt-get update
+        apt-get install -y --no-install-recommends "${missing[@]}"
+    fi
+    for pkg in "${!need[@]}"; do
+        command -v "$pkg" >/dev/null 2>&1 || die "$pkg is still missing after apt-get install"
+    done
+}
+ensure_tools
+
+# --- work area and cleanup -----------------------------------------------------------------------------------------
+WORK=""
+cleanup() {
+    local rc=$?
+    set +e
+    if [[ -n "$WORK" && -d "$WORK" ]]; then
+        # Unmount anything left below WORK, deepest first (normally nothing: mmdebstrap unmounts its own).
+        local m
+        findmnt -rn -o TARGET | awk -v w="$WORK" 'index($0, w "/") == 1 || $0 == w' | sort -r |
+            while read -r m; do umount -l "$m" || log "warning: could not unmount $m"; done
+        # Detach any loop device backed by a file below WORK (normally none: this script attaches none).
+        losetup -n -l -O NAME,BACK-FILE 2>/dev/null | awk -v w="$WORK" 'index($2, w "/") == 1 { print $1 }' |
+            while read -r m; do losetup -d "$m" || log "warning: could not detach $m"; done
+        if findmnt -rn -o TARGET | awk -v w="$WORK" 'index($0, w "/") == 1 { found = 1 } END { exit !found }'; then
+            log "warning: mounts remain below $WORK; not removing it"
+        else
+            rm -rf --one-file-system "$WORK"
+        fi
+    fi
+    if [[ $rc -ne 0 ]]; then
+        log "FAILED (exit $rc)"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+WORK="$(mktemp -d "$OUTPUT_DIR/.build.XXXXXX")"
+ROOT="$WORK/root"
+DISK="$WORK/$IMAGE_NAME"
+START_TIME=$SECONDS
+
+new_uuid() { cat /proc/sys/kernel/random/uuid; }
+ROOT_UUID="$(new_uuid)"
+ESP_SERIAL="$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n' | tr 'a-f' 'A-F')"   # vfat volume id, 8 hex digits
+ESP_UUID="${ESP_SERIAL:0:4}-${ESP_SERIAL:4:4}"
+
+# --- 1. root filesystem tree ---------------------------------------------------------------------------------------
+PACKAGES=(
+    "$KERNEL_PKG" "${BOOT_PKGS[@]}"
+    systemd-sysv dbus
+    cloud-init cloud-guest-utils
+    openssh-server sudo ca-certificates
+    ifupdown isc-dhcp-client netbase iproute2
+    e2fsprogs procps
+)
+log "mmdebstrap $SUITE ($ARCH) into $ROOT"
+mkdir -p "$ROOT"
+# shellcheck disable=SC2016 # the hooks are run by mmdebstrap with the chroot path as $1
+mmdebstrap \
+    --mode=root \
+    --variant=minbase \
+    --arch="$ARCH" \
+    --include="$(IFS=,; echo "${PACKAGES[*]}")" \
+    --aptopt='Acquire::Languages "none"' \
+    --setup-hook='mkdir -p "$1/etc/initramfs-tools/conf.d" && echo RESUME=none > "$1/etc/initramfs-tools/conf.d/resume"' \
+    --customize-hook='chroot "$1" debconf-set-selections <<EOF
+grub-pc grub-pc/install_devices multiselect
+grub-pc grub-pc/install_devices_empty boolean true
+EOF' \
+    --customize-hook='rm -f "$1"/etc/apt/apt.conf.d/99mmdebstrap' \
+    "$SUITE" "$ROOT" \
+    "deb $MIRROR $SUITE main" \
+    "deb $MIRROR $SUITE-updates main" \
+    "deb $SECURITY_MIRROR $SUITE-security main" \
+    </dev/null
+log "mmdebstrap done after $((SECONDS - START_TIME)) s"
+
+# --- 2. configuration ----------------------------------------------------------------------------------------------
+log "configuring the tree"
+cat >"$ROOT/etc/apt/sources.list" <<EOF
+deb $MIRROR $SUITE main
+deb $MIRROR $SUITE-updates main
+deb $SECURITY_MIRROR $SUITE-security main
+EOF
+
+echo "$HOSTNAME_DEFAULT" >"$ROOT/etc/hostname"
+cat >"$ROOT/etc/hosts" <<EOF
+127.0.0.1	localhost
+127.0.1.1	$HOSTNAME_DEFAULT
+
+# The following lines are desirable for IPv6 capable hosts
+::1	localhost ip6-localhost ip6-loopback
+ff02::1	ip6-allnodes
+ff02::2	ip6-allrouters
+EOF
+
+cat >"$ROOT/etc/fstab" <<EOF
+# /etc/fstab: static file system information.
+# <file system>	<mount point>	<type>	<options>	<dump>	<pass>
+UUID=$ROOT_UUID	/	ext4	rw,discard,errors=remount-ro,x-systemd.growfs	0	1
+UUID=$ESP_UUID	/boot/efi	vfat	defaults	0	0
+# This image has no swap. An example of a swap file entry:
+#/swapfile	none	swap	sw	0	0
+EOF
+mkdir -p "$ROOT/boot/efi"
+
+# ifupdown: cloud-init renders the network configuration into /etc/network/interfaces.d/50-cloud-init.
+cat >"$ROOT/etc/network/interfaces" <<'EOF'
+# interfaces(5) file used by ifup(8) and ifdown(8)
+# Include files from /etc/network/interfaces.d:
+source /etc/network/interfaces.d/*
+
+auto lo
+iface lo inet loopback
+EOF
+mkdir -p "$ROOT/etc/network/interfaces.d"
+
+# GRUB defaults, so that update-grub on the booted system (or in a chroot) keeps the serial console.
+mkdir -p "$ROOT/etc/default/grub.d"
+cat >"$ROOT/etc/default/grub.d/10_cloud.cfg" <<EOF
+# Written by $PROG: serial console for cloud VMs.
+GRUB_CMDLINE_LINUX_DEFAULT="$KERNEL_CMDLINE"
+GRUB_TERMINAL="console serial"
+GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
+GRUB_DISABLE_OS_PROBER=true
+EOF
+cat >"$ROOT/etc/default/grub.d/15_timeout.cfg" <<'EOF'
+GRUB_TIMEOUT=1
+EOF
+
+# A regular, empty resolv.conf: dhclient fills it on boot.
+rm -f "$ROOT/etc/resolv.conf"
+: >"$ROOT/etc/resolv.conf"
+
+# Identity: empty machine-id (systemd makes one on first boot), no SSH host keys (cloud-init makes them).
+: >"$ROOT/etc/machine-id"
+rm -f "$ROOT/var/lib/dbus/machine-id"
+ln -s /etc/machine-id "$ROOT/var/lib/dbus/machine-id"
+rm -f "$ROOT"/etc/ssh/ssh_host_*
+
+# Caches and logs.
+rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin "$ROOT"/var/cache/apt/archives/*.deb
+mkdir -p "$ROOT/var/lib/apt/lists/partial"
+find "$ROOT/var/log" -type f -exec truncate -s 0 {} +
+rm -rf "${ROOT:?}"/tmp/* "${ROOT:?}"/var/tmp/*
+
+# --- 3. boot loader files inside the tree --------------------------------------------------------------------------
+mapfile -t KERNELS < <(cd "$ROOT/boot" && ls vmlinuz-* 2>/dev/null)
+[[ ${#KERNELS[@]} -eq 1 ]] || die "expected exactly one kernel in /boot, found: ${KERNELS[*]:-none}"
+KVER="${KERNELS[0]#vmlinuz-}"
+[[ -f "$ROOT/boot/initrd.img-$KVER" ]] || die "no initrd for kernel $KVER"
+log "kernel $KVER"
+
+# grub.cfg, written like update-grub's output (update-grub cannot probe a device here: there is none).
+mkdir -p "$ROOT/boot/grub"
+cat >"$ROOT/boot/grub/grub.cfg" <<EOF
+# Written by $PROG. Run update-grub on the booted system to regenerate it from /etc/default/grub.
+set default=0
+set timeout=1
+serial --unit=0 --speed=115200
+terminal_input console serial
+terminal_output console serial
+insmod part_gpt
+insmod ext2
+search --no-floppy --fs-uuid --set=root $ROOT_UUID
+menuentry 'Debian GNU/Linux' --class debian --class gnu-linux --class gnu --class os {
+	insmod gzio
+	insmod part_gpt
+	insmod ext2
+	search --no-floppy --fs-uuid --set=root $ROOT_UUID
+	echo	'Loading Linux $KVER ...'
+	linux	/boot/vmlinuz-$KVER root=UUID=$ROOT_UUID ro $KERNEL_CMDLINE
+	echo	'Loading initial ramdisk ...'
+	initrd	/boot/initrd.img-$KVER
+}
+EOF
+
+# The early config embedded in core.img / BOOTX64.EFI: find the root filesystem by UUID, then load grub.cfg.
+cat >"$WORK/early.cfg" <<EOF
+search.fs_uuid $ROOT_UUID root
+set prefix=(\$root)/boot/grub
+EOF
+cp "$WORK/early.cfg" "$ROOT/tmp/kib-early.cfg"
+
+copy_grub_modules() { # target
+    local src="$ROOT/usr/lib/grub/$1" dst="$ROOT/boot/grub/$1"
+    mkdir -p "$dst"
+    find "$src" -maxdepth 1 -type f \( -name '*.mod' -o -name '*.lst' -o -name '*.o' \) -exec cp -t "$dst" {} +
+}
+
+if [[ "$BIOS_BOOT" -eq 1 ]]; then
+    copy_grub_modules "$GRUB_BIOS_TARGET"
+    # grub-mkimage from the image itself, so core.img matches the modules it will load.
+    chroot "$ROOT" grub-mkimage -O "$GRUB_BIOS_TARGET" -o /tmp/kib-core.img -c /tmp/kib-early.cfg -p /boot/grub \
+        biosdisk part_gpt part_msdos ext2 search_fs_uuid
+    cp "$ROOT/tmp/kib-core.img" "$ROOT/boot/grub/$GRUB_BIOS_TARGET/core.img"
+    cp "$ROOT/usr/lib/grub/$GRUB_BIOS_TARGET/boot.img" "$ROOT/boot/grub/$GRUB_BIOS_TARGET/boot.img"
+    mkdir -p "$WORK/grub-bios"
+    cp "$ROOT/tmp/kib-core.img" "$WORK/grub-bios/core.img"
+    cp "$ROOT/usr/lib/grub/$GRUB_BIOS_TARGET/boot.img" "$WORK/grub-bios/boot.img"
+fi
+copy_grub_modules "$GRUB_EFI_TARGET"
+chroot "$ROOT" grub-mkimage -O "$GRUB_EFI_TARGET" -o /tmp/kib-grub.efi -c /tmp/kib-early.cfg -p /boot/grub \
+    part_gpt part_msdos ext2 fat search_fs_uuid
+cp "$ROOT/tmp/kib-grub.efi" "$WORK/grub.efi"
+if [[ -f "$ROOT/usr/share/grub/unicode.pf2" ]]; then
+    mkdir -p "$ROOT/boot/grub/fonts"
+    cp "$ROOT/usr/share/grub/unicode.pf2" "$ROOT/boot/grub/fonts/"
+fi
+rm -f "$ROOT"/tmp/kib-*
+
+# --- 4. disk and partition table -----------------------------------------------------------------------------------
+log "partitioning $DISK_SIZE_MIB MiB disk"
+truncate -s "${DISK_SIZE_MIB}M" "$DISK"
+{
+    echo "label: gpt"
+    echo "unit: sectors"
+    echo
+    if [[ "$BIOS_BOOT" -eq 1 ]]; then
+        echo "${DISK}14 : start=$BIOSBOOT_START, size=$BIOSBOOT_SIZE, type=$BIOSBOOT_PARTTYPE"
+    fi
+    echo "${DISK}15 : start=$ESP_START, size=$ESP_SIZE, type=$ESP_PARTTYPE"
+    echo "${DISK}1 : start=$ROOT_START, type=$ROOT_PARTTYPE"
+} | sfdisk --quiet --no-reread --no-tell-kernel "$DISK"
+
+# Read back where the root partition ended up: "start= N, size= M".
+ROOT_LINE="$(sfdisk -d "$DISK" | grep -E "^${DISK}1 :")"
+ROOT_SECTORS="$(sed -E 's/.*size= *([0-9]+).*/\1/' <<<"$ROOT_LINE")"
+[[ "$ROOT_SECTORS" =~ ^[0-9]+$ ]] || die "could not read the root partition size from sfdisk"
+
+# --- 5. ESP (vfat, populated with mtools) --------------------------------------------------------------------------
+log "making the ESP (vfat $ESP_UUID)"
+ESP_IMG="$WORK/esp.img"
+mkfs.vfat -C -i "$ESP_SERIAL" "$ESP_IMG" $((ESP_SIZE / 2)) >/dev/null
+export MTOOLS_SKIP_CHECK=1
+mmd -i "$ESP_IMG" ::/EFI ::/EFI/BOOT ::/EFI/debian
+mcopy -i "$ESP_IMG" "$WORK/grub.efi" "::/EFI/BOOT/$EFI_BOOT_NAME"
+mcopy -i "$ESP_IMG" "$WORK/grub.efi" "::/EFI/debian/$EFI_GRUB_NAME"
+dd if="$ESP_IMG" of="$DISK" bs=512 seek="$ESP_START" conv=notrunc,sparse status=none
+rm -f "$ESP_IMG"
+
+# --- 6. root filesystem (ext4 from the tree, no mount) -------------------------------------------------------------
+# An explicit feature list, so that a newer mke2fs.conf on the host cannot enable features bookworm's GRUB 2.06
+# does not read (orphan_file, metadata_csum_seed).
+cat >"$WORK/mke2fs.conf" <<'EOF'
+[defaults]
+	base_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+	default_mntopts = acl,user_xattr
+	enable_periodic_fsck = 0
+	blocksize = 4096
+	inode_size = 256
+	inode_ratio = 16384
+[fs_types]
+	ext4 = {
+		features = has_journal,extent,huge_file,flex_bg,metadata_csum,64bit,dir_nlink,extra_isize
+	}
+EOF
+log "making the root filesystem (ext4 $ROOT_UUID, $((ROOT_SECTORS / 2048)) MiB)"
+ROOT_IMG="$WORK/root.img"
+ROOT_BLOCKS=$((ROOT_SECTORS / 8))        # 4 KiB blocks
+truncate -s $((ROOT_BLOCKS * 4096)) "$ROOT_IMG"
+MKE2FS_CONFIG="$WORK/mke2fs.conf" \
+    mkfs.ext4 -q -F -t ext4 -b 4096 -U "$ROOT_UUID" -d "$ROOT" "$ROOT_IMG" "$ROOT_BLOCKS"
+e2fsck -fn "$ROOT_IMG" >/dev/null || die "e2fsck found problems in the new root filesystem"
+dd if="$ROOT_IMG" of="$DISK" bs=512 seek="$ROOT_START" conv=notrunc,sparse status=none
+rm -f "$ROOT_IMG"
+
+# --- 7. BIOS boot code ---------------------------------------------------------------------------------------------
+if [[ "$BIOS_BOOT" -eq 1 ]]; then
+    # grub-bios-setup from the image's own grub-pc, run in the (already packed) tree with the disk moved into it:
+    # same GRUB version as the modules, and nothing GRUB-related needed on the host.
+    log "installing GRUB boot code (MBR + BIOS boot partition)"
+    mkdir -p "$ROOT/tmp/kib-setup"
+    cp "$WORK/grub-bios/boot.img" "$WORK/grub-bios/core.img" "$ROOT/tmp/kib-setup/"
+    printf '(hd0)\t%s\n' /tmp/kib-setup/disk.raw >"$ROOT/tmp/kib-setup/device.map"
+    mv "$DISK" "$ROOT/tmp/kib-setup/disk.raw"
+    chroot "$ROOT" /usr/lib/grub/"$GRUB_BIOS_TARGET"/grub-bios-setup \
+        --directory=/tmp/kib-setup --device-map=/tmp/kib-setup/device.map /tmp/kib-setup/disk.raw
+    mv "$ROOT/tmp/kib-setup/disk.raw" "$DISK"
+fi
+
+# --- 8. checksum, stamp, atomic rename -----------------------------------------------------------------------------
+log "checksumming"
+(cd "$WORK" && sha256sum "$IMAGE_NAME") >"$WORK/SHA256SUMS"
+printf '%s\n' "$STAMP_CONTENT" >"$WORK/stamp"
+rm -f "$STAMP"                       # an old stamp must never vouch for a half-replaced image
+mv -f "$DISK" "$IMAGE"
+mv -f "$WORK/SHA256SUMS" "$SUMS"
+mv -f "$WORK/stamp" "$STAMP"
+log "built $IMAGE in $((SECONDS - START_TIME)) s"
+echo "$IMAGE" >&3
