@@ -78,6 +78,7 @@ case "$ARCH" in
         BIOS_BOOT=1                                              # partition 14 + grub-pc in the MBR
         ROOT_PARTTYPE="4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"     # Linux root (x86-64)
         GRUB_BIOS_TARGET="i386-pc"
+        GRUB_BIOS_SETUP="/usr/lib/grub/i386-pc/grub-bios-setup"   # on the host, from grub-pc-bin
         GRUB_EFI_TARGET="x86_64-efi"
         EFI_BOOT_NAME="BOOTX64.EFI"
         EFI_GRUB_NAME="grubx64.efi"
@@ -154,12 +155,14 @@ ensure_tools() {
         [mkfs.ext4]=e2fsprogs [flock]=util-linux [findmnt]=util-linux
     )
     local -a missing=()
-    local cmd pkg
+    local cmd
     for cmd in "${!need[@]}"; do
         command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
     done
     # mmdebstrap needs the archive keyring to verify bookworm.
     [[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] || missing+=(debian-archive-keyring)
+    # grub-bios-setup is not on PATH in Debian: grub-pc-bin ships it in /usr/lib/grub/i386-pc.
+    if [[ "$BIOS_BOOT" -eq 1 && ! -x "$GRUB_BIOS_SETUP" ]]; then missing+=(grub-pc-bin); fi
     [[ ${#missing[@]} -eq 0 ]] && return 0
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     log "installing missing tools: ${missing[*]}"
@@ -168,9 +171,10 @@ ensure_tools() {
         apt-get update
         apt-get install -y --no-install-recommends "${missing[@]}"
     fi
-    for pkg in "${!need[@]}"; do
-        command -v "$pkg" >/dev/null 2>&1 || die "$pkg is still missing after apt-get install"
+    for cmd in "${!need[@]}"; do
+        command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after apt-get install"
     done
+    if [[ "$BIOS_BOOT" -eq 1 && ! -x "$GRUB_BIOS_SETUP" ]]; then die "$GRUB_BIOS_SETUP is still missing"; fi
 }
 ensure_tools
 
@@ -430,22 +434,21 @@ ROOT_BLOCKS=$((ROOT_SECTORS / 8))        # 4 KiB blocks
 truncate -s $((ROOT_BLOCKS * 4096)) "$ROOT_IMG"
 MKE2FS_CONFIG="$WORK/mke2fs.conf" \
     mkfs.ext4 -q -F -t ext4 -b 4096 -U "$ROOT_UUID" -d "$ROOT" "$ROOT_IMG" "$ROOT_BLOCKS"
-e2fsck -fn "$ROOT_IMG" >/dev/null || die "e2fsck found problems in the new root filesystem"
+if ! fsck_out="$(e2fsck -fn "$ROOT_IMG" 2>&1)"; then
+    printf '%s\n' "$fsck_out" >&2
+    die "e2fsck found problems in the new root filesystem"
+fi
 dd if="$ROOT_IMG" of="$DISK" bs=512 seek="$ROOT_START" conv=notrunc,sparse status=none
 rm -f "$ROOT_IMG"
 
 # --- 7. BIOS boot code ---------------------------------------------------------------------------------------------
 if [[ "$BIOS_BOOT" -eq 1 ]]; then
-    # grub-bios-setup from the image's own grub-pc, run in the (already packed) tree with the disk moved into it:
-    # same GRUB version as the modules, and nothing GRUB-related needed on the host.
+    # The host's grub-bios-setup (it needs the host's /proc and /dev to probe its --directory) with the image's own
+    # boot.img and core.img. It writes boot.img into the MBR (keeping the partition table) and embeds core.img in
+    # the BIOS boot partition, patching the sector pointers.
     log "installing GRUB boot code (MBR + BIOS boot partition)"
-    mkdir -p "$ROOT/tmp/kib-setup"
-    cp "$WORK/grub-bios/boot.img" "$WORK/grub-bios/core.img" "$ROOT/tmp/kib-setup/"
-    printf '(hd0)\t%s\n' /tmp/kib-setup/disk.raw >"$ROOT/tmp/kib-setup/device.map"
-    mv "$DISK" "$ROOT/tmp/kib-setup/disk.raw"
-    chroot "$ROOT" /usr/lib/grub/"$GRUB_BIOS_TARGET"/grub-bios-setup \
-        --directory=/tmp/kib-setup --device-map=/tmp/kib-setup/device.map /tmp/kib-setup/disk.raw
-    mv "$ROOT/tmp/kib-setup/disk.raw" "$DISK"
+    printf '(hd0)\t%s\n' "$DISK" >"$WORK/device.map"
+    "$GRUB_BIOS_SETUP" --directory="$WORK/grub-bios" --device-map="$WORK/device.map" "$DISK"
 fi
 
 # --- 8. checksum, stamp, atomic rename -----------------------------------------------------------------------------

@@ -10,3 +10,4 @@ pub mod exec;
 pub mod mounts;
 pub mod hash;
 pub mod phase0;
+pub mod workdir;

@@ -1,6 +1,313 @@
 //! Phase 0: the base image. Verify it, make a sparse raw working copy, read its partition
 //! table, attach partitions as loop devices and mount its tree as its own fstab says.
+//!
+//! Everything mounted here lives in kib's private mount namespace (see
+//! [`crate::mounts::enter_private_namespace`]); every loop device has autoclear set.
 
+pub mod attach;
+pub mod facts;
 pub mod fstab;
 pub mod partition;
+pub mod probe;
 pub mod verify;
+pub mod workcopy;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use rustix::mount::MountFlags;
+
+use crate::guest::GuestRoot;
+use crate::mounts;
+use crate::workdir::WorkDir;
+use attach::LoopDev;
+use facts::Facts;
+use partition::{Partition, Table, TableKind};
+
+/// How Phase 0 opens an image.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The input disk image (raw, qcow2, or anything qemu-img reads). Never written to.
+    pub image: PathBuf,
+    /// Check the image against a `SHA256SUMS`/`sha256sum.txt` beside it, when one lists it.
+    pub verify: bool,
+    /// Where the per-run work directory is created.
+    pub work_base: PathBuf,
+}
+
+/// The input image as the BOM records it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InputRecord {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub format: String,
+    pub virtual_size: u64,
+    /// The checksum list the image was verified against, if any.
+    pub verified_against: Option<PathBuf>,
+}
+
+/// A filesystem of the image that kib mounted.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Filesystem {
+    pub partition: u32,
+    pub fstype: String,
+    pub uuid: String,
+    /// Where it is mounted, as an image path (`/`, `/boot`, `/boot/efi`).
+    pub mount_point: String,
+}
+
+/// An opened image: the working copy, attached and mounted. Dropping it unmounts and detaches
+/// everything and removes the work directory; [`Image::unmount`] and [`Image::close`] do the same
+/// and report errors.
+#[derive(Debug)]
+pub struct Image {
+    pub input: InputRecord,
+    pub table: Table,
+    pub facts: Facts,
+    pub filesystems: Vec<Filesystem>,
+    /// Host path of the mounted root.
+    pub root_dir: PathBuf,
+    /// The sparse raw working copy.
+    pub disk: PathBuf,
+    root: Option<GuestRoot>,
+    loops: Vec<LoopDev>,
+    // Declared last: dropped after the Drop impl has unmounted.
+    work: WorkDir,
+}
+
+impl Image {
+    /// Runs Phase 0.
+    ///
+    /// Errors: a missing or unreadable image, a checksum mismatch (both sums shown), an image
+    /// that refers to other files, a corrupt partition table, no Linux root filesystem, or a
+    /// failing mount. Whatever was set up before the error is undone.
+    pub fn open(opts: &Options) -> Result<Image> {
+        let t = Instant::now();
+        let input = &opts.image;
+        let meta = std::fs::metadata(input).with_context(|| format!("disk image {} cannot be opened", input.display()))?;
+        if !meta.is_file() {
+            bail!("disk image {} is not a regular file", input.display());
+        }
+        let expected = if opts.verify {
+            let e = verify::expected_sum(input).with_context(|| format!("reading the checksum list beside {}", input.display()))?;
+            if e.is_none() {
+                tracing::warn!("no SHA256SUMS or sha256sum.txt beside {} lists it: not verified", input.display());
+            }
+            e
+        } else {
+            None
+        };
+        let format = workcopy::inspect(input)?;
+        let work = WorkDir::create(&opts.work_base)?;
+        let disk = work.path().join("disk.raw");
+        let root_dir = work.path().join("root");
+        std::fs::create_dir(&root_dir)?;
+        let mut image = Image {
+            input: InputRecord {
+                path: std::path::absolute(input).unwrap_or_else(|_| input.clone()),
+                sha256: String::new(),
+                format: format.format.clone(),
+                virtual_size: format.virtual_size,
+                verified_against: None,
+            },
+            table: Table { kind: TableKind::None, sector_size: 512, partitions: Vec::new() },
+            facts: Facts::default(),
+            filesystems: Vec::new(),
+            root_dir,
+            disk,
+            root: None,
+            loops: Vec::new(),
+            work,
+        };
+        image.input.sha256 = workcopy::make(input, &format, &image.disk)?;
+        if let Some(e) = expected {
+            if e.sha256 != image.input.sha256 {
+                bail!(
+                    "checksum mismatch for {}: {} lists sha256 {}, but the file's sha256 is {}. The download may be corrupt or \
+                     tampered with; fetch it again, or pass --no-verify to skip this check",
+                    input.display(),
+                    e.list.display(),
+                    e.sha256,
+                    image.input.sha256
+                );
+            }
+            tracing::info!("verified {} against {}", input.display(), e.list.display());
+            image.input.verified_against = Some(e.list);
+        }
+        tracing::info!("working copy ready ({}, {} bytes) in {:.1?}", format.format, format.virtual_size, t.elapsed());
+        image.table = partition::read(&image.disk).with_context(|| format!("reading the partition table of {}", input.display()))?;
+        image.mount_tree().with_context(|| format!("mounting the filesystems of {}", input.display()))?;
+        tracing::info!(
+            "phase 0 done in {:.1?}: {} {} ({}), root on partition {}",
+            t.elapsed(),
+            image.facts.os_release.get("PRETTY_NAME").map_or("unknown OS", String::as_str),
+            image.facts.arch,
+            image.table.kind_name(),
+            image.filesystems.first().map_or(0, |f| f.partition)
+        );
+        Ok(image)
+    }
+
+    /// The mounted root, for safe access to the image's files.
+    pub fn root(&self) -> &GuestRoot {
+        self.root.as_ref().expect("image is mounted")
+    }
+
+    /// The work directory of this run.
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+
+    fn partitions_or_whole_disk(&self) -> Result<Vec<Partition>> {
+        if !self.table.partitions.is_empty() {
+            return Ok(self.table.partitions.clone());
+        }
+        let size = std::fs::metadata(&self.disk)?.len();
+        Ok(vec![Partition { number: 0, start: 0, size, type_id: String::new(), part_uuid: String::new(), name: String::new() }])
+    }
+
+    fn mount_tree(&mut self) -> Result<()> {
+        let parts = self.partitions_or_whole_disk()?;
+        let probes: Vec<probe::Probe> =
+            parts.iter().map(|p| probe::probe(&self.disk, p.start, p.size)).collect::<std::io::Result<_>>().context("running blkid")?;
+        // Root candidates: Linux filesystems, partitions typed as a root first, then the largest.
+        let mut candidates: Vec<usize> =
+            (0..parts.len()).filter(|&i| probes[i].get("TYPE").is_some_and(|t| probe::LINUX_FS.contains(&t.as_str()))).collect();
+        candidates.sort_by_key(|&i| (!partition::ROOT_TYPES.contains(&parts[i].type_id.as_str()), std::cmp::Reverse(parts[i].size)));
+        let mut examined = Vec::new();
+        for &i in &candidates {
+            let p = &parts[i];
+            let fstype = probes[i]["TYPE"].clone();
+            let dev = LoopDev::attach(&self.disk, p.start, p.size, false)?;
+            rustix::mount::mount(dev.path(), &self.root_dir, fstype.as_str(), MountFlags::empty(), None)
+                .with_context(|| format!("mounting partition {} ({fstype}) from {}", p.number, dev.path().display()))?;
+            let root = GuestRoot::open(&self.root_dir)?;
+            if let Some(os) = facts::os_release(&root)? {
+                self.facts = facts::collect(&root, os)?;
+                self.root = Some(root);
+                self.loops.push(dev);
+                self.filesystems.push(Filesystem {
+                    partition: p.number,
+                    fstype,
+                    uuid: probes[i].get("UUID").cloned().unwrap_or_default(),
+                    mount_point: "/".into(),
+                });
+                break;
+            }
+            drop(root);
+            mounts::unmount_tree(&self.root_dir)?;
+            dev.close()?;
+            examined.push(format!("partition {} ({fstype}) has no /etc/os-release", p.number));
+        }
+        if self.root.is_none() {
+            for (p, pr) in parts.iter().zip(&probes) {
+                if !candidates.iter().any(|&i| parts[i].number == p.number) {
+                    let what = pr.get("TYPE").map_or("no filesystem kib recognizes".to_string(), |t| format!("{t}, not a Linux root filesystem"));
+                    examined.push(format!("partition {}: {what}", p.number));
+                }
+            }
+            if self.table.kind == TableKind::None {
+                examined.insert(0, "no partition table".into());
+            }
+            bail!("no Linux root filesystem found (a partition with /etc/os-release): {}", examined.join("; "));
+        }
+        self.mount_fstab(&parts, &probes)
+    }
+
+    /// Mounts what the image's /etc/fstab lists, below the root, shallowest first.
+    fn mount_fstab(&mut self, parts: &[Partition], probes: &[probe::Probe]) -> Result<()> {
+        let text = self.root().read_string(Path::new("/etc/fstab"))?.unwrap_or_default();
+        let mut entries: Vec<fstab::Entry> = fstab::parse(&text)
+            .into_iter()
+            .filter(|e| e.mount_point.starts_with('/') && e.mount_point != "/" && e.fstype != "swap")
+            .collect();
+        entries.sort_by_key(|e| Path::new(&e.mount_point).components().count());
+        for e in entries {
+            let found = (0..parts.len()).find(|&i| {
+                let (p, pr) = (&parts[i], &probes[i]);
+                match &e.spec {
+                    fstab::Spec::Uuid(u) => pr.get("UUID").is_some_and(|v| v.eq_ignore_ascii_case(u)),
+                    fstab::Spec::Label(l) => pr.get("LABEL") == Some(l),
+                    fstab::Spec::PartUuid(u) => p.part_uuid.eq_ignore_ascii_case(u),
+                    fstab::Spec::PartLabel(l) => &p.name == l,
+                    fstab::Spec::Other(_) => false,
+                }
+            });
+            let Some(i) = found else {
+                if matches!(e.spec, fstab::Spec::Other(_)) && !e.fstype.starts_with("ext") && e.fstype != "xfs" && e.fstype != "btrfs" {
+                    continue; // tmpfs, proc, bind mounts and the like: nothing of the disk
+                }
+                tracing::warn!("fstab entry for {} ({:?}) matches no filesystem in this image; not mounted", e.mount_point, e.spec);
+                continue;
+            };
+            if e.noauto() {
+                tracing::info!("fstab entry for {} is noauto; not mounted", e.mount_point);
+                continue;
+            }
+            let p = &parts[i];
+            let fstype = probes[i].get("TYPE").cloned().unwrap_or_else(|| e.fstype.clone());
+            let dev = LoopDev::attach(&self.disk, p.start, p.size, false)?;
+            let data: Vec<&str> = e.options.iter().map(String::as_str).filter(|o| o.starts_with("subvol")).collect();
+            let data = (!data.is_empty()).then(|| data.join(","));
+            match mounts::mount_in(self.root(), Path::new(&e.mount_point), &dev.path().to_string_lossy(), &fstype, MountFlags::empty(), data.as_deref()) {
+                Ok(()) => {
+                    self.loops.push(dev);
+                    self.filesystems.push(Filesystem {
+                        partition: p.number,
+                        fstype,
+                        uuid: probes[i].get("UUID").cloned().unwrap_or_default(),
+                        mount_point: e.mount_point.clone(),
+                    });
+                }
+                Err(err) if err.root_cause().downcast_ref::<rustix::io::Errno>() == Some(&rustix::io::Errno::NODEV) => {
+                    tracing::warn!(
+                        "this kernel cannot mount {fstype}: {} (partition {}) is not mounted; steps that write there will fail",
+                        e.mount_point,
+                        p.number
+                    );
+                    dev.close()?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmounts every filesystem (deepest first) and detaches the loop devices. Safe to call
+    /// twice. The working copy stays until [`Image::close`].
+    pub fn unmount(&mut self) -> Result<()> {
+        self.root = None;
+        mounts::unmount_tree(&self.root_dir)?;
+        for dev in self.loops.drain(..) {
+            dev.close()?;
+        }
+        Ok(())
+    }
+
+    /// Unmounts, detaches and removes the work directory with the working copy.
+    pub fn close(mut self) -> Result<()> {
+        self.unmount()?;
+        let work = std::mem::replace(&mut self.work, WorkDir::detached());
+        work.close()
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        if let Err(e) = self.unmount() {
+            tracing::warn!("cleaning up the image: {e:#}");
+        }
+    }
+}
+
+impl Table {
+    /// `gpt`, `mbr` or `no partition table`.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            TableKind::Gpt => "gpt",
+            TableKind::Mbr => "mbr",
+            TableKind::None => "no partition table",
+        }
+    }
+}

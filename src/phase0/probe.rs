@@ -1,0 +1,65 @@
+//! Identifying the filesystem in a byte range of the disk with `blkid -p` (util-linux), which
+//! reads superblocks without attaching anything.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+/// What blkid found: `TYPE`, `UUID`, `LABEL`, ... (keys as blkid prints them).
+pub type Probe = HashMap<String, String>;
+
+/// Probes `size` bytes at `offset` of `disk`. An empty map when blkid recognizes nothing.
+pub fn probe(disk: &Path, offset: u64, size: u64) -> std::io::Result<Probe> {
+    let out = Command::new("blkid")
+        .args(["-p", "-o", "export", "-O", &offset.to_string(), "-S", &size.to_string()])
+        .arg(disk)
+        .output()?;
+    // Exit code 2: nothing found. Anything it printed is still useful; an ambivalent probe
+    // (several signatures) is treated as nothing found.
+    Ok(parse_export(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Parses `blkid -o export` output.
+pub fn parse_export(text: &str) -> Probe {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Filesystems kib can mount as an image's root or /boot.
+pub const LINUX_FS: &[&str] = &["ext4", "ext3", "ext2", "xfs", "btrfs"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_export_format() {
+        let p = parse_export("DEVNAME=disk.raw\nUUID=1234-abcd\nBLOCK_SIZE=4096\nTYPE=ext4\n");
+        assert_eq!(p["TYPE"], "ext4");
+        assert_eq!(p["UUID"], "1234-abcd");
+    }
+
+    #[test]
+    fn probes_a_filesystem_at_an_offset() {
+        let d = tempfile::tempdir().unwrap();
+        let disk = d.path().join("disk.raw");
+        let fs = d.path().join("fs.raw");
+        std::fs::File::create(&fs).unwrap().set_len(8 << 20).unwrap();
+        let ok = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "kibtest", "-U", "0b9c1e1e-5f57-4b1d-9f5a-2a7c3f0e9d11"])
+            .arg(&fs)
+            .status()
+            .expect("mkfs.ext4 (e2fsprogs) is needed by this test");
+        assert!(ok.success());
+        let mut bytes = vec![0u8; 1 << 20];
+        bytes.extend(std::fs::read(&fs).unwrap());
+        std::fs::write(&disk, &bytes).unwrap();
+        let p = probe(&disk, 1 << 20, 8 << 20).unwrap();
+        assert_eq!(p["TYPE"], "ext4");
+        assert_eq!(p["LABEL"], "kibtest");
+        assert_eq!(p["UUID"], "0b9c1e1e-5f57-4b1d-9f5a-2a7c3f0e9d11");
+        assert!(probe(&disk, 0, 1 << 20).unwrap().get("TYPE").is_none());
+    }
+}
