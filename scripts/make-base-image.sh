@@ -78,7 +78,6 @@ case "$ARCH" in
         BIOS_BOOT=1                                              # partition 14 + grub-pc in the MBR
         ROOT_PARTTYPE="4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"     # Linux root (x86-64)
         GRUB_BIOS_TARGET="i386-pc"
-        GRUB_BIOS_SETUP="/usr/lib/grub/i386-pc/grub-bios-setup"   # on the host, from grub-pc-bin
         GRUB_EFI_TARGET="x86_64-efi"
         EFI_BOOT_NAME="BOOTX64.EFI"
         EFI_GRUB_NAME="grubx64.efi"
@@ -161,8 +160,6 @@ ensure_tools() {
     done
     # mmdebstrap needs the archive keyring to verify bookworm.
     [[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] || missing+=(debian-archive-keyring)
-    # grub-bios-setup is not on PATH in Debian: grub-pc-bin ships it in /usr/lib/grub/i386-pc.
-    if [[ "$BIOS_BOOT" -eq 1 && ! -x "$GRUB_BIOS_SETUP" ]]; then missing+=(grub-pc-bin); fi
     [[ ${#missing[@]} -eq 0 ]] && return 0
     mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
     log "installing missing tools: ${missing[*]}"
@@ -174,7 +171,6 @@ ensure_tools() {
     for cmd in "${!need[@]}"; do
         command -v "$cmd" >/dev/null 2>&1 || die "$cmd is still missing after apt-get install"
     done
-    if [[ "$BIOS_BOOT" -eq 1 && ! -x "$GRUB_BIOS_SETUP" ]]; then die "$GRUB_BIOS_SETUP is still missing"; fi
 }
 ensure_tools
 
@@ -216,6 +212,57 @@ new_uuid() { cat /proc/sys/kernel/random/uuid; }
 ROOT_UUID="$(new_uuid)"
 ESP_SERIAL="$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n' | tr 'a-f' 'A-F')"   # vfat volume id, 8 hex digits
 ESP_UUID="${ESP_SERIAL:0:4}-${ESP_SERIAL:4:4}"
+
+# --- helpers ------------------------------------------------------------------------------------------------------
+# Little-endian bytes of an integer, as printf %b escapes: le_bytes VALUE NBYTES
+le_bytes() {
+    local v=$1 n=$2 i out=""
+    for ((i = 0; i < n; i++)); do
+        out+="$(printf '\\x%02x' $(((v >> (8 * i)) & 255)))"
+    done
+    printf '%s' "$out"
+}
+# Write raw bytes (printf %b escapes) into FILE at byte OFFSET: put_bytes FILE OFFSET ESCAPES
+put_bytes() {
+    printf '%b' "$3" | dd of="$1" bs=1 seek="$2" conv=notrunc status=none
+}
+
+# What grub-bios-setup does for a GPT disk with a BIOS boot partition (GRUB 2.06 util/setup.c, without
+# Reed-Solomon codes), done on an image file. grub-bios-setup itself insists on finding the block device under
+# its --directory, which fails for a file-backed target on an unrelated host disk (and in containers).
+#   MBR (sector 0): boot.img's code; the disk's own BPB area (0x03..0x5a) and disk signature + partition table
+#     (0x1b8..0x1fe) kept; 0x5c = LBA of core.img's first sector (u64); 0x64 = boot drive 0xff (use BIOS's);
+#     0x66 = two NOPs over the floppy drive-check jump (a hard disk install).
+#   core.img: written to the BIOS boot partition; its first sector's last 12 bytes are the blocklist entry
+#     {u64 start, u16 len, u16 segment} naming the rest of core.img: start+1, nsec-1 sectors, segment 0x820;
+#     the entry before it is zeroed as the terminator.
+install_grub_bios() { # DISK BOOT_IMG CORE_IMG PART_START PART_SECTORS
+    local disk=$1 boot=$2 core=$3 start=$4 max=$5
+    local size nsec mbr="$WORK/mbr.bin" corebuf="$WORK/core.bin"
+    [[ "$(stat -c %s "$boot")" -eq 512 ]] || die "boot.img is not 512 bytes"
+    size=$(stat -c %s "$core")
+    nsec=$(((size + 511) / 512))
+    ((nsec >= 2 && nsec <= max)) || die "core.img ($nsec sectors) does not fit the BIOS boot partition ($max sectors)"
+
+    cp "$boot" "$mbr"
+    dd if="$disk" of="$mbr" bs=1 skip=3 seek=3 count=$((0x5a - 3)) conv=notrunc status=none
+    dd if="$disk" of="$mbr" bs=1 skip=$((0x1b8)) seek=$((0x1b8)) count=$((0x1fe - 0x1b8)) conv=notrunc status=none
+    put_bytes "$mbr" $((0x5c)) "$(le_bytes "$start" 8)"
+    put_bytes "$mbr" $((0x64)) '\xff'
+    put_bytes "$mbr" $((0x66)) '\x90\x90'
+    [[ "$(od -An -tx1 -j510 -N2 "$mbr" | tr -d ' ')" == "55aa" ]] || die "MBR signature missing"
+
+    cp "$core" "$corebuf"
+    truncate -s $((nsec * 512)) "$corebuf"
+    [[ "$(od -An -tu2 -j$((0x200 - 12 + 8)) -N2 "$corebuf" | tr -d ' ')" -ne 0 ]] ||
+        die "core.img has no blocklist length: not an i386-pc core.img from grub-mkimage?"
+    put_bytes "$corebuf" $((0x200 - 24)) "$(le_bytes 0 12)"
+    put_bytes "$corebuf" $((0x200 - 12)) "$(le_bytes $((start + 1)) 8)$(le_bytes $((nsec - 1)) 2)$(le_bytes $((0x820)) 2)"
+
+    dd if="$corebuf" of="$disk" bs=512 seek="$start" conv=notrunc status=none
+    dd if="$mbr" of="$disk" bs=512 count=1 conv=notrunc status=none
+    rm -f "$mbr" "$corebuf"
+}
 
 # --- 1. root filesystem tree ---------------------------------------------------------------------------------------
 PACKAGES=(
@@ -443,12 +490,8 @@ rm -f "$ROOT_IMG"
 
 # --- 7. BIOS boot code ---------------------------------------------------------------------------------------------
 if [[ "$BIOS_BOOT" -eq 1 ]]; then
-    # The host's grub-bios-setup (it needs the host's /proc and /dev to probe its --directory) with the image's own
-    # boot.img and core.img. It writes boot.img into the MBR (keeping the partition table) and embeds core.img in
-    # the BIOS boot partition, patching the sector pointers.
     log "installing GRUB boot code (MBR + BIOS boot partition)"
-    printf '(hd0)\t%s\n' "$DISK" >"$WORK/device.map"
-    "$GRUB_BIOS_SETUP" --directory="$WORK/grub-bios" --device-map="$WORK/device.map" "$DISK"
+    install_grub_bios "$DISK" "$WORK/grub-bios/boot.img" "$WORK/grub-bios/core.img" "$BIOSBOOT_START" "$BIOSBOOT_SIZE"
 fi
 
 # --- 8. checksum, stamp, atomic rename -----------------------------------------------------------------------------

@@ -11,3 +11,4 @@ pub mod mounts;
 pub mod hash;
 pub mod phase0;
 pub mod workdir;
+pub mod phase1;

@@ -1,0 +1,201 @@
+//! Phase 1: customization. The manifest's steps run in order against the mounted image, with
+//! the image's own programs running in a [`session::Session`].
+
+pub mod apt;
+pub mod session;
+pub mod users;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::guest::GuestRoot;
+use crate::hash::sha256_bytes;
+use crate::manifest::{self, Action, Manifest, Vars};
+use crate::phase0::facts::Facts;
+use session::Session;
+
+/// A file a step wrote, for the BOM.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FileRecord {
+    /// Image path.
+    pub path: String,
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Octal permission bits, such as `0644`.
+    pub mode: String,
+    /// `uid:gid`.
+    pub owner: String,
+}
+
+/// What a step did, for the BOM.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepRecord {
+    pub name: String,
+    pub kind: &'static str,
+    /// The YAML file that defines it.
+    pub origin: PathBuf,
+    /// `ok`, or `skipped` when its `when` did not match the image.
+    pub status: &'static str,
+    /// Wall time in seconds.
+    pub duration_seconds: f64,
+    pub files: Vec<FileRecord>,
+}
+
+/// The variables a step sees: the manifest's, plus the image's facts (`arch`, `os_id`, ...).
+pub fn step_vars(manifest: &Manifest, facts: &Facts) -> Vars {
+    let mut v = manifest.variables.clone();
+    let get = |k: &str| facts.os_release.get(k).cloned().unwrap_or_default();
+    v.0.insert("arch".into(), facts.arch.clone());
+    v.0.insert("os_id".into(), get("ID"));
+    v.0.insert("os_version_id".into(), get("VERSION_ID"));
+    v.0.insert("os_codename".into(), get("VERSION_CODENAME"));
+    v
+}
+
+/// Runs every step of `manifest` in order. Stops at the first failing step with an error that
+/// names it, its origin and the tail of its output.
+pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifest, facts: &Facts) -> Result<Vec<StepRecord>> {
+    let vars = step_vars(manifest, facts);
+    let os_ids = facts.os_ids();
+    let total = manifest.steps.len();
+    let mut state = apt::AptState::default();
+    let mut records = Vec::with_capacity(total);
+    for (i, step) in manifest.steps.iter().enumerate() {
+        if let Some(sig) = crate::exec::interrupted() {
+            bail!("interrupted by signal {sig} before step {}/{total} `{}`", i + 1, step.name);
+        }
+        let kind = step.action.kind();
+        let mut record = StepRecord { name: step.name.clone(), kind, origin: step.origin.clone(), status: "ok", duration_seconds: 0.0, files: Vec::new() };
+        if !step.applies(&os_ids, &facts.arch) {
+            tracing::info!("step {}/{total} `{}` ({kind}) skipped: its `when` does not match this image", i + 1, step.name);
+            record.status = "skipped";
+            records.push(record);
+            continue;
+        }
+        tracing::info!("step {}/{total} `{}` ({kind})", i + 1, step.name);
+        let start = Instant::now();
+        let action = step.action.expand(&vars).map_err(|u| anyhow!("undefined variable `${{{}}}`", u.0));
+        let result = action.and_then(|a| execute(session, root, step, &a, &vars, facts, &mut state, &mut record.files));
+        record.duration_seconds = start.elapsed().as_secs_f64();
+        if let Err(e) = result {
+            return Err(e.context(format!(
+                "step {}/{total} `{}` ({kind}, from {}) failed after {:.1}s",
+                i + 1,
+                step.name,
+                step.origin.display(),
+                record.duration_seconds
+            )));
+        }
+        tracing::info!("step {}/{total} `{}` done in {:.2}s", i + 1, step.name, record.duration_seconds);
+        records.push(record);
+    }
+    Ok(records)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn execute(
+    session: &mut Session<'_>,
+    root: &GuestRoot,
+    step: &manifest::ResolvedStep,
+    action: &Action,
+    vars: &Vars,
+    facts: &Facts,
+    state: &mut apt::AptState,
+    files: &mut Vec<FileRecord>,
+) -> Result<()> {
+    let timeout = Some(step.timeout);
+    match action {
+        Action::Packages(p) => {
+            if !facts.debian_family() || !session.has("/usr/bin/apt-get") {
+                bail!(
+                    "`packages` supports apt (Debian-family images) only so far; this image is {}",
+                    facts.os_release.get("PRETTY_NAME").map_or("unknown", String::as_str)
+                );
+            }
+            apt::apply(session, p, state, timeout)
+        }
+        Action::File(f) => {
+            let content = match (&f.content, &f.source) {
+                (Some(c), _) => c.clone().into_bytes(),
+                (None, Some(src)) => {
+                    let base = step.origin.parent().unwrap_or(Path::new("."));
+                    let path = base.join(src);
+                    std::fs::read(&path).with_context(|| format!("reading file.source {}", path.display()))?
+                }
+                (None, None) => unreachable!("checked when the manifest was loaded"),
+            };
+            let mode = f.mode.as_deref().map(manifest::parse_mode).transpose().map_err(|e| anyhow!(e))?.unwrap_or(0o644);
+            let (uid, gid) = users::resolve_owner(root, f.owner.as_deref().unwrap_or("root:root"))?;
+            write_recorded(root, &f.path, &content, mode, uid, gid, files)
+        }
+        Action::Run(r) => {
+            let shell = r.shell.as_deref().unwrap_or("/bin/sh");
+            let env: Vec<(String, String)> = vars.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            session.run(&[shell, "-ec", &r.script, "kib-step"], &env, &format!("run step `{}`", step.name), timeout)?;
+            Ok(())
+        }
+        Action::Systemd(s) => {
+            if !session.has("/bin/systemctl") && !session.has("/usr/bin/systemctl") {
+                bail!("`systemd` needs systemctl in the image, and it has none");
+            }
+            for (verb, units) in [("unmask", &s.unmask), ("enable", &s.enable), ("disable", &s.disable), ("mask", &s.mask)] {
+                if units.is_empty() {
+                    continue;
+                }
+                let mut argv = vec!["systemctl", verb];
+                argv.extend(units.iter().map(String::as_str));
+                session.run(&argv, &[], &format!("systemctl {verb} {}", units.join(" ")), timeout)?;
+            }
+            Ok(())
+        }
+        Action::Sysctl(s) => {
+            check_file_name(&s.file)?;
+            let mut text = format!("# Written by kib (step `{}`).\n", step.name);
+            for (k, v) in &s.settings {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+            write_recorded(root, &format!("/etc/sysctl.d/{}", s.file), text.as_bytes(), 0o644, 0, 0, files)
+        }
+        Action::KernelModules(k) => {
+            check_file_name(&k.file)?;
+            if !k.load.is_empty() {
+                let mut text = format!("# Written by kib (step `{}`): modules to load at boot.\n", step.name);
+                for m in &k.load {
+                    text.push_str(m);
+                    text.push('\n');
+                }
+                write_recorded(root, &format!("/etc/modules-load.d/{}", k.file), text.as_bytes(), 0o644, 0, 0, files)?;
+            }
+            if !k.options.is_empty() {
+                let mut text = format!("# Written by kib (step `{}`).\n", step.name);
+                for (m, o) in &k.options {
+                    text.push_str(&format!("options {m} {o}\n"));
+                }
+                write_recorded(root, &format!("/etc/modprobe.d/{}", k.file), text.as_bytes(), 0o644, 0, 0, files)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_file_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        bail!("`file: {name}` must be a plain file name, without `/`");
+    }
+    Ok(())
+}
+
+fn write_recorded(root: &GuestRoot, path: &str, content: &[u8], mode: u32, uid: u32, gid: u32, files: &mut Vec<FileRecord>) -> Result<()> {
+    root.write(Path::new(path), content, mode, uid, gid).with_context(|| format!("writing {path} in the image"))?;
+    files.push(FileRecord {
+        path: path.to_string(),
+        sha256: sha256_bytes(content),
+        size: content.len() as u64,
+        mode: format!("{mode:04o}"),
+        owner: format!("{uid}:{gid}"),
+    });
+    Ok(())
+}

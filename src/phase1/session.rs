@@ -1,0 +1,197 @@
+//! The chroot session: what a mounted image needs before its own programs can run in it, and
+//! the exact undoing of it afterwards.
+//!
+//! While the session is open the image has:
+//! - `/dev`: a fresh tmpfs with `null`, `zero`, `full`, `random`, `urandom` and `tty`
+//!   bind-mounted from the host, a private `devpts` instance on `/dev/pts` and a tmpfs `/dev/shm`
+//!   (the host's /dev itself is never bind-mounted, so nothing can delete through it);
+//! - `/sys`: sysfs, read-only; `/run`: an empty tmpfs (so systemctl sees an offline system);
+//! - `/proc`: mounted per command, inside that command's own PID namespace;
+//! - `/etc/resolv.conf`: a copy of the host's; the image's own file or symlink is set aside and
+//!   put back exactly on close;
+//! - `/usr/sbin/policy-rc.d` exiting 101 on Debian-family images, so that no package starts a
+//!   service; an existing one is set aside and put back.
+//!
+//! Every command runs as `unshare --pid --fork --kill-child --mount-proc --root=<root>`: its own
+//! PID namespace, so a daemon a step starts dies with the step, and nothing survives kib.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rustix::mount::MountFlags;
+
+use crate::exec::{self, ExecError};
+use crate::guest::GuestRoot;
+use crate::mounts;
+
+/// Environment variables passed from kib's environment into the chroot (proxy settings). Their
+/// values are never logged nor written to the BOM: they may hold credentials.
+pub const PASSED_ENV: &[&str] = &["http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "all_proxy", "ALL_PROXY"];
+
+const RESOLV: &str = "/etc/resolv.conf";
+const RESOLV_SAVED: &str = "/etc/.kib-saved-resolv.conf";
+const POLICY: &str = "/usr/sbin/policy-rc.d";
+const POLICY_SAVED: &str = "/usr/sbin/.kib-saved-policy-rc.d";
+const API_MOUNTS: &[&str] = &["/dev", "/sys", "/run"];
+
+/// An open chroot session on a mounted image root.
+pub struct Session<'a> {
+    root: &'a GuestRoot,
+    env: Vec<(String, OsString)>,
+    resolv_saved: Option<bool>,
+    policy_saved: Option<bool>,
+    open: bool,
+}
+
+impl<'a> Session<'a> {
+    /// Prepares the image for running its programs. `debian_family` adds policy-rc.d.
+    /// On error, whatever was set up is undone.
+    pub fn open(root: &'a GuestRoot, debian_family: bool) -> Result<Session<'a>> {
+        let mut env: Vec<(String, OsString)> = vec![
+            ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            ("HOME".into(), "/root".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+            ("LC_ALL".into(), "C.UTF-8".into()),
+            ("DEBIAN_FRONTEND".into(), "noninteractive".into()),
+            ("DEBCONF_NONINTERACTIVE_SEEN".into(), "true".into()),
+        ];
+        for k in PASSED_ENV {
+            if let Some(v) = std::env::var_os(k) {
+                env.push(((*k).to_string(), v));
+            }
+        }
+        let mut s = Session { root, env, resolv_saved: None, policy_saved: None, open: true };
+        s.mount_api().context("mounting /dev, /sys and /run in the image")?;
+        s.install_resolv_conf().context("putting the host's resolv.conf in place")?;
+        if debian_family {
+            s.install_policy_rc_d().context("installing policy-rc.d")?;
+        }
+        Ok(s)
+    }
+
+    fn mount_api(&mut self) -> Result<()> {
+        let r = self.root;
+        let nosuid_nodev = MountFlags::NOSUID | MountFlags::NODEV;
+        mounts::mount_in(r, Path::new("/dev"), "kib-dev", "tmpfs", MountFlags::NOSUID | MountFlags::NOEXEC, Some("mode=0755,size=8m"))?;
+        for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+            let guest = PathBuf::from("/dev").join(node);
+            r.write(&guest, b"", 0o666, 0, 0)?;
+            mounts::bind_in(r, &Path::new("/dev").join(node), &guest)?;
+        }
+        mounts::mount_in(r, Path::new("/dev/pts"), "devpts", "devpts", MountFlags::NOSUID | MountFlags::NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?;
+        r.symlink("pts/ptmx", Path::new("/dev/ptmx"))?;
+        mounts::mount_in(r, Path::new("/dev/shm"), "kib-shm", "tmpfs", nosuid_nodev, Some("mode=1777"))?;
+        for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+            r.symlink(target, &Path::new("/dev").join(link))?;
+        }
+        mounts::mount_in(r, Path::new("/sys"), "sysfs", "sysfs", MountFlags::RDONLY | nosuid_nodev | MountFlags::NOEXEC, None)?;
+        mounts::mount_in(r, Path::new("/run"), "kib-run", "tmpfs", nosuid_nodev, Some("mode=0755"))?;
+        r.mkdir_p(Path::new("/run/lock"), 0o1777)?;
+        Ok(())
+    }
+
+    fn install_resolv_conf(&mut self) -> Result<()> {
+        let host = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        let existed = self.root.lstat(Path::new(RESOLV))?.is_some();
+        if existed {
+            self.root.rename(Path::new(RESOLV), Path::new(RESOLV_SAVED))?;
+        }
+        self.resolv_saved = Some(existed);
+        self.root.write(Path::new(RESOLV), &host, 0o644, 0, 0)?;
+        Ok(())
+    }
+
+    fn install_policy_rc_d(&mut self) -> Result<()> {
+        let existed = self.root.lstat(Path::new(POLICY))?.is_some();
+        if existed {
+            self.root.rename(Path::new(POLICY), Path::new(POLICY_SAVED))?;
+        }
+        self.policy_saved = Some(existed);
+        self.root.write(Path::new(POLICY), b"#!/bin/sh\n# Written by kib while it customizes this image: start no service.\nexit 101\n", 0o755, 0, 0)?;
+        Ok(())
+    }
+
+    /// A command that runs `argv` inside the chroot, in its own PID namespace, with the session's
+    /// environment plus `env`.
+    pub fn command(&self, argv: &[&str], env: &[(String, String)]) -> Command {
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+            .arg(format!("--root={}", self.root.path().display()))
+            .arg("--wd=/")
+            .arg("--")
+            .args(argv)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        die_with_parent(&mut cmd);
+        cmd
+    }
+
+    /// Runs `argv` in the chroot (see [`Session::command`]); `what` names it in logs and errors.
+    pub fn run(&self, argv: &[&str], env: &[(String, String)], what: &str, timeout: Option<Duration>) -> Result<Vec<String>, ExecError> {
+        exec::run(&mut self.command(argv, env), what, timeout)
+    }
+
+    /// Whether the image has an executable at this path.
+    pub fn has(&self, guest: &str) -> bool {
+        self.root.exists(Path::new(guest))
+    }
+
+    /// Undoes everything `open` did, in reverse order. Safe to call twice.
+    pub fn close(&mut self) -> Result<()> {
+        if !self.open {
+            return Ok(());
+        }
+        self.open = false;
+        let mut first_err = None;
+        let mut note = |r: Result<()>| {
+            if let Err(e) = r {
+                tracing::warn!("closing the chroot session: {e:#}");
+                first_err.get_or_insert(e);
+            }
+        };
+        if let Some(existed) = self.policy_saved.take() {
+            note(restore(self.root, POLICY, POLICY_SAVED, existed).context("restoring policy-rc.d"));
+        }
+        if let Some(existed) = self.resolv_saved.take() {
+            note(restore(self.root, RESOLV, RESOLV_SAVED, existed).context("restoring the image's resolv.conf"));
+        }
+        for m in API_MOUNTS.iter().rev() {
+            note(mounts::unmount_tree(&self.root.path().join(&m[1..])));
+        }
+        // The empty device-node files and links kib made in the image's /dev stay out of it:
+        // /dev was a tmpfs, now gone.
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+fn restore(root: &GuestRoot, path: &str, saved: &str, existed: bool) -> Result<()> {
+    root.remove(Path::new(path))?;
+    if existed {
+        root.rename(Path::new(saved), Path::new(path))?;
+    }
+    Ok(())
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+/// Makes the child get SIGKILL when kib dies, however it dies. `unshare --kill-child` passes it
+/// on to the whole PID namespace.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            Ok(())
+        });
+    }
+}
