@@ -103,6 +103,7 @@ pub fn run(cmd: &mut Command, what: &str, timeout: Option<Duration>) -> Result<V
     let writer2 = writer.try_clone().map_err(|source| ExecError::Spawn { what: what.into(), source })?;
     // Its own process group: a terminal's Ctrl-C reaches kib only, and kib stops the whole group.
     std::os::unix::process::CommandExt::process_group(cmd, 0);
+    die_with_parent(cmd);
     cmd.stdin(Stdio::null()).stdout(writer).stderr(writer2);
     let mut child = cmd.spawn().map_err(|source| ExecError::Spawn { what: what.into(), source })?;
     // Drop our copies of the write end (held by `cmd`) so that EOF arrives when the child exits.
@@ -166,6 +167,20 @@ pub fn run(cmd: &mut Command, what: &str, timeout: Option<Duration>) -> Result<V
     } else {
         let (status, code) = describe(status);
         Err(ExecError::Failed { what: what.into(), status, code, tail })
+    }
+}
+
+/// Makes the child get SIGKILL when the thread that started it (and so kib) dies, however it
+/// dies. For chroot commands, `unshare --kill-child` passes it on to the whole PID namespace.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            Ok(())
+        });
     }
 }
 

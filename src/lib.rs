@@ -12,3 +12,6 @@ pub mod hash;
 pub mod phase0;
 pub mod workdir;
 pub mod phase1;
+pub mod phase2;
+pub mod cli;
+pub mod customize;

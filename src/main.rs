@@ -1,1 +1,59 @@
-fn main() {}
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+use kib::cli::{Cli, Command};
+use kib::{customize, exec, manifest, mounts, phase2::sysprep};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "info,kib::output=debug",
+        (false, _) => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KIB_LOG").unwrap_or_else(|_| level.into()))
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            match exec::interrupted() {
+                Some(sig) => ExitCode::from(128 + sig as u8),
+                None => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Customize(args) => {
+            if !rustix::process::geteuid().is_root() {
+                bail!("kib customize must run as root: it attaches loop devices and mounts filesystems");
+            }
+            // Before any thread starts.
+            mounts::enter_private_namespace()?;
+            exec::install_signal_handlers()?;
+            customize::run(&args)
+        }
+        Command::Validate(args) => {
+            let m = manifest::load(&args.manifest, &args.set)?;
+            println!("{} ({}): {} steps from {} files", m.name, m.path.display(), m.steps.len(), m.files.len());
+            for (i, s) in m.steps.iter().enumerate() {
+                println!("{:3}. {:<14} {}  [{}]", i + 1, s.action.kind(), s.name, s.origin.display());
+            }
+            Ok(())
+        }
+        Command::SysprepOperations => {
+            for op in sysprep::OPERATIONS {
+                println!("{:<14} {}", op.name, op.description);
+            }
+            Ok(())
+        }
+    }
+}

@@ -126,7 +126,6 @@ impl<'a> Session<'a> {
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().map(|(k, v)| (k, v)));
-        die_with_parent(&mut cmd);
         cmd
     }
 
@@ -179,19 +178,5 @@ fn restore(root: &GuestRoot, path: &str, saved: &str, existed: bool) -> Result<(
 impl Drop for Session<'_> {
     fn drop(&mut self) {
         let _ = self.close();
-    }
-}
-
-/// Makes the child get SIGKILL when kib dies, however it dies. `unshare --kill-child` passes it
-/// on to the whole PID namespace.
-#[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-            Ok(())
-        });
     }
 }

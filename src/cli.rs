@@ -1,0 +1,76 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::phase2::convert::Qcow2Compression;
+
+/// kib: Kubernetes node images from an existing bootable disk image and a manifest, built
+/// offline in a chroot. No VM is booted.
+#[derive(Debug, Parser)]
+#[command(name = "kib", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More output: -v shows the output of every command kib runs, -vv debug details.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run all three phases: attach and mount the image, run the manifest's steps in a chroot,
+    /// then sysprep, write the BOM and convert to the output formats. Needs root.
+    Customize(CustomizeArgs),
+    /// Load a manifest with its includes and variables, check it, and list its steps. Touches
+    /// no image and needs no root.
+    Validate(ValidateArgs),
+    /// List the sysprep operations that `sysprep.skip` can name.
+    SysprepOperations,
+}
+
+#[derive(Debug, Args)]
+pub struct CustomizeArgs {
+    /// The input disk image: raw, qcow2, or anything qemu-img reads. It is never modified.
+    #[arg(long, value_name = "PATH")]
+    pub disk_image: PathBuf,
+    /// The manifest (YAML, apiVersion kib/v1, kind ImageManifest).
+    #[arg(long, value_name = "PATH")]
+    pub manifest: PathBuf,
+    /// Where the images, bom.json and SHA256SUMS go. Created if missing.
+    #[arg(short, long, value_name = "DIR", default_value = "out")]
+    pub output_dir: PathBuf,
+    /// Output formats, comma-separated: raw, qcow2, vmdk, vhdx. Overrides the manifest's
+    /// output.formats; the default is qcow2.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub format: Vec<String>,
+    /// Override a manifest variable: --set kubernetes_version=1.30.6. Repeatable.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    /// Do not check the image against the SHA256SUMS or sha256sum.txt beside it.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Where the per-run work directory (holding the raw working copy) is created.
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    pub work_dir: PathBuf,
+    /// Base name of the output files; defaults to the manifest's metadata.name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// qcow2 compression; overrides the manifest's output.qcow2_compression (default none).
+    #[arg(long, value_enum)]
+    pub qcow2_compression: Option<Qcow2Compression>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The manifest to check.
+    #[arg(long, value_name = "PATH")]
+    pub manifest: PathBuf,
+    /// Override a manifest variable, as for customize.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+}

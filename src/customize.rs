@@ -1,0 +1,111 @@
+//! `kib customize`: the three phases, end to end.
+
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use indexmap::IndexMap;
+
+use crate::cli::CustomizeArgs;
+use crate::manifest;
+use crate::phase0::{self, Image};
+use crate::phase1::{self, session::Session};
+use crate::phase2::bom::{self, Bom, ManifestRecord};
+use crate::phase2::convert::{self, Format, Qcow2Compression, Staging};
+use crate::phase2::{self, sysprep};
+
+/// Runs Phase 0, 1 and 2. On any error, everything is undone in reverse order by the guards'
+/// Drop (mounts, loop devices, work directory, staging folder), and the output folder is left as
+/// it was.
+pub fn run(args: &CustomizeArgs) -> Result<()> {
+    let started = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let t0 = Instant::now();
+    // Everything that can be checked without the image is checked first.
+    let manifest = manifest::load(&args.manifest, &args.set)?;
+    let format_names = if args.format.is_empty() { manifest.output.formats.clone() } else { args.format.clone() };
+    let mut formats = Format::parse_list(&format_names)?;
+    if formats.is_empty() {
+        formats.push(Format::Qcow2);
+    }
+    let compression = match (args.qcow2_compression, &manifest.output.qcow2_compression) {
+        (Some(c), _) => c,
+        (None, Some(s)) => Qcow2Compression::parse(s).with_context(|| format!("{}: output.qcow2_compression", manifest.path.display()))?,
+        (None, None) => Qcow2Compression::None,
+    };
+    sysprep::validate(&manifest.sysprep.skip).with_context(|| format!("{}", manifest.path.display()))?;
+    let name = args.name.clone().unwrap_or_else(|| manifest.name.clone());
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        bail!("output name `{name}` must be a plain file name");
+    }
+    if !args.disk_image.exists() {
+        bail!("disk image {} not found", args.disk_image.display());
+    }
+    phase2::ensure_output_dir(&args.output_dir)?;
+    let staging = Staging::create(&args.output_dir)?;
+    tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
+
+    // Phase 0
+    let mut image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: !args.no_verify, work_base: args.work_dir.clone() })?;
+    let phase0_s = t0.elapsed().as_secs_f64();
+
+    // Phase 1
+    let t1 = Instant::now();
+    let facts = image.facts.clone();
+    let (steps, sysprep_done, packages) = {
+        let mut session = Session::open(image.root(), facts.debian_family())?;
+        let steps = phase1::run_steps(&mut session, image.root(), &manifest, &facts)?;
+        let phase1_s = t1.elapsed().as_secs_f64();
+        tracing::info!("phase 1 done in {phase1_s:.1}s");
+        // Phase 2 starts inside the session: sysprep runs `cloud-init clean` in the chroot.
+        let sysprep_done = if manifest.sysprep.enabled { sysprep::run(image.root(), &session, &manifest.sysprep.skip)? } else { Vec::new() };
+        session.close()?;
+        let packages = bom::packages(image.root())?;
+        (steps, sysprep_done, packages)
+    };
+    let phase1_s = t1.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    phase2::trim(&image)?;
+    image.unmount()?;
+    let artifacts = convert::convert_all(&image.disk, staging.dir(), &name, &formats, compression)?;
+    let mut phase_seconds = IndexMap::new();
+    phase_seconds.insert("phase0", round(phase0_s));
+    phase_seconds.insert("phase1", round(phase1_s));
+    phase_seconds.insert("phase2", round(t2.elapsed().as_secs_f64()));
+    let bom = Bom {
+        bom_version: 1,
+        kib_version: env!("CARGO_PKG_VERSION"),
+        build_started: started,
+        phase_seconds,
+        input: image.input.clone(),
+        manifest: ManifestRecord::new(&manifest),
+        os_release: facts.os_release.clone(),
+        architecture: facts.arch.clone(),
+        kernels: facts.kernels.clone(),
+        partition_table: image.table.kind_name(),
+        filesystems: image.filesystems.clone(),
+        packages,
+        steps,
+        sysprep: sysprep_done,
+        artifacts: artifacts.clone(),
+    };
+    let bom_json = serde_json::to_vec_pretty(&bom)?;
+    std::fs::write(staging.dir().join("bom.json"), &bom_json)?;
+    let bom_sum = crate::hash::sha256_bytes(&bom_json);
+    let sums = phase2::sha256sums(artifacts.iter().map(|a| (a.file.as_str(), a.sha256.as_str())).chain([("bom.json", bom_sum.as_str())]));
+    std::fs::write(staging.dir().join("SHA256SUMS"), sums)?;
+    let mut files: Vec<&str> = artifacts.iter().map(|a| a.file.as_str()).collect();
+    files.extend(["bom.json", "SHA256SUMS"]);
+    staging.commit(&args.output_dir, &files)?;
+    image.close()?;
+    let phase2_s = t2.elapsed().as_secs_f64();
+    tracing::info!(
+        "done in {:.1}s (phase 0 {phase0_s:.1}s, phase 1 {phase1_s:.1}s, phase 2 {phase2_s:.1}s): {}",
+        t0.elapsed().as_secs_f64(),
+        files.iter().map(|f| Path::new(&args.output_dir).join(f).display().to_string()).collect::<Vec<_>>().join(" ")
+    );
+    Ok(())
+}
+
+fn round(s: f64) -> f64 {
+    (s * 1000.0).round() / 1000.0
+}
