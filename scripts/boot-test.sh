@@ -153,8 +153,9 @@ if [[ "$UEFI" -eq 1 ]]; then
 fi
 
 if [[ "$SEED" -eq 1 ]]; then
-    command -v mkfs.vfat >/dev/null && command -v mcopy >/dev/null ||
+    if ! command -v mkfs.vfat >/dev/null || ! command -v mcopy >/dev/null; then
         die "a NoCloud seed needs mkfs.vfat and mcopy (dosfstools, mtools); or pass --no-seed"
+    fi
     cat >"$TMP/meta-data" <<'EOF'
 instance-id: kib-boot-test
 local-hostname: kib-boot-test

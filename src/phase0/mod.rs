@@ -201,16 +201,16 @@ impl Image {
             examined.push(format!("partition {} ({fstype}) has no /etc/os-release", p.number));
         }
         if self.root.is_none() {
+            if self.table.kind == TableKind::None && candidates.is_empty() {
+                examined.push("no partition table, and no filesystem kib recognizes on the whole disk (is it a disk image?)".into());
+            }
             for (p, pr) in parts.iter().zip(&probes) {
-                if !candidates.iter().any(|&i| parts[i].number == p.number) {
+                if p.number > 0 && !candidates.iter().any(|&i| parts[i].number == p.number) {
                     let what = pr.get("TYPE").map_or("no filesystem kib recognizes".to_string(), |t| format!("{t}, not a Linux root filesystem"));
                     examined.push(format!("partition {}: {what}", p.number));
                 }
             }
-            if self.table.kind == TableKind::None {
-                examined.insert(0, "no partition table".into());
-            }
-            bail!("no Linux root filesystem found (a partition with /etc/os-release): {}", examined.join("; "));
+            bail!("no Linux root filesystem found (none has /etc/os-release): {}", examined.join("; "));
         }
         self.mount_fstab(&parts, &probes)
     }

@@ -1,0 +1,112 @@
+//! Helpers shared by the integration tests. These tests run as root: they attach loop devices
+//! and mount filesystems, and they clean up after themselves through Drop guards.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The Debian 12 base image that `scripts/make-base-image.sh` builds and caches.
+pub fn base_image() -> PathBuf {
+    let p = std::env::var_os("KIB_BASE_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kib/base/debian-12-genericcloud-amd64.raw"));
+    assert!(p.exists(), "base image {} missing: run scripts/make-base-image.sh (scripts/test.sh does)", p.display());
+    p
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn kib() -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::cargo_bin("kib").unwrap();
+    c.current_dir(repo());
+    c
+}
+
+pub fn sha256(p: &Path) -> String {
+    kib::hash::sha256_file(p).unwrap()
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Loop devices and mounts that mention `needle` (a test's own work or temp dir).
+pub fn leftovers(needle: &Path) -> Vec<String> {
+    let needle = needle.to_string_lossy().to_string();
+    let loops = sh(Command::new("losetup").arg("-a"));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    loops.lines().chain(mounts.lines()).filter(|l| l.contains(&needle)).map(str::to_string).collect()
+}
+
+/// Asserts that nothing of a run using `work` is left: no loop device backed by a file there,
+/// no mount, and no `run-*` work directory.
+pub fn assert_nothing_left(work: &Path) {
+    let l = leftovers(work);
+    assert!(l.is_empty(), "left behind: {l:#?}");
+    if work.exists() {
+        let runs: Vec<_> = std::fs::read_dir(work).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(runs.is_empty(), "work directories left in {}: {runs:?}", work.display());
+    }
+}
+
+/// A partition of a raw disk image mounted read-only in the test's temp dir; unmounted on drop.
+pub struct Mounted {
+    pub dir: PathBuf,
+}
+
+impl Mounted {
+    /// Mounts partition `number` of the raw image `disk` at `dir`, read-only, without journal
+    /// replay, through a read-only autoclear loop device (`mount -o loop`).
+    pub fn partition(disk: &Path, number: u32, dir: &Path) -> Mounted {
+        let json: serde_json::Value = serde_json::from_str(&sh(Command::new("sfdisk").arg("--json").arg(disk))).unwrap();
+        let parts = json["partitiontable"]["partitions"].as_array().unwrap();
+        let suffix = number.to_string();
+        let p = parts.iter().find(|p| p["node"].as_str().unwrap().ends_with(&suffix)).expect("partition listed");
+        let start = p["start"].as_u64().unwrap() * 512;
+        let size = p["size"].as_u64().unwrap() * 512;
+        std::fs::create_dir_all(dir).unwrap();
+        sh(Command::new("mount")
+            .args(["-t", "ext4", "-o", &format!("ro,noload,loop,offset={start},sizelimit={size}")])
+            .arg(disk)
+            .arg(dir));
+        Mounted { dir: dir.to_path_buf() }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p.trim_start_matches('/'))
+    }
+
+    pub fn read(&self, p: &str) -> String {
+        std::fs::read_to_string(self.path(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
+/// Writes a tiny GPT disk image with one ext4 partition holding `files` (image path, content).
+/// No OS unless `files` adds an os-release. Made with sfdisk and mkfs.ext4 -d, no mount.
+pub fn tiny_image(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
+    let tree = dir.join(format!("{name}.tree"));
+    for (p, c) in files {
+        let f = tree.join(p.trim_start_matches('/'));
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, c).unwrap();
+    }
+    std::fs::create_dir_all(&tree).unwrap();
+    let disk = dir.join(name);
+    std::fs::File::create(&disk).unwrap().set_len(24 << 20).unwrap();
+    let mut child = Command::new("sfdisk").arg("--quiet").arg(&disk).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"label: gpt\nstart=2048, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    sh(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "offset=1048576", "-d"]).arg(&tree).arg(&disk).arg("20M"));
+    disk
+}

@@ -1,0 +1,138 @@
+//! `kib customize` end to end on the real Debian 12 base image, as root.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn node_manifest_builds_a_kubernetes_node_image() {
+    let base = base_image();
+    let before = sha256(&base);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let work = tmp.path().join("work");
+    let run = kib()
+        .args(["customize", "--manifest", "manifests/k8s-node-debian.yaml", "--disk-image"])
+        .arg(&base)
+        .arg("--output-dir")
+        .arg(&out)
+        .arg("--work-dir")
+        .arg(&work)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "kib failed:\n{stderr}");
+    assert_eq!(sha256(&base), before, "the input image changed");
+    assert_nothing_left(&work);
+
+    // The artifacts and their checksums.
+    let mut names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["SHA256SUMS", "bom.json", "k8s-node-debian.qcow2", "k8s-node-debian.raw"]);
+    let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+    for line in sums.lines() {
+        let (sum, file) = line.split_once("  ").unwrap();
+        assert_eq!(sha256(&out.join(file)), sum, "{file}");
+    }
+    assert_eq!(sums.lines().count(), 3);
+    let raw = out.join("k8s-node-debian.raw");
+    let qcow2 = out.join("k8s-node-debian.qcow2");
+    let info: serde_json::Value =
+        serde_json::from_slice(&Command::new("qemu-img").args(["info", "--output=json"]).arg(&qcow2).output().unwrap().stdout).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"], std::fs::metadata(&base).unwrap().len());
+    let same = Command::new("qemu-img").args(["compare", "-q", "-f", "qcow2", "-F", "raw"]).arg(&qcow2).arg(&raw).status().unwrap();
+    assert!(same.success(), "qcow2 and raw outputs differ");
+
+    // What landed in the image.
+    let img = Mounted::partition(&raw, 1, &tmp.path().join("mnt-out"));
+    let input = Mounted::partition(&base, 1, &tmp.path().join("mnt-in"));
+    let status = img.read("/var/lib/dpkg/status");
+    let installed = kib::phase2::bom::parse_dpkg_status(&status).unwrap();
+    for want in ["containerd", "runc", "containernetworking-plugins", "conntrack", "socat", "ebtables", "ethtool", "iptables"] {
+        assert!(installed.iter().any(|p| p.name == want), "{want} is not installed");
+    }
+    let config = img.read("/etc/containerd/config.toml");
+    assert!(config.contains("SystemdCgroup = true"), "{config}");
+    assert!(config.contains("sandbox_image = \"registry.k8s.io/pause:3.9\""), "{config}");
+    assert!(config.contains("config_path = \"/etc/containerd/certs.d\""), "{config}");
+    let meta = std::fs::metadata(img.path("/etc/containerd/config.toml")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
+    assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    assert!(img.read("/etc/crictl.yaml").contains("runtime-endpoint: unix:///var/run/containerd/containerd.sock"));
+    let modules = img.read("/etc/modules-load.d/kubernetes.conf");
+    assert!(modules.lines().any(|l| l == "overlay") && modules.lines().any(|l| l == "br_netfilter"), "{modules}");
+    let sysctl = img.read("/etc/sysctl.d/99-kubernetes.conf");
+    for want in [
+        "net.bridge.bridge-nf-call-iptables = 1",
+        "net.bridge.bridge-nf-call-ip6tables = 1",
+        "net.ipv4.ip_forward = 1",
+        "net.ipv6.conf.all.forwarding = 1",
+        "net.ipv6.conf.all.disable_ipv6 = 0",
+        "net.ipv4.tcp_congestion_control = bbr",
+        "vm.overcommit_memory = 1",
+        "kernel.panic = 10",
+        "kernel.panic_on_oops = 1",
+        "fs.inotify.max_user_instances = 8192",
+        "fs.inotify.max_user_watches = 524288",
+    ] {
+        assert!(sysctl.lines().any(|l| l == want), "missing `{want}` in\n{sysctl}");
+    }
+    let wants = img.path("/etc/systemd/system/multi-user.target.wants/containerd.service");
+    assert_eq!(std::fs::read_link(&wants).unwrap().to_string_lossy(), "/lib/systemd/system/containerd.service");
+    assert_eq!(std::fs::read_link(img.path("/etc/systemd/system/apt-daily.timer")).unwrap().to_string_lossy(), "/dev/null");
+    assert!(img.path("/opt/cni/bin/bridge").exists(), "CNI plugins missing from /opt/cni/bin");
+    assert!(!img.read("/etc/fstab").lines().any(|l| !l.trim_start().starts_with('#') && l.split_whitespace().nth(2) == Some("swap")));
+    // Sysprep.
+    assert_eq!(std::fs::metadata(img.path("/etc/machine-id")).unwrap().len(), 0, "machine-id is not empty");
+    let host_keys: Vec<_> = std::fs::read_dir(img.path("/etc/ssh")).unwrap().filter_map(|e| {
+        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+        n.starts_with("ssh_host_").then_some(n)
+    }).collect();
+    assert!(host_keys.is_empty(), "SSH host keys left: {host_keys:?}");
+    let lists: Vec<_> = std::fs::read_dir(img.path("/var/lib/apt/lists")).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != "partial" && n != "lock").collect();
+    assert!(lists.is_empty(), "apt lists left: {lists:?}");
+    assert!(!img.path("/var/lib/cloud/instance").exists());
+    // The chroot session left the image's own files as they were.
+    assert!(!img.path("/usr/sbin/policy-rc.d").exists() || input.path("/usr/sbin/policy-rc.d").exists());
+    let resolv_in = std::fs::symlink_metadata(input.path("/etc/resolv.conf")).ok().map(|m| m.file_type().is_symlink());
+    let resolv_out = std::fs::symlink_metadata(img.path("/etc/resolv.conf")).ok().map(|m| m.file_type().is_symlink());
+    assert_eq!(resolv_in, resolv_out);
+    if resolv_in == Some(true) {
+        assert_eq!(std::fs::read_link(input.path("/etc/resolv.conf")).unwrap(), std::fs::read_link(img.path("/etc/resolv.conf")).unwrap());
+    } else if resolv_in == Some(false) {
+        assert_eq!(input.read("/etc/resolv.conf"), img.read("/etc/resolv.conf"));
+    }
+    assert!(!img.path("/etc/.kib-saved-resolv.conf").exists());
+    assert_eq!(std::fs::read_dir(img.path("/dev")).unwrap().count(), std::fs::read_dir(input.path("/dev")).unwrap().count());
+
+    // The BOM.
+    let bom: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("bom.json")).unwrap()).unwrap();
+    assert_eq!(bom["input"]["sha256"], before);
+    assert_eq!(bom["kib_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(bom["manifest"]["sha256"], sha256(&repo().join("manifests/k8s-node-debian.yaml")));
+    assert_eq!(bom["os_release"]["VERSION_CODENAME"], "bookworm");
+    assert_eq!(bom["architecture"], "amd64");
+    assert!(bom["kernels"][0].as_str().unwrap().ends_with("-cloud-amd64"));
+    let bom_pkgs = bom["packages"].as_array().unwrap();
+    assert_eq!(bom_pkgs.len(), installed.len());
+    let containerd = bom_pkgs.iter().find(|p| p["name"] == "containerd").unwrap();
+    assert_eq!(containerd["architecture"], "amd64");
+    assert!(!containerd["version"].as_str().unwrap().is_empty());
+    let steps = bom["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 14);
+    assert!(steps.iter().all(|s| s["duration_seconds"].as_f64().unwrap() >= 0.0 && s["status"] == "ok"));
+    let config_rec = steps.iter().flat_map(|s| s["files"].as_array().unwrap()).find(|f| f["path"] == "/etc/containerd/config.toml").unwrap();
+    assert_eq!(config_rec["sha256"], kib::hash::sha256_bytes(config.as_bytes()));
+    assert_eq!(config_rec["mode"], "0644");
+    for phase in ["phase0", "phase1", "phase2"] {
+        assert!(bom["phase_seconds"][phase].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(bom["artifacts"].as_array().unwrap().len(), 2);
+    drop(img);
+    drop(input);
+    assert!(leftovers(tmp.path()).is_empty(), "{:?}", leftovers(tmp.path()));
+}
