@@ -84,7 +84,8 @@ fn node_manifest_builds_a_kubernetes_node_image() {
     let wants = img.path("/etc/systemd/system/multi-user.target.wants/containerd.service");
     assert_eq!(std::fs::read_link(&wants).unwrap().to_string_lossy(), "/lib/systemd/system/containerd.service");
     assert_eq!(std::fs::read_link(img.path("/etc/systemd/system/apt-daily.timer")).unwrap().to_string_lossy(), "/dev/null");
-    assert!(img.path("/opt/cni/bin/bridge").exists(), "CNI plugins missing from /opt/cni/bin");
+    assert!(img.path("/usr/lib/cni/bridge").is_file(), "Debian's CNI plugins are not installed");
+    assert_eq!(std::fs::read_link(img.path("/opt/cni/bin/bridge")).unwrap().to_string_lossy(), "/usr/lib/cni/bridge");
     assert!(!img.read("/etc/fstab").lines().any(|l| !l.trim_start().starts_with('#') && l.split_whitespace().nth(2) == Some("swap")));
     // Sysprep.
     assert_eq!(std::fs::metadata(img.path("/etc/machine-id")).unwrap().len(), 0, "machine-id is not empty");
