@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what kib needs to build, run and test on Debian 12: the host tools it calls
+# (qemu-img, blkid, losetup, unshare, fstrim, sfdisk, mkfs), what the base-image script uses
+# (mmdebstrap, mtools, dosfstools) and libclang for loopdev-3's bindgen. Idempotent and quiet
+# when everything is there already.
+set -euo pipefail
+
+[ "$(id -u)" = 0 ] || { echo "deps.sh: run as root (apt-get install)" >&2; exit 1; }
+
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
+
+for pkg in mmdebstrap fdisk dosfstools mtools e2fsprogs util-linux mount libclang-dev pkg-config ca-certificates; do
+  have_pkg "$pkg" || need+=("$pkg")
+done
+# qemu-img: keep the preinstalled one (bookworm-backports' 10.x on these machines); install
+# Debian's only when there is none. Never install qemu-system-x86 here: it replaces qemu-utils.
+have_cmd qemu-img || need+=(qemu-utils)
+
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "deps.sh: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! have_cmd cargo; then
+  for c in "$HOME/.cargo/bin/cargo" /root/.cargo/bin/cargo /usr/local/cargo/bin/cargo; do
+    [ -x "$c" ] && { echo "deps.sh: cargo is at $c; put its folder on PATH" >&2; exit 1; }
+  done
+  echo "deps.sh: no Rust toolchain (cargo) found; install one with rustup" >&2
+  exit 1
+fi
