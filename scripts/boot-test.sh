@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # boot-test.sh: boot a raw or qcow2 disk image under QEMU (TCG) and wait for a login prompt on the serial console.
 #
-# Usage: boot-test.sh [--uefi] [--no-seed] [--no-net] [--memory MIB] [--log FILE] IMAGE [TIMEOUT_SECONDS]
+# Usage: boot-test.sh [--uefi] [--no-seed] [--no-net] [--memory MIB] [--log FILE] [--expect REGEX]
+#                     IMAGE [TIMEOUT_SECONDS]
 #
 # The image is never modified (-snapshot). By default a small NoCloud seed disk (vfat, label CIDATA) is attached so
 # that cloud-init finds its data source at once instead of probing for cloud metadata services, and the guest gets
 # QEMU user-mode networking with restrict=on (DHCP from QEMU itself, no traffic leaves this machine).
-# Succeeds when "login:" appears on the serial console; fails after TIMEOUT_SECONDS (default 300) or when QEMU exits,
+# Succeeds when "login:" (or --expect REGEX) appears on the serial console; fails after TIMEOUT_SECONDS (default 300) or when QEMU exits,
 # printing the tail of the console log. KVM guests hang on these machines, so this always uses TCG.
 set -euo pipefail
 
@@ -25,6 +26,8 @@ Boot IMAGE (raw or qcow2) with qemu-system-x86_64 -machine accel=tcg and wait fo
   --no-net        give the guest no network card
   --memory MIB    guest memory (default 1024)
   --log FILE      keep the serial console log in FILE (default: a temporary file, removed on exit)
+  --expect REGEX  succeed when this extended regular expression appears on the console instead of "login:"
+                  (e.g. 'Cloud-init v\. .* finished' to wait for cloud-init's last stage)
   -h, --help      show this help
 
 TIMEOUT_SECONDS defaults to 300.
@@ -36,6 +39,7 @@ SEED=1
 NET=1
 MEMORY=1024
 LOG_FILE=""
+EXPECT="login:"
 POSITIONAL=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -44,6 +48,7 @@ while [[ $# -gt 0 ]]; do
         --no-net) NET=0; shift ;;
         --memory) [[ $# -ge 2 ]] || die "--memory needs a value"; MEMORY="$2"; shift 2 ;;
         --log) [[ $# -ge 2 ]] || die "--log needs a value"; LOG_FILE="$2"; shift 2 ;;
+        --expect) [[ $# -ge 2 ]] || die "--expect needs a value"; EXPECT="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         --) shift; POSITIONAL+=("$@"); break ;;
         -*) usage >&2; die "unknown option: $1" ;;
@@ -182,22 +187,22 @@ qemu-system-x86_64 "${QEMU_ARGS[@]}" </dev/null >"$TMP/qemu.out" 2>&1 &
 QEMU_PID=$!
 
 while :; do
-    if grep -aq 'login:' "$CONSOLE"; then
-        log "login prompt after $((SECONDS - START)) s"
-        grep -a -m1 'login:' "$CONSOLE" >&2 || true
+    if grep -aqE -- "$EXPECT" "$CONSOLE"; then
+        log "'$EXPECT' on the console after $((SECONDS - START)) s:"
+        grep -aE -m1 -- "$EXPECT" "$CONSOLE" | tr -d '\r' >&2 || true
         exit 0
     fi
     if ! kill -0 "$QEMU_PID" 2>/dev/null; then
         wait "$QEMU_PID" 2>/dev/null && qrc=0 || qrc=$?
         QEMU_PID=""
-        log "qemu exited (status $qrc) after $((SECONDS - START)) s without a login prompt"
+        log "qemu exited (status $qrc) after $((SECONDS - START)) s without '$EXPECT' on the console"
         sed 's/^/qemu: /' "$TMP/qemu.out" >&2
         log "last lines of the console:"
         tail -n 60 "$CONSOLE" | tr -d '\r' >&2
         exit 1
     fi
     if ((SECONDS - START >= TIMEOUT)); then
-        log "no login prompt after ${TIMEOUT}s; last lines of the console:"
+        log "no '$EXPECT' on the console after ${TIMEOUT}s; last lines of the console:"
         tail -n 60 "$CONSOLE" | tr -d '\r' >&2
         exit 1
     fi

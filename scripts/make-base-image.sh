@@ -308,6 +308,14 @@ UUID=$ESP_UUID	/boot/efi	vfat	defaults	0	0
 #/swapfile	none	swap	sw	0	0
 EOF
 
+# initramfs-tools settings, also in place before the kernel: no resume device (a cloud image has no swap), and the
+# root filesystem type given outright. Its fsck hook otherwise resolves root's UUID= to a device to probe the type,
+# which finds nothing in a build chroot, and the initramfs would come without fsck.ext4.
+mkdir -p "$WORK/initramfs-conf.d"
+echo "RESUME=none" >"$WORK/initramfs-conf.d/resume"
+printf '%s\n' "# Root filesystem type, for the fsck hook when the root device cannot be probed (e.g. in a chroot)." \
+    "FSTYPE=ext4" >"$WORK/initramfs-conf.d/fstype"
+
 log "mmdebstrap $SUITE ($ARCH) into $ROOT"
 mkdir -p "$ROOT"
 # shellcheck disable=SC2016 # the hooks are run by mmdebstrap with the chroot path as $1
@@ -317,7 +325,7 @@ mmdebstrap \
     --arch="$ARCH" \
     --include="$(IFS=,; echo "${PACKAGES[*]}")" \
     --aptopt='Acquire::Languages "none"' \
-    --setup-hook='mkdir -p "$1/etc/initramfs-tools/conf.d" && echo RESUME=none > "$1/etc/initramfs-tools/conf.d/resume"' \
+    --setup-hook="mkdir -p \"\$1/etc/initramfs-tools/conf.d\" && cp '$WORK'/initramfs-conf.d/* \"\$1/etc/initramfs-tools/conf.d/\"" \
     --setup-hook="install -m 0644 '$WORK/fstab' \"\$1/etc/fstab\"" \
     --customize-hook='chroot "$1" debconf-set-selections <<EOF
 grub-pc grub-pc/install_devices multiselect

@@ -57,6 +57,10 @@ pub struct CustomizeArgs {
     /// Where the per-run work directory (holding the raw working copy) is created.
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,
+    /// kib's cache folder. It remembers the checksums of input images already read in full
+    /// (keyed by path, device, inode, size and times), so an unchanged input is not hashed twice.
+    #[arg(long, value_name = "DIR", default_value = "/var/cache/kib")]
+    pub cache_dir: PathBuf,
     /// Base name of the output files; defaults to the manifest's metadata.name.
     #[arg(long)]
     pub name: Option<String>,

@@ -45,7 +45,7 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
 
     // Phase 0
-    let mut image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: !args.no_verify, work_base: args.work_dir.clone() })?;
+    let mut image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: !args.no_verify, work_base: args.work_dir.clone(), cache_dir: Some(args.cache_dir.clone()) })?;
     let phase0_s = t0.elapsed().as_secs_f64();
 
     // Phase 1

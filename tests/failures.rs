@@ -17,6 +17,8 @@ fn customize(image: &Path, manifest: &Path, tmp: &Path) -> (bool, String) {
         .arg(tmp.join("out"))
         .arg("--work-dir")
         .arg(tmp.join("work"))
+        .arg("--cache-dir")
+        .arg(tmp.join("cache"))
         .output()
         .unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())

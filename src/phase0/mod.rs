@@ -34,6 +34,8 @@ pub struct Options {
     pub verify: bool,
     /// Where the per-run work directory is created.
     pub work_base: PathBuf,
+    /// kib's cache (`/var/cache/kib`): remembers the checksums of inputs already read in full.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// The input image as the BOM records it.
@@ -45,6 +47,9 @@ pub struct InputRecord {
     pub virtual_size: u64,
     /// The checksum list the image was verified against, if any.
     pub verified_against: Option<PathBuf>,
+    /// `read` when kib hashed the file in this run, `cache` when the file was unchanged since a
+    /// run that did (see [`verify::InputCache`]).
+    pub sha256_source: &'static str,
 }
 
 /// A filesystem of the image that kib mounted.
@@ -110,6 +115,7 @@ impl Image {
                 format: format.format.clone(),
                 virtual_size: format.virtual_size,
                 verified_against: None,
+                sha256_source: "read",
             },
             table: Table { kind: TableKind::None, sector_size: 512, partitions: Vec::new() },
             facts: Facts::default(),
@@ -120,7 +126,14 @@ impl Image {
             loops: Vec::new(),
             work,
         };
-        image.input.sha256 = workcopy::make(input, &format, &image.disk)?;
+        let cache = opts.cache_dir.as_deref().map(verify::InputCache::new);
+        let known = cache.as_ref().and_then(|c| c.lookup(input));
+        image.input.sha256 = workcopy::make(input, &format, &image.disk, known.as_deref())?;
+        match (&cache, known) {
+            (_, Some(_)) => image.input.sha256_source = "cache",
+            (Some(c), None) => c.store(input, &image.input.sha256),
+            (None, None) => {}
+        }
         if let Some(e) = expected {
             if e.sha256 != image.input.sha256 {
                 bail!(

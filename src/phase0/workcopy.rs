@@ -2,15 +2,11 @@
 //! ever opened for reading.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
-
 use crate::exec;
-use crate::hash::CHUNK;
 
 /// What `qemu-img info` says about the input.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -43,62 +39,60 @@ pub fn inspect(input: &Path) -> Result<InputFormat> {
 }
 
 /// Writes the sparse raw working copy of `input` to `dest` and returns the input's SHA-256.
-/// A raw input is copied and hashed in one pass (all-zero blocks become holes); other formats
-/// are converted by `qemu-img convert` while another thread hashes the input.
-pub fn make(input: &Path, format: &InputFormat, dest: &Path) -> Result<String> {
-    if format.format == "raw" {
-        return copy_raw(input, dest);
-    }
+///
+/// A raw input is copied extent by extent (`SEEK_DATA`/`SEEK_HOLE` + `copy_file_range`, so holes
+/// stay holes and the kernel moves the data) while another thread hashes it. Other formats are
+/// converted by `qemu-img convert` while another thread hashes the input. `known_sha256`, when
+/// given (see [`super::verify::InputCache`]), skips the hashing.
+pub fn make(input: &Path, format: &InputFormat, dest: &Path, known_sha256: Option<&str>) -> Result<String> {
     std::thread::scope(|s| {
-        let hasher = s.spawn(|| crate::hash::sha256_file(input));
-        let converted = exec::run(
-            Command::new("qemu-img").args(["convert", "-f", &format.format, "-O", "raw"]).arg(input).arg(dest),
-            "qemu-img convert (input to raw working copy)",
-            None,
-        );
-        let sum = hasher.join().expect("hash thread panicked").with_context(|| format!("reading {}", input.display()))?;
-        converted?;
+        let hasher = known_sha256.is_none().then(|| s.spawn(|| crate::hash::sha256_file(input)));
+        let copied = if format.format == "raw" {
+            sparse_copy(input, dest).with_context(|| format!("copying {} to {}", input.display(), dest.display()))
+        } else {
+            exec::run(
+                Command::new("qemu-img").args(["convert", "-f", &format.format, "-O", "raw"]).arg(input).arg(dest),
+                "qemu-img convert (input to raw working copy)",
+                None,
+            )
+            .map(|_| ())
+            .map_err(Into::into)
+        };
+        let sum = match hasher {
+            Some(h) => h.join().expect("hash thread panicked").with_context(|| format!("reading {}", input.display()))?,
+            None => known_sha256.unwrap_or_default().to_string(),
+        };
+        copied?;
         Ok(sum)
     })
 }
 
-/// Granularity of hole detection: 64 KiB.
-const HOLE: usize = 64 << 10;
-
-fn copy_raw(input: &Path, dest: &Path) -> Result<String> {
-    let mut src = File::open(input).with_context(|| format!("opening {}", input.display()))?;
-    let mut dst = File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = read_full(&mut src, &mut buf).with_context(|| format!("reading {}", input.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        for block in buf[..n].chunks(HOLE) {
-            if block.iter().all(|&b| b == 0) {
-                dst.seek(SeekFrom::Current(block.len() as i64))?;
-            } else {
-                dst.write_all(block).with_context(|| format!("writing {}", dest.display()))?;
+/// Copies the data extents of `input` to a new file `dest` of the same size; holes stay holes.
+fn sparse_copy(input: &Path, dest: &Path) -> std::io::Result<()> {
+    use rustix::fs::{copy_file_range, seek, SeekFrom as RSeek};
+    let src = File::open(input)?;
+    let dst = File::create(dest)?;
+    let len = src.metadata()?.len();
+    dst.set_len(len)?;
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match seek(&src, RSeek::Data(pos)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break, // only a hole remains
+            Err(e) => return Err(e.into()),
+        };
+        let hole = seek(&src, RSeek::Hole(data))?.min(len);
+        let (mut off_in, mut off_out) = (data, data);
+        while off_in < hole {
+            let chunk = usize::try_from(hole - off_in).unwrap_or(usize::MAX).min(1 << 30);
+            let n = copy_file_range(&src, Some(&mut off_in), &dst, Some(&mut off_out), chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "input shrank while being copied"));
             }
         }
-        total += n as u64;
+        pos = hole;
     }
-    dst.set_len(total).with_context(|| format!("sizing {}", dest.display()))?;
-    Ok(hex::encode(h.finalize()))
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -114,12 +108,19 @@ mod tests {
         data[100] = 1;
         data[5 << 20] = 7;
         *data.last_mut().unwrap() = 9;
-        std::fs::write(&input, &data).unwrap();
+        // A sparse input: three small written regions, holes between.
+        let f = File::create(&input).unwrap();
+        f.set_len(data.len() as u64).unwrap();
+        use std::os::unix::fs::FileExt;
+        for off in [100usize, 5 << 20, (9 << 20) - 1] {
+            f.write_at(&data[off..off + 1], off as u64).unwrap();
+        }
+        drop(f);
         let out = d.path().join("out.raw");
         let fmt = inspect(&input).unwrap();
         assert_eq!(fmt.format, "raw");
         assert_eq!(fmt.virtual_size, 9 << 20);
-        let sum = make(&input, &fmt, &out).unwrap();
+        let sum = make(&input, &fmt, &out, None).unwrap();
         assert_eq!(sum, crate::hash::sha256_bytes(&data));
         assert_eq!(std::fs::read(&out).unwrap(), data);
         assert!(std::fs::metadata(&out).unwrap().blocks() * 512 < 1 << 20, "the copy is not sparse");
@@ -137,7 +138,7 @@ mod tests {
         let fmt = inspect(&q).unwrap();
         assert_eq!(fmt.format, "qcow2");
         let out = d.path().join("out.raw");
-        let sum = make(&q, &fmt, &out).unwrap();
+        let sum = make(&q, &fmt, &out, None).unwrap();
         assert_eq!(sum, crate::hash::sha256_file(&q).unwrap());
         assert_eq!(std::fs::read(&out).unwrap(), data);
         // An overlay whose backing file is a host file.
