@@ -387,6 +387,15 @@ cat >"$ROOT/etc/default/grub.d/15_timeout.cfg" <<'EOF'
 GRUB_TIMEOUT=1
 EOF
 
+# Locale C.UTF-8, which glibc always has. cloud-init's default (en_US.UTF-8) fails here: Debian's locale-gen
+# ignores the locale cloud-init names, and update-locale then rejects it.
+echo "LANG=C.UTF-8" >"$ROOT/etc/default/locale"
+mkdir -p "$ROOT/etc/cloud/cloud.cfg.d"
+cat >"$ROOT/etc/cloud/cloud.cfg.d/01_kib_base.cfg" <<'EOF'
+# Written by make-base-image.sh.
+locale: C.UTF-8
+EOF
+
 # A regular, empty resolv.conf: dhclient fills it on boot.
 rm -f "$ROOT/etc/resolv.conf"
 : >"$ROOT/etc/resolv.conf"

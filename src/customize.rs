@@ -51,19 +51,18 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     // Phase 1
     let t1 = Instant::now();
     let facts = image.facts.clone();
-    let (steps, sysprep_done, packages) = {
+    let (steps, sysprep_done, packages, phase1_s, t2) = {
         let mut session = Session::open(image.root(), facts.debian_family())?;
         let steps = phase1::run_steps(&mut session, image.root(), &manifest, &facts)?;
         let phase1_s = t1.elapsed().as_secs_f64();
         tracing::info!("phase 1 done in {phase1_s:.1}s");
+        let t2 = Instant::now();
         // Phase 2 starts inside the session: sysprep runs `cloud-init clean` in the chroot.
         let sysprep_done = if manifest.sysprep.enabled { sysprep::run(image.root(), &session, &manifest.sysprep.skip)? } else { Vec::new() };
         session.close()?;
         let packages = bom::packages(image.root())?;
-        (steps, sysprep_done, packages)
+        (steps, sysprep_done, packages, phase1_s, t2)
     };
-    let phase1_s = t1.elapsed().as_secs_f64();
-    let t2 = Instant::now();
     phase2::trim(&image)?;
     image.unmount()?;
     let artifacts = convert::convert_all(&image.disk, staging.dir(), &name, &formats, compression)?;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Benchmark harness: times whole `kib customize` runs with hyperfine on the cached base image.
+#   overhead   testdata/bench/overhead.yaml: kib's own cost (no package installs)
+#   node       manifests/k8s-node-debian.yaml: the real job (needs Debian's archive)
+#   formats    the overhead manifest with --format qcow2,vmdk,vhdx,raw (conversions in parallel)
+# Usage: sudo scripts/bench.sh [overhead|node|formats]... (default: overhead node)
+# Results go to target/bench/<name>.json (hyperfine's export) and are printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:$HOME/.cargo/bin:/root/.cargo/bin"
+bash scripts/deps.sh
+command -v hyperfine >/dev/null || { apt-get install -y -qq hyperfine >/dev/null; }
+cargo build --release --locked -q
+image=$(bash scripts/make-base-image.sh | tail -n 1)
+mkdir -p target/bench
+out=$(mktemp -d /var/tmp/kib-bench.XXXXXX)
+trap 'rm -rf "$out"' EXIT
+kib="./target/release/kib -q customize --disk-image $image --output-dir $out"
+# Warm the input checksum cache and the page cache once, as an image factory's steady state is.
+$kib --manifest testdata/bench/overhead.yaml >/dev/null
+for b in "${@:-overhead node}"; do
+  for name in $b; do
+    case "$name" in
+      overhead) cmd="$kib --manifest testdata/bench/overhead.yaml"; runs=10 ;;
+      node) cmd="$kib --manifest manifests/k8s-node-debian.yaml --format qcow2"; runs=3 ;;
+      formats) cmd="$kib --manifest testdata/bench/overhead.yaml --format qcow2,vmdk,vhdx,raw"; runs=3 ;;
+      *) echo "unknown benchmark $name" >&2; exit 2 ;;
+    esac
+    hyperfine --runs "$runs" --export-json "target/bench/$name.json" -n "$name" "$cmd"
+  done
+done
