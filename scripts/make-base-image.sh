@@ -200,9 +200,34 @@ ensure_tools
 
 # --- work area and cleanup -----------------------------------------------------------------------------------------
 WORK=""
+CHILD_PID=""
+# Run a long command in its own process group, in the background, so that a signal to this script runs the trap at
+# once (bash defers traps while a foreground child runs) and the trap can stop the whole group.
+run_child() {
+    setsid "$@" </dev/null &
+    CHILD_PID=$!
+    local rc=0
+    wait "$CHILD_PID" || rc=$?
+    CHILD_PID=""
+    return "$rc"
+}
+stop_child() {
+    [[ -n "$CHILD_PID" ]] || return 0
+    log "stopping process group $CHILD_PID"
+    kill -TERM -- "-$CHILD_PID" 2>/dev/null
+    local i
+    for ((i = 0; i < 30; i++)); do
+        kill -0 -- "-$CHILD_PID" 2>/dev/null || break
+        sleep 0.5
+    done
+    kill -KILL -- "-$CHILD_PID" 2>/dev/null
+    wait "$CHILD_PID" 2>/dev/null
+    CHILD_PID=""
+}
 cleanup() {
     local rc=$?
     set +e
+    stop_child
     if [[ -n "$WORK" && -d "$WORK" ]]; then
         log "cleaning up $WORK"
         # Unmount anything left below WORK, deepest first (normally nothing: mmdebstrap unmounts its own).
@@ -319,7 +344,7 @@ printf '%s\n' "# Root filesystem type, for the fsck hook when the root device ca
 log "mmdebstrap $SUITE ($ARCH) into $ROOT"
 mkdir -p "$ROOT"
 # shellcheck disable=SC2016 # the hooks are run by mmdebstrap with the chroot path as $1
-mmdebstrap \
+run_child mmdebstrap \
     --mode=root \
     --variant=minbase \
     --arch="$ARCH" \
@@ -335,8 +360,7 @@ EOF' \
     "$SUITE" "$ROOT" \
     "deb $MIRROR $SUITE main" \
     "deb $MIRROR $SUITE-updates main" \
-    "deb $SECURITY_MIRROR $SUITE-security main" \
-    </dev/null
+    "deb $SECURITY_MIRROR $SUITE-security main"
 log "mmdebstrap done after $((SECONDS - START_TIME)) s"
 
 # --- 2. configuration ----------------------------------------------------------------------------------------------
@@ -432,6 +456,7 @@ insmod part_gpt
 insmod ext2
 search --no-floppy --fs-uuid --set=root $ROOT_UUID
 menuentry 'Debian GNU/Linux' --class debian --class gnu-linux --class gnu --class os {
+	insmod all_video
 	insmod gzio
 	insmod part_gpt
 	insmod ext2

@@ -128,7 +128,10 @@ fn execute(
                 (None, None) => unreachable!("checked when the manifest was loaded"),
             };
             let mode = f.mode.as_deref().map(manifest::parse_mode).transpose().map_err(|e| anyhow!(e))?.unwrap_or(0o644);
-            let (uid, gid) = users::resolve_owner(root, f.owner.as_deref().unwrap_or("root:root"))?;
+            let (uid, gid) = match &f.owner {
+                Some(owner) => users::resolve_owner(root, owner)?,
+                None => (0, 0),
+            };
             write_recorded(root, &f.path, &content, mode, uid, gid, files)
         }
         Action::Run(r) => {

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use crate::guest::GuestRoot;
 
 /// Resolves `user:group` (or `user`, group then being the user's primary group) to numeric ids.
-/// Numbers are taken as they are.
+/// Numbers are taken as they are, and `root` is always 0, even in an image without /etc/passwd.
 ///
 /// Errors: a name the image does not define.
 pub fn resolve_owner(root: &GuestRoot, owner: &str) -> Result<(u32, u32)> {
@@ -18,6 +18,7 @@ pub fn resolve_owner(root: &GuestRoot, owner: &str) -> Result<(u32, u32)> {
     let passwd = root.read_string(Path::new("/etc/passwd"))?.unwrap_or_default();
     let (uid, primary_gid) = match user.parse::<u32>() {
         Ok(n) => (n, n),
+        Err(_) if user == "root" => (0, 0),
         Err(_) => match lookup(&passwd, user) {
             Some(f) => (f[2].parse()?, f[3].parse()?),
             None => bail!("owner `{owner}`: the image's /etc/passwd has no user `{user}`"),
@@ -27,6 +28,7 @@ pub fn resolve_owner(root: &GuestRoot, owner: &str) -> Result<(u32, u32)> {
         None => primary_gid,
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
+            Err(_) if g == "root" => 0,
             Err(_) => {
                 let groups = root.read_string(Path::new("/etc/group"))?.unwrap_or_default();
                 match lookup(&groups, g) {
@@ -59,5 +61,7 @@ mod tests {
         assert_eq!(resolve_owner(&g, "_chrony:adm").unwrap(), (104, 4));
         assert_eq!(resolve_owner(&g, "1000:1000").unwrap(), (1000, 1000));
         assert!(resolve_owner(&g, "nobody:root").unwrap_err().to_string().contains("no user `nobody`"));
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(resolve_owner(&GuestRoot::open(empty.path()).unwrap(), "root:root").unwrap(), (0, 0));
     }
 }
