@@ -180,6 +180,11 @@ else
     QEMU_ARGS+=(-nic none)
 fi
 
+# The end of the console log, without carriage returns and terminal escape sequences (GRUB's menu is full of them).
+console_tail() {
+    tail -n 60 "$CONSOLE" | sed -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\r//g' >&2
+}
+
 # --- boot ----------------------------------------------------------------------------------------------------------
 log "booting $IMAGE ($FORMAT, $([[ "$UEFI" -eq 1 ]] && echo UEFI || echo BIOS)), timeout ${TIMEOUT}s"
 START=$SECONDS
@@ -198,12 +203,12 @@ while :; do
         log "qemu exited (status $qrc) after $((SECONDS - START)) s without '$EXPECT' on the console"
         sed 's/^/qemu: /' "$TMP/qemu.out" >&2
         log "last lines of the console:"
-        tail -n 60 "$CONSOLE" | tr -d '\r' >&2
+        console_tail
         exit 1
     fi
     if ((SECONDS - START >= TIMEOUT)); then
         log "no '$EXPECT' on the console after ${TIMEOUT}s; last lines of the console:"
-        tail -n 60 "$CONSOLE" | tr -d '\r' >&2
+        console_tail
         exit 1
     fi
     sleep 2

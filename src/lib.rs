@@ -15,3 +15,4 @@ pub mod phase1;
 pub mod phase2;
 pub mod cli;
 pub mod customize;
+pub mod fetch;
