@@ -13,12 +13,13 @@
 #
 # The image and its SHA256SUMS are cached in the output directory (default /var/cache/kib/base). A stamp file
 # records the sha256 of this script (and the image's hash, size, mtime and inode); when the image, a matching
-# SHA256SUMS and a stamp for this script version are all there, nothing is rebuilt. The image path is always the LAST line of stdout; progress goes to stderr.
+# SHA256SUMS and a stamp for this script version are all there, nothing is rebuilt. The image path is always the
+# LAST line of stdout; progress goes to stderr.
 #
 # Host facts this script is written for (see shared/DESIGN.md section 6): the kernel cannot mount vfat, and
-# `losetup -P` creates no partition nodes. So the ESP is made with mkfs.vfat + mtools on a file, the root
-# filesystem with `mkfs.ext4 -d`, and both are copied into the disk at their partition offsets with dd. GRUB's BIOS
-# boot code goes in with grub-bios-setup on the image file through a device.map. No loop device, no mount of our own.
+# `losetup -P` creates no partition nodes. So nothing is mounted and no loop device is used: the ESP is made with
+# mkfs.vfat + mtools in a file, the root filesystem with `mkfs.ext4 -d` from the mmdebstrap tree, both are copied into
+# the disk at their partition offsets with dd, and GRUB's BIOS boot code is patched in the way grub-bios-setup does.
 set -euo pipefail
 
 SELF="$(readlink -f "${BASH_SOURCE[0]}")"

@@ -31,6 +31,46 @@ pub enum Command {
     Validate(ValidateArgs),
     /// List the sysprep operations that `sysprep.skip` can name.
     SysprepOperations,
+    /// Download every artifact a manifest's `download` steps need into the cache, so that an
+    /// air-gapped host (given the cache folder, say on a USB disk) can build with --offline.
+    Fetch(FetchArgs),
+}
+
+/// Where downloads come from: shared by customize and fetch.
+#[derive(Debug, Args)]
+pub struct FetchOptions {
+    /// Rewrite URLs starting with FROM to start with TO instead (longest prefix wins), for
+    /// mirrors: --mirror https://dl.k8s.io=http://mirror.local/k8s. Repeatable; added to the
+    /// configuration file's `mirrors`.
+    #[arg(long, value_name = "FROM=TO")]
+    pub mirror: Vec<String>,
+    /// Download nothing: every artifact must already be in the cache. A build that lacks some
+    /// stops before its first step and lists all of them.
+    #[arg(long)]
+    pub offline: bool,
+    /// kib's cache folder: downloads by SHA-256, checksum files, and the checksums of input
+    /// images already read in full. Default: the configuration's cache_dir, else /var/cache/kib.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// kib's configuration file (mirrors, cache_dir, offline). Default /etc/kib/config.yaml, if
+    /// it exists.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// The manifest whose downloads to fetch.
+    #[arg(long, value_name = "PATH")]
+    pub manifest: PathBuf,
+    /// Override a manifest variable, as for customize.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    /// The image architecture to fetch for (`${arch}`): amd64, arm64, ... Default: the host's.
+    #[arg(long)]
+    pub arch: Option<String>,
+    #[command(flatten)]
+    pub fetch: FetchOptions,
 }
 
 #[derive(Debug, Args)]
@@ -57,10 +97,8 @@ pub struct CustomizeArgs {
     /// Where the per-run work directory (holding the raw working copy) is created.
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,
-    /// kib's cache folder. It remembers the checksums of input images already read in full
-    /// (keyed by path, device, inode, size and times), so an unchanged input is not hashed twice.
-    #[arg(long, value_name = "DIR", default_value = "/var/cache/kib")]
-    pub cache_dir: PathBuf,
+    #[command(flatten)]
+    pub fetch: FetchOptions,
     /// Base name of the output files; defaults to the manifest's metadata.name.
     #[arg(long)]
     pub name: Option<String>,

@@ -6,7 +6,9 @@ use std::time::{Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use indexmap::IndexMap;
 
-use crate::cli::CustomizeArgs;
+use crate::cli::{CustomizeArgs, FetchOptions};
+use crate::config::Config;
+use crate::fetch::{Fetcher, MirrorMap};
 use crate::manifest;
 use crate::phase0::{self, Image};
 use crate::phase1::{self, session::Session};
@@ -40,20 +42,34 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     if !args.disk_image.exists() {
         bail!("disk image {} not found", args.disk_image.display());
     }
+    let fetcher = fetcher(&args.fetch)?;
     phase2::ensure_output_dir(&args.output_dir)?;
     let staging = Staging::create(&args.output_dir)?;
     tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
 
     // Phase 0
-    let mut image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: !args.no_verify, work_base: args.work_dir.clone(), cache_dir: Some(args.cache_dir.clone()) })?;
+    let mut image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: !args.no_verify, work_base: args.work_dir.clone(), cache_dir: Some(fetcher.cache_dir.clone()) })?;
     let phase0_s = t0.elapsed().as_secs_f64();
+    if fetcher.offline {
+        let missing = crate::phase1::missing_downloads(&manifest, &image.facts, &fetcher);
+        if !missing.is_empty() {
+            bail!(
+                "--offline: {} artifact(s) are not in the cache {}; fill it on a connected host with `kib fetch --manifest {} --arch {}` and copy the cache over:\n  - {}",
+                missing.len(),
+                fetcher.cache_dir.display(),
+                manifest.path.display(),
+                image.facts.arch,
+                missing.join("\n  - ")
+            );
+        }
+    }
 
     // Phase 1
     let t1 = Instant::now();
     let facts = image.facts.clone();
     let (steps, sysprep_done, packages, phase1_s, t2) = {
         let mut session = Session::open(image.root(), facts.debian_family())?;
-        let steps = phase1::run_steps(&mut session, image.root(), &manifest, &facts)?;
+        let steps = phase1::run_steps(&mut session, image.root(), &manifest, &facts, &fetcher)?;
         let phase1_s = t1.elapsed().as_secs_f64();
         tracing::info!("phase 1 done in {phase1_s:.1}s");
         let t2 = Instant::now();
@@ -102,6 +118,39 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
         t0.elapsed().as_secs_f64(),
         files.iter().map(|f| Path::new(&args.output_dir).join(f).display().to_string()).collect::<Vec<_>>().join(" ")
     );
+    Ok(())
+}
+
+/// The fetcher the options and the configuration file describe.
+pub fn fetcher(opts: &FetchOptions) -> Result<Fetcher> {
+    let config = Config::load(opts.config.as_deref())?;
+    let mirrors = MirrorMap::parse(&config.mirror_specs(&opts.mirror))?;
+    let cache_dir = opts.cache_dir.clone().or(config.cache_dir).unwrap_or_else(|| "/var/cache/kib".into());
+    Ok(Fetcher::new(mirrors, &cache_dir, opts.offline || config.offline))
+}
+
+/// `kib fetch`: downloads every artifact of the manifest's `download` steps (whose `when.arch`
+/// matches `arch`) into the cache, and prints each with its SHA-256.
+pub fn fetch_all(args: &crate::cli::FetchArgs) -> Result<()> {
+    let manifest = manifest::load(&args.manifest, &args.set)?;
+    let fetcher = fetcher(&args.fetch)?;
+    let arch = args.arch.clone().unwrap_or_else(|| crate::phase0::facts::host_arch().to_string());
+    let facts = crate::phase0::facts::Facts { arch, ..Default::default() };
+    let vars = phase1::step_vars(&manifest, &facts);
+    let mut failed = Vec::new();
+    let mut count = 0;
+    for step in manifest.steps.iter().filter(|s| s.when.arch.is_empty() || s.when.arch.contains(&facts.arch)) {
+        let manifest::Action::Download(d) = step.action.expand(&vars).map_err(|u| anyhow::anyhow!("undefined variable `${{{}}}`", u.0))? else { continue };
+        count += 1;
+        match phase1::download::expected_sum(&fetcher, &d).and_then(|sum| Ok(fetcher.fetch(&d.url, &sum)?)) {
+            Ok(f) => println!("{}  {}  ({})", f.sha256, f.url, f.source),
+            Err(e) => failed.push(format!("step `{}`: {e:#}", step.name)),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} of {count} downloads failed:\n  - {}", failed.len(), failed.join("\n  - "));
+    }
+    tracing::info!("{count} artifacts in {}", fetcher.cache_dir.display());
     Ok(())
 }
 

@@ -16,3 +16,4 @@ pub mod phase2;
 pub mod cli;
 pub mod customize;
 pub mod fetch;
+pub mod config;

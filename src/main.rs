@@ -49,6 +49,7 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Fetch(args) => customize::fetch_all(&args),
         Command::SysprepOperations => {
             for op in sysprep::OPERATIONS {
                 println!("{:<14} {}", op.name, op.description);

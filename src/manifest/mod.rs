@@ -54,6 +54,7 @@ pub enum Action {
     Systemd(SystemdStep),
     Sysctl(SysctlStep),
     KernelModules(KernelModulesStep),
+    Download(DownloadStep),
 }
 
 impl Action {
@@ -66,6 +67,7 @@ impl Action {
             Action::Systemd(_) => "systemd",
             Action::Sysctl(_) => "sysctl",
             Action::KernelModules(_) => "kernel-modules",
+            Action::Download(_) => "download",
         }
     }
 
@@ -106,6 +108,15 @@ impl Action {
                 file: e(&k.file)?,
                 load: ev(&k.load)?,
                 options: em(&k.options)?,
+            }),
+            Action::Download(d) => Action::Download(DownloadStep {
+                url: e(&d.url)?,
+                sha256: eo(&d.sha256)?,
+                sha256_url: eo(&d.sha256_url)?,
+                path: eo(&d.path)?,
+                extract: eo(&d.extract)?,
+                strip_components: d.strip_components,
+                mode: eo(&d.mode)?,
             }),
         })
     }
@@ -309,12 +320,15 @@ fn resolve_step(path: &Path, index: usize, step: &Step) -> Result<ResolvedStep, 
     if let Some(a) = &step.kernel_modules {
         actions.push(Action::KernelModules(a.clone()));
     }
+    if let Some(a) = &step.download {
+        actions.push(Action::Download(a.clone()));
+    }
     if actions.len() != 1 {
         let found: Vec<_> = actions.iter().map(Action::kind).collect();
         return Err(invalid(
             path,
             format!(
-                "{}: a step needs exactly one of packages, file, run, systemd, sysctl, kernel-modules; found {}",
+                "{}: a step needs exactly one of packages, file, run, systemd, sysctl, kernel-modules, download; found {}",
                 here(),
                 if found.is_empty() { "none".to_string() } else { found.join(", ") }
             ),
@@ -329,6 +343,22 @@ fn resolve_step(path: &Path, index: usize, step: &Step) -> Result<ResolvedStep, 
             return Err(invalid(path, format!("{}: `file.path` must be absolute, got `{}`", here(), f.path)));
         }
         if let Some(m) = &f.mode {
+            parse_mode(m).map_err(|e| invalid(path, format!("{}: {e}", here())))?;
+        }
+    }
+    if let Action::Download(d) = &action {
+        if d.sha256.is_some() == d.sha256_url.is_some() {
+            return Err(invalid(path, format!("{}: `download` needs exactly one of `sha256` and `sha256_url`", here())));
+        }
+        if d.path.is_some() == d.extract.is_some() {
+            return Err(invalid(path, format!("{}: `download` needs exactly one of `path` and `extract`", here())));
+        }
+        for p in d.path.iter().chain(&d.extract) {
+            if !p.starts_with('/') {
+                return Err(invalid(path, format!("{}: `download` destination `{p}` must be absolute", here())));
+            }
+        }
+        if let Some(m) = &d.mode {
             parse_mode(m).map_err(|e| invalid(path, format!("{}: {e}", here())))?;
         }
     }

@@ -67,6 +67,7 @@ pub struct Step {
     pub sysctl: Option<SysctlStep>,
     #[serde(rename = "kernel-modules")]
     pub kernel_modules: Option<KernelModulesStep>,
+    pub download: Option<DownloadStep>,
 }
 
 /// Conditions on the image, all of which must hold.
@@ -171,6 +172,32 @@ pub struct KernelModulesStep {
     /// Module name to its options string (`options <module> <options>` lines).
     #[serde(default)]
     pub options: IndexMap<String, String>,
+}
+
+/// `download`: fetches a file through kib's fetcher (the mirror map, the content-addressed cache
+/// and SHA-256 verification; see `kib fetch` and `--offline`) and writes it into the image,
+/// either as one file (`path`) or unpacked from a `.tar`, `.tar.gz` or `.tgz` archive
+/// (`extract`, a folder). Extracted files are owned by root; hard links, devices and paths with
+/// `..` are refused. Needs nothing from the image: the download happens on the build host.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadStep {
+    /// The upstream URL, such as `https://dl.k8s.io/release/v${kubernetes_version}/bin/linux/${arch}/kubelet`.
+    pub url: String,
+    /// The expected SHA-256 (64 hex digits). Give this or `sha256_url`.
+    pub sha256: Option<String>,
+    /// A URL publishing the SHA-256 (a bare digest, or `sha256sum` lines naming the file), such
+    /// as upstream's `<url>.sha256`. Fetched through the mirror map and cached for offline use.
+    pub sha256_url: Option<String>,
+    /// Absolute image path to write the file to. Give this or `extract`.
+    pub path: Option<String>,
+    /// Absolute image folder to unpack the archive into.
+    pub extract: Option<String>,
+    /// With `extract`: leading path components to drop from each entry, as tar's option does.
+    #[serde(default)]
+    pub strip_components: usize,
+    /// With `path`: octal mode; default `"0755"` (downloads are mostly executables).
+    pub mode: Option<String>,
 }
 
 /// Phase 2's artifacts.

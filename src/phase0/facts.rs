@@ -83,6 +83,20 @@ pub fn elf_arch(header: &[u8]) -> Option<&'static str> {
     })
 }
 
+/// The Debian architecture name of the host kib runs on.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "armhf",
+        "x86" => "i386",
+        "riscv64" => "riscv64",
+        "powerpc64" => "ppc64el",
+        "s390x" => "s390x",
+        other => other,
+    }
+}
+
 /// Collects the facts of a mounted root whose os-release was already read.
 pub fn collect(root: &GuestRoot, os_release: IndexMap<String, String>) -> std::io::Result<Facts> {
     let mut arch = String::new();

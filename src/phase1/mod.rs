@@ -2,6 +2,7 @@
 //! the image's own programs running in a [`session::Session`].
 
 pub mod apt;
+pub mod download;
 pub mod session;
 pub mod users;
 
@@ -10,6 +11,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::fetch::{Fetched, Fetcher};
 use crate::guest::GuestRoot;
 use crate::hash::sha256_bytes;
 use crate::manifest::{self, Action, Manifest, Vars};
@@ -42,6 +44,9 @@ pub struct StepRecord {
     /// Wall time in seconds.
     pub duration_seconds: f64,
     pub files: Vec<FileRecord>,
+    /// What a `download` step fetched: URL, where from, SHA-256, size.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub downloads: Vec<Fetched>,
 }
 
 /// The variables a step sees: the manifest's, plus the image's facts (`arch`, `os_id`, ...).
@@ -57,7 +62,7 @@ pub fn step_vars(manifest: &Manifest, facts: &Facts) -> Vars {
 
 /// Runs every step of `manifest` in order. Stops at the first failing step with an error that
 /// names it, its origin and the tail of its output.
-pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifest, facts: &Facts) -> Result<Vec<StepRecord>> {
+pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifest, facts: &Facts, fetcher: &Fetcher) -> Result<Vec<StepRecord>> {
     let vars = step_vars(manifest, facts);
     let os_ids = facts.os_ids();
     let total = manifest.steps.len();
@@ -68,7 +73,7 @@ pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifes
             bail!("interrupted by signal {sig} before step {}/{total} `{}`", i + 1, step.name);
         }
         let kind = step.action.kind();
-        let mut record = StepRecord { name: step.name.clone(), kind, origin: step.origin.clone(), status: "ok", duration_seconds: 0.0, files: Vec::new() };
+        let mut record = StepRecord { name: step.name.clone(), kind, origin: step.origin.clone(), status: "ok", duration_seconds: 0.0, files: Vec::new(), downloads: Vec::new() };
         if !step.applies(&os_ids, &facts.arch) {
             tracing::info!("step {}/{total} `{}` ({kind}) skipped: its `when` does not match this image", i + 1, step.name);
             record.status = "skipped";
@@ -78,7 +83,8 @@ pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifes
         tracing::info!("step {}/{total} `{}` ({kind})", i + 1, step.name);
         let start = Instant::now();
         let action = step.action.expand(&vars).map_err(|u| anyhow!("undefined variable `${{{}}}`", u.0));
-        let result = action.and_then(|a| execute(session, root, step, &a, &vars, facts, &mut state, &mut record.files));
+        let mut ctx = StepContext { session: &mut *session, root, vars: &vars, facts, fetcher, apt: &mut state };
+        let result = action.and_then(|a| execute(&mut ctx, step, &a, &mut record));
         record.duration_seconds = start.elapsed().as_secs_f64();
         if let Err(e) = result {
             return Err(e.context(format!(
@@ -95,17 +101,19 @@ pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifes
     Ok(records)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn execute(
-    session: &mut Session<'_>,
-    root: &GuestRoot,
-    step: &manifest::ResolvedStep,
-    action: &Action,
-    vars: &Vars,
-    facts: &Facts,
-    state: &mut apt::AptState,
-    files: &mut Vec<FileRecord>,
-) -> Result<()> {
+/// What a step's executor works with.
+struct StepContext<'s, 'r> {
+    session: &'s mut Session<'r>,
+    root: &'s GuestRoot,
+    vars: &'s Vars,
+    facts: &'s Facts,
+    fetcher: &'s Fetcher,
+    apt: &'s mut apt::AptState,
+}
+
+fn execute(ctx: &mut StepContext<'_, '_>, step: &manifest::ResolvedStep, action: &Action, record: &mut StepRecord) -> Result<()> {
+    let (session, root, vars, facts, state) = (&mut *ctx.session, ctx.root, ctx.vars, ctx.facts, &mut *ctx.apt);
+    let files = &mut record.files;
     let timeout = Some(step.timeout);
     match action {
         Action::Packages(p) => {
@@ -181,7 +189,30 @@ fn execute(
             }
             Ok(())
         }
+        Action::Download(d) => {
+            let fetched = download::apply(root, ctx.fetcher, d, files)?;
+            record.downloads.push(fetched);
+            Ok(())
+        }
     }
+}
+
+/// The downloads of the steps that apply to this image, with their expected SHA-256, that the
+/// cache lacks (or whose checksum file it lacks). Used by `--offline` to report every missing
+/// artifact at once, before any step runs.
+pub fn missing_downloads(manifest: &Manifest, facts: &Facts, fetcher: &Fetcher) -> Vec<String> {
+    let vars = step_vars(manifest, facts);
+    let os_ids = facts.os_ids();
+    let mut missing = Vec::new();
+    for step in manifest.steps.iter().filter(|s| s.applies(&os_ids, &facts.arch)) {
+        let Ok(Action::Download(d)) = step.action.expand(&vars) else { continue };
+        match download::expected_sum(fetcher, &d) {
+            Ok(sum) if fetcher.cached_path(&sum).exists() => {}
+            Ok(sum) => missing.push(format!("{} (sha256 {sum}, step `{}`)", crate::fetch::redact(&d.url), step.name)),
+            Err(e) => missing.push(format!("{e} (step `{}`)", step.name)),
+        }
+    }
+    missing
 }
 
 fn check_file_name(name: &str) -> Result<()> {

@@ -1,0 +1,52 @@
+//! kib's host configuration file (default `/etc/kib/config.yaml`, optional): settings an image
+//! factory sets once rather than on every command line.
+//!
+//! ```yaml
+//! mirrors:                       # FROM: TO, as --mirror FROM=TO
+//!   https://dl.k8s.io: http://mirror.local/k8s
+//!   https://pkgs.k8s.io: http://mirror.local/pkgs
+//! cache_dir: /var/cache/kib
+//! offline: false
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use indexmap::IndexMap;
+
+/// The default location of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/kib/config.yaml";
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Mirror map entries; command-line `--mirror`s come after them (and win on equal prefixes).
+    #[serde(default)]
+    pub mirrors: IndexMap<String, String>,
+    pub cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub offline: bool,
+}
+
+impl Config {
+    /// Reads `path`; a missing file at the default location is an empty configuration.
+    ///
+    /// Errors: unreadable file, YAML or unknown fields (with line and column).
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let (path, required) = match path {
+            Some(p) => (p, true),
+            None => (Path::new(DEFAULT_PATH), false),
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(Config::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading kib configuration {}", path.display())),
+        };
+        yaml_serde::from_str(&text).with_context(|| format!("kib configuration {}", path.display()))
+    }
+
+    /// Mirror specifications (`FROM=TO`), the file's first, then `extra`.
+    pub fn mirror_specs(&self, extra: &[String]) -> Vec<String> {
+        self.mirrors.iter().map(|(f, t)| format!("{f}={t}")).chain(extra.iter().cloned()).collect()
+    }
+}
