@@ -68,7 +68,7 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     let t1 = Instant::now();
     let facts = image.facts.clone();
     let (steps, sysprep_done, packages, phase1_s, t2) = {
-        let mut session = Session::open(image.root(), facts.debian_family())?;
+        let mut session = Session::open(image.root(), facts.debian_family(), fetcher.mirrors.clone())?;
         let steps = phase1::run_steps(&mut session, image.root(), &manifest, &facts, &fetcher)?;
         let phase1_s = t1.elapsed().as_secs_f64();
         tracing::info!("phase 1 done in {phase1_s:.1}s");
@@ -140,11 +140,26 @@ pub fn fetch_all(args: &crate::cli::FetchArgs) -> Result<()> {
     let mut failed = Vec::new();
     let mut count = 0;
     for step in manifest.steps.iter().filter(|s| s.when.arch.is_empty() || s.when.arch.contains(&facts.arch)) {
-        let manifest::Action::Download(d) = step.action.expand(&vars).map_err(|u| anyhow::anyhow!("undefined variable `${{{}}}`", u.0))? else { continue };
-        count += 1;
-        match phase1::download::expected_sum(&fetcher, &d).and_then(|sum| Ok(fetcher.fetch(&d.url, &sum)?)) {
-            Ok(f) => println!("{}  {}  ({})", f.sha256, f.url, f.source),
-            Err(e) => failed.push(format!("step `{}`: {e:#}", step.name)),
+        if !step.when.variables.iter().all(|(k, v)| vars.0.get(k) == Some(v)) {
+            continue;
+        }
+        for (url, sha, sha_url) in phase1::artifacts(&step.action, &vars) {
+            count += 1;
+            let got = phase1::download::expected_sum(&fetcher, &url, sha.as_ref(), sha_url.as_deref(), &facts.arch)
+                .and_then(|sum| Ok(fetcher.fetch(&url, &sum)?));
+            match got {
+                Ok(f) => println!("{}  {}  ({})", f.sha256, f.url, f.source),
+                Err(e) => failed.push(format!("step `{}`: {e:#}", step.name)),
+            }
+        }
+        if let manifest::Action::Repository(r) = step.action.expand(&vars).map_err(|u| anyhow::anyhow!("undefined variable `${{{}}}`", u.0))? {
+            if let (Some(url), None) = (&r.key_url, &r.key_sha256) {
+                count += 1;
+                match fetcher.fetch_unpinned(url) {
+                    Ok(f) => println!("{}  {}  ({}, unpinned)", f.sha256, f.url, f.source),
+                    Err(e) => failed.push(format!("step `{}`: {e:#}", step.name)),
+                }
+            }
         }
     }
     if !failed.is_empty() {

@@ -195,6 +195,30 @@ impl Fetcher {
         Ok((path, hex::encode(h.finalize()), size))
     }
 
+    /// Fetches `url` without a known SHA-256 (an unpinned repository key): the content is cached
+    /// by its SHA-256 like any other, and the URL remembered, so offline builds find it again.
+    /// The caller records the SHA-256 it got.
+    pub fn fetch_unpinned(&self, url: &str) -> Result<Fetched, FetchError> {
+        let index = self.cache_dir.join("urls").join(crate::hash::sha256_bytes(url.as_bytes()));
+        if let Ok(sum) = std::fs::read_to_string(&index) {
+            if let Ok(f) = self.fetch(url, sum.trim()) {
+                return Ok(f);
+            }
+        }
+        if self.offline {
+            return Err(FetchError::Offline(vec![format!("{} (unpinned)", redact(url))]));
+        }
+        let from = self.mirrors.resolve(url);
+        tracing::info!("downloading {} (unpinned)", redact(&from));
+        let (tmp, sha256, size) = self.download_to_cache_tmp(url, &from)?;
+        let path = self.cached_path(&sha256);
+        std::fs::rename(&tmp, &path).map_err(Self::cache_err(&path))?;
+        let dir = self.cache_dir.join("urls");
+        std::fs::create_dir_all(&dir).map_err(Self::cache_err(&dir))?;
+        std::fs::write(&index, &sha256).map_err(Self::cache_err(&index))?;
+        Ok(Fetched { url: redact(url), source: redact(&from), sha256, size, path })
+    }
+
     /// The SHA-256 published at `sums_url` (a `sha256sum`-style file or a bare digest) for the
     /// file named like the last segment of `file_url`. Cached per URL for offline builds.
     pub fn published_sum(&self, sums_url: &str, file_url: &str) -> Result<String, FetchError> {

@@ -55,6 +55,8 @@ pub enum Action {
     Sysctl(SysctlStep),
     KernelModules(KernelModulesStep),
     Download(DownloadStep),
+    Repository(RepositoryStep),
+    Images(ImagesStep),
 }
 
 impl Action {
@@ -68,6 +70,8 @@ impl Action {
             Action::Sysctl(_) => "sysctl",
             Action::KernelModules(_) => "kernel-modules",
             Action::Download(_) => "download",
+            Action::Repository(_) => "repository",
+            Action::Images(_) => "images",
         }
     }
 
@@ -80,6 +84,13 @@ impl Action {
             m.iter().map(|(k, v)| Ok((vars.expand(k)?, vars.expand(v)?))).collect::<Result<IndexMap<_, _>, _>>()
         };
         let eo = |o: &Option<String>| o.as_ref().map(|s| vars.expand(s)).transpose();
+        let es = |o: &Option<Sha256Spec>| -> Result<Option<Sha256Spec>, vars::Undefined> {
+            Ok(match o {
+                None => None,
+                Some(Sha256Spec::One(s)) => Some(Sha256Spec::One(vars.expand(s)?)),
+                Some(Sha256Spec::PerArch(m)) => Some(Sha256Spec::PerArch(em(m)?)),
+            })
+        };
         Ok(match self {
             Action::Packages(p) => Action::Packages(Packages {
                 update: p.update,
@@ -111,12 +122,29 @@ impl Action {
             }),
             Action::Download(d) => Action::Download(DownloadStep {
                 url: e(&d.url)?,
-                sha256: eo(&d.sha256)?,
+                sha256: es(&d.sha256)?,
                 sha256_url: eo(&d.sha256_url)?,
                 path: eo(&d.path)?,
                 extract: eo(&d.extract)?,
                 strip_components: d.strip_components,
                 mode: eo(&d.mode)?,
+            }),
+            Action::Repository(r) => Action::Repository(RepositoryStep {
+                name: e(&r.name)?,
+                url: e(&r.url)?,
+                suite: eo(&r.suite)?,
+                components: ev(&r.components)?,
+                key_url: eo(&r.key_url)?,
+                key_sha256: eo(&r.key_sha256)?,
+                key: eo(&r.key)?,
+            }),
+            Action::Images(i) => Action::Images(ImagesStep {
+                namespace: eo(&i.namespace)?,
+                archives: i
+                    .archives
+                    .iter()
+                    .map(|a| Ok(ImageArchive { url: e(&a.url)?, sha256: es(&a.sha256)?, sha256_url: eo(&a.sha256_url)? }))
+                    .collect::<Result<Vec<_>, _>>()?,
             }),
         })
     }
@@ -134,10 +162,12 @@ pub struct ResolvedStep {
 }
 
 impl ResolvedStep {
-    /// Whether the step applies to an image with this os-release `ID`/`ID_LIKE` and architecture.
-    pub fn applies(&self, os_ids: &[String], arch: &str) -> bool {
+    /// Whether the step applies to an image with this os-release `ID`/`ID_LIKE` and
+    /// architecture, given the build's variables.
+    pub fn applies(&self, os_ids: &[String], arch: &str, vars: &Vars) -> bool {
         (self.when.os.is_empty() || self.when.os.iter().any(|o| os_ids.contains(o)))
             && (self.when.arch.is_empty() || self.when.arch.iter().any(|a| a == arch))
+            && self.when.variables.iter().all(|(k, v)| vars.0.get(k) == Some(v))
     }
 }
 
@@ -180,6 +210,11 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Manifest, ManifestError
         variables.insert(k.to_string(), v.to_string());
     }
     let variables = Vars(variables);
+    for step in &loader.steps {
+        if let Some(k) = step.when.variables.keys().find(|k| !variables.0.contains_key(*k)) {
+            return Err(invalid(&step.origin, format!("step `{}`: `when.variables` names `{k}`, which no file declares", step.name)));
+        }
+    }
     // Check every reference now, with placeholders for the facts Phase 0 provides.
     let mut probe = variables.clone();
     for b in vars::BUILTIN {
@@ -323,12 +358,18 @@ fn resolve_step(path: &Path, index: usize, step: &Step) -> Result<ResolvedStep, 
     if let Some(a) = &step.download {
         actions.push(Action::Download(a.clone()));
     }
+    if let Some(a) = &step.repository {
+        actions.push(Action::Repository(a.clone()));
+    }
+    if let Some(a) = &step.images {
+        actions.push(Action::Images(a.clone()));
+    }
     if actions.len() != 1 {
         let found: Vec<_> = actions.iter().map(Action::kind).collect();
         return Err(invalid(
             path,
             format!(
-                "{}: a step needs exactly one of packages, file, run, systemd, sysctl, kernel-modules, download; found {}",
+                "{}: a step needs exactly one of packages, file, run, systemd, sysctl, kernel-modules, download, repository, images; found {}",
                 here(),
                 if found.is_empty() { "none".to_string() } else { found.join(", ") }
             ),
@@ -360,6 +401,21 @@ fn resolve_step(path: &Path, index: usize, step: &Step) -> Result<ResolvedStep, 
         }
         if let Some(m) = &d.mode {
             parse_mode(m).map_err(|e| invalid(path, format!("{}: {e}", here())))?;
+        }
+    }
+    if let Action::Repository(r) = &action {
+        if r.key_url.is_some() == r.key.is_some() {
+            return Err(invalid(path, format!("{}: `repository` needs exactly one of `key_url` and `key`", here())));
+        }
+        if r.name.is_empty() || r.name.contains('/') {
+            return Err(invalid(path, format!("{}: `repository.name` must be a plain name", here())));
+        }
+    }
+    if let Action::Images(i) = &action {
+        for a in &i.archives {
+            if a.sha256.is_some() == a.sha256_url.is_some() {
+                return Err(invalid(path, format!("{}: image archive {} needs exactly one of `sha256` and `sha256_url`", here(), a.url)));
+            }
         }
     }
     let timeout = match &step.timeout {

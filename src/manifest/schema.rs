@@ -68,6 +68,8 @@ pub struct Step {
     #[serde(rename = "kernel-modules")]
     pub kernel_modules: Option<KernelModulesStep>,
     pub download: Option<DownloadStep>,
+    pub repository: Option<RepositoryStep>,
+    pub images: Option<ImagesStep>,
 }
 
 /// Conditions on the image, all of which must hold.
@@ -80,6 +82,10 @@ pub struct When {
     /// Debian-style architecture names, such as `amd64` or `arm64`.
     #[serde(default)]
     pub arch: Vec<String>,
+    /// Variable values: the step runs only if each named variable equals the given string (for
+    /// choosing, say, between `kubernetes_source: pkg` and `http`).
+    #[serde(default)]
+    pub variables: IndexMap<String, String>,
 }
 
 /// `packages`: install, remove and hold packages with the image's own package manager (apt on
@@ -184,8 +190,9 @@ pub struct KernelModulesStep {
 pub struct DownloadStep {
     /// The upstream URL, such as `https://dl.k8s.io/release/v${kubernetes_version}/bin/linux/${arch}/kubelet`.
     pub url: String,
-    /// The expected SHA-256 (64 hex digits). Give this or `sha256_url`.
-    pub sha256: Option<String>,
+    /// The expected SHA-256 (64 hex digits), or a map from architecture to it. Give this or
+    /// `sha256_url`.
+    pub sha256: Option<Sha256Spec>,
     /// A URL publishing the SHA-256 (a bare digest, or `sha256sum` lines naming the file), such
     /// as upstream's `<url>.sha256`. Fetched through the mirror map and cached for offline use.
     pub sha256_url: Option<String>,
@@ -198,6 +205,76 @@ pub struct DownloadStep {
     pub strip_components: usize,
     /// With `path`: octal mode; default `"0755"` (downloads are mostly executables).
     pub mode: Option<String>,
+}
+
+/// A pinned SHA-256: one for every architecture, or one per architecture
+/// (`{amd64: "...", arm64: "..."}`).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum Sha256Spec {
+    One(String),
+    PerArch(IndexMap<String, String>),
+}
+
+impl Sha256Spec {
+    /// The sum for `arch`. Errors when a per-arch map lacks it.
+    pub fn for_arch(&self, arch: &str) -> Result<String, String> {
+        match self {
+            Sha256Spec::One(s) => Ok(s.clone()),
+            Sha256Spec::PerArch(m) => m.get(arch).cloned().ok_or_else(|| {
+                format!("no sha256 for architecture `{arch}` (the manifest pins: {})", m.keys().cloned().collect::<Vec<_>>().join(", "))
+            }),
+        }
+    }
+}
+
+/// `repository`: adds an apt repository with its signing key. Writes
+/// `/etc/apt/keyrings/<name>.asc` (the ASCII-armored key, fetched through the mirror map and
+/// cache) and `/etc/apt/sources.list.d/<name>.list`
+/// (`deb [signed-by=/etc/apt/keyrings/<name>.asc] <url> <suite> <components>`). The next
+/// `packages` step refreshes the package lists. Needs apt in the image (Debian family).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryStep {
+    /// A plain name for the files, such as `kubernetes`.
+    pub name: String,
+    /// The repository URL, such as `https://pkgs.k8s.io/core:/stable:/v1.30/deb/`. It is
+    /// written into the image as given; during the build, the mirror map applies.
+    pub url: String,
+    /// The suite; `/` (the default) for a flat repository such as pkgs.k8s.io's.
+    pub suite: Option<String>,
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// Where the ASCII-armored signing key is published. Give this or `key`.
+    pub key_url: Option<String>,
+    /// The key's SHA-256. Without it, the key is fetched unpinned and its SHA-256 is recorded
+    /// in the BOM (a warning says so).
+    pub key_sha256: Option<String>,
+    /// The ASCII-armored key itself, inline.
+    pub key: Option<String>,
+}
+
+/// `images`: pre-loads container images into containerd's store in the image, offline. Each
+/// archive (docker-archive or OCI tar) is fetched through the mirror map and cache, copied into
+/// the image, and imported with the image's own `ctr` while the image's own `containerd` runs
+/// inside the chroot, in the step's PID namespace; containerd is stopped afterwards and nothing
+/// keeps running. Needs containerd and ctr in the image. Records each image's name and digest
+/// in the BOM.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesStep {
+    /// containerd namespace; `k8s.io` (the default) is the one the kubelet's CRI uses.
+    pub namespace: Option<String>,
+    pub archives: Vec<ImageArchive>,
+}
+
+/// One image archive to pre-load.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ImageArchive {
+    pub url: String,
+    pub sha256: Option<Sha256Spec>,
+    pub sha256_url: Option<String>,
 }
 
 /// Phase 2's artifacts.

@@ -48,8 +48,8 @@ fn loads_includes_in_order_with_variables() {
     assert!(m.sysprep.enabled);
     let Action::File(f) = m.steps[3].action.expand(&m.variables).unwrap() else { panic!("not a file step") };
     assert_eq!(f.content.unwrap(), "image: mirror/pause:3.9\n");
-    assert!(!m.steps[1].applies(&["debian".into()], "amd64"));
-    assert!(m.steps[1].applies(&["debian".into()], "arm64"));
+    assert!(!m.steps[1].applies(&["debian".into()], "amd64", &m.variables));
+    assert!(m.steps[1].applies(&["debian".into()], "arm64", &m.variables));
     assert_eq!(m.steps[0].timeout, DEFAULT_STEP_TIMEOUT);
 }
 
@@ -160,4 +160,35 @@ fn bad_values_are_reported() {
     assert!(load(&p, &[]).unwrap_err().to_string().contains("apiVersion `kib/v2`"));
     let p = write(d.path(), "k.yaml", "apiVersion: kib/v1\nkind: Phase\n");
     assert!(load(&p, &[]).unwrap_err().to_string().contains("kind must be `ImageManifest`"));
+}
+
+#[test]
+fn when_variables_and_per_arch_sums() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(
+        d.path(),
+        "m.yaml",
+        r#"apiVersion: kib/v1
+kind: ImageManifest
+variables: {kubernetes_source: pkg}
+steps:
+  - name: http only
+    when: {variables: {kubernetes_source: http}}
+    download:
+      url: https://dl.k8s.io/kubelet
+      sha256: {amd64: "aaaa", arm64: "bbbb"}
+      path: /usr/bin/kubelet
+  - name: repo
+    repository: {name: kubernetes, url: "https://pkgs.k8s.io/core:/stable:/v1.30/deb/", key_url: "https://pkgs.k8s.io/core:/stable:/v1.30/deb/Release.key"}
+"#,
+    );
+    let m = load(&p, &[]).unwrap();
+    assert!(!m.steps[0].applies(&[], "amd64", &m.variables));
+    let m2 = load(&p, &["kubernetes_source=http".into()]).unwrap();
+    assert!(m2.steps[0].applies(&[], "amd64", &m2.variables));
+    let Action::Download(dl) = &m.steps[0].action else { panic!() };
+    assert_eq!(dl.sha256.as_ref().unwrap().for_arch("arm64").unwrap(), "bbbb");
+    assert!(dl.sha256.as_ref().unwrap().for_arch("riscv64").unwrap_err().contains("amd64, arm64"));
+    let bad = write(d.path(), "b.yaml", "apiVersion: kib/v1\nkind: ImageManifest\nsteps:\n  - name: x\n    when: {variables: {nope: a}}\n    run: {script: x}\n");
+    assert!(load(&bad, &[]).unwrap_err().to_string().contains("names `nope`, which no file declares"));
 }

@@ -2,9 +2,10 @@
 
 use indexmap::IndexMap;
 
-/// Variable names the image provides once Phase 0 has looked at it: the Debian-style
-/// architecture (`amd64`, `arm64`) and the os-release `ID`, `VERSION_ID` and `VERSION_CODENAME`.
-pub const BUILTIN: &[&str] = &["arch", "os_id", "os_version_id", "os_codename"];
+/// Variables kib provides: the image's Debian-style architecture (`amd64`, `arm64`) and its
+/// os-release `ID`, `VERSION_ID` and `VERSION_CODENAME` (known once Phase 0 has looked at it),
+/// kib's version, the build's start date (UTC, RFC 3339) and the manifest's name.
+pub const BUILTIN: &[&str] = &["arch", "os_id", "os_version_id", "os_codename", "kib_version", "build_date", "manifest_name"];
 
 /// A set of variables: name to value.
 #[derive(Debug, Clone, Default)]

@@ -17,7 +17,8 @@ pub struct AptState {
 const DPKG_OPTS: &[&str] = &["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold", "-o", "Dpkg::Use-Pty=0"];
 
 /// Applies one `packages` step: update, install, remove, purge, hold, in that order.
-pub fn apply(session: &Session<'_>, p: &Packages, state: &mut AptState, timeout: Option<Duration>) -> Result<()> {
+pub fn apply(session: &mut Session<'_>, p: &Packages, state: &mut AptState, timeout: Option<Duration>) -> Result<()> {
+    session.rewrite_apt_sources()?;
     let update = p.update.unwrap_or(!p.install.is_empty() && !state.updated);
     if update {
         session.run(&["apt-get", "-q", "update"], &[], "apt-get update", timeout)?;

@@ -11,20 +11,21 @@ use super::FileRecord;
 use crate::fetch::{Fetched, Fetcher};
 use crate::guest::GuestRoot;
 use crate::hash::sha256_bytes;
-use crate::manifest::{parse_mode, DownloadStep};
+use crate::manifest::{parse_mode, DownloadStep, Sha256Spec};
 
-/// The SHA-256 a download must have: its `sha256`, or the one published at its `sha256_url`.
-pub fn expected_sum(fetcher: &Fetcher, d: &DownloadStep) -> Result<String> {
-    match (&d.sha256, &d.sha256_url) {
-        (Some(s), _) => Ok(s.clone()),
-        (None, Some(u)) => Ok(fetcher.published_sum(u, &d.url)?),
+/// The SHA-256 `url` must have: the pinned one (for `arch`), or the one published at
+/// `sha256_url` (fetched through the mirror map, cached for offline builds).
+pub fn expected_sum(fetcher: &Fetcher, url: &str, sha256: Option<&Sha256Spec>, sha256_url: Option<&str>, arch: &str) -> Result<String> {
+    match (sha256, sha256_url) {
+        (Some(s), _) => s.for_arch(arch).map_err(|e| anyhow::anyhow!("{url}: {e}")),
+        (None, Some(u)) => Ok(fetcher.published_sum(u, url)?),
         (None, None) => unreachable!("checked when the manifest was loaded"),
     }
 }
 
 /// Runs one download step; returns what was fetched and records what was written in `files`.
-pub fn apply(root: &GuestRoot, fetcher: &Fetcher, d: &DownloadStep, files: &mut Vec<FileRecord>) -> Result<Fetched> {
-    let sum = expected_sum(fetcher, d)?;
+pub fn apply(root: &GuestRoot, fetcher: &Fetcher, d: &DownloadStep, arch: &str, files: &mut Vec<FileRecord>) -> Result<Fetched> {
+    let sum = expected_sum(fetcher, &d.url, d.sha256.as_ref(), d.sha256_url.as_deref(), arch)?;
     let fetched = fetcher.fetch(&d.url, &sum)?;
     if let Some(path) = &d.path {
         let mode = d.mode.as_deref().map(parse_mode).transpose().map_err(anyhow::Error::msg)?.unwrap_or(0o755);

@@ -3,6 +3,8 @@
 
 pub mod apt;
 pub mod download;
+pub mod images;
+pub mod repository;
 pub mod session;
 pub mod users;
 
@@ -44,12 +46,23 @@ pub struct StepRecord {
     /// Wall time in seconds.
     pub duration_seconds: f64,
     pub files: Vec<FileRecord>,
-    /// What a `download` step fetched: URL, where from, SHA-256, size.
+    /// What a `download`, `repository` or `images` step fetched: URL, where from, SHA-256, size.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub downloads: Vec<Fetched>,
+    /// Container images an `images` step loaded: name and digest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<images::LoadedImage>,
 }
 
-/// The variables a step sees: the manifest's, plus the image's facts (`arch`, `os_id`, ...).
+static BUILD_DATE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The build's start time, UTC, RFC 3339 (`${build_date}`): fixed at the first call.
+pub fn build_date() -> &'static str {
+    BUILD_DATE.get_or_init(|| humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string())
+}
+
+/// The variables a step sees: the manifest's, plus the builtins (`arch`, `os_id`,
+/// `os_version_id`, `os_codename`, `kib_version`, `build_date`, `manifest_name`).
 pub fn step_vars(manifest: &Manifest, facts: &Facts) -> Vars {
     let mut v = manifest.variables.clone();
     let get = |k: &str| facts.os_release.get(k).cloned().unwrap_or_default();
@@ -57,6 +70,9 @@ pub fn step_vars(manifest: &Manifest, facts: &Facts) -> Vars {
     v.0.insert("os_id".into(), get("ID"));
     v.0.insert("os_version_id".into(), get("VERSION_ID"));
     v.0.insert("os_codename".into(), get("VERSION_CODENAME"));
+    v.0.insert("kib_version".into(), env!("CARGO_PKG_VERSION").into());
+    v.0.insert("build_date".into(), build_date().into());
+    v.0.insert("manifest_name".into(), manifest.name.clone());
     v
 }
 
@@ -73,8 +89,8 @@ pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifes
             bail!("interrupted by signal {sig} before step {}/{total} `{}`", i + 1, step.name);
         }
         let kind = step.action.kind();
-        let mut record = StepRecord { name: step.name.clone(), kind, origin: step.origin.clone(), status: "ok", duration_seconds: 0.0, files: Vec::new(), downloads: Vec::new() };
-        if !step.applies(&os_ids, &facts.arch) {
+        let mut record = StepRecord { name: step.name.clone(), kind, origin: step.origin.clone(), status: "ok", duration_seconds: 0.0, files: Vec::new(), downloads: Vec::new(), images: Vec::new() };
+        if !step.applies(&os_ids, &facts.arch, &vars) {
             tracing::info!("step {}/{total} `{}` ({kind}) skipped: its `when` does not match this image", i + 1, step.name);
             record.status = "skipped";
             records.push(record);
@@ -190,10 +206,19 @@ fn execute(ctx: &mut StepContext<'_, '_>, step: &manifest::ResolvedStep, action:
             Ok(())
         }
         Action::Download(d) => {
-            let fetched = download::apply(root, ctx.fetcher, d, files)?;
+            let fetched = download::apply(root, ctx.fetcher, d, &facts.arch, files)?;
             record.downloads.push(fetched);
             Ok(())
         }
+        Action::Repository(r) => {
+            if !facts.debian_family() {
+                bail!("`repository` supports apt (Debian-family images) only so far");
+            }
+            repository::apply(root, ctx.fetcher, r, record)?;
+            state.updated = false; // the next packages step refreshes the lists
+            Ok(())
+        }
+        Action::Images(i) => images::apply(session, root, ctx.fetcher, i, &facts.arch, timeout, record),
     }
 }
 
@@ -204,15 +229,30 @@ pub fn missing_downloads(manifest: &Manifest, facts: &Facts, fetcher: &Fetcher) 
     let vars = step_vars(manifest, facts);
     let os_ids = facts.os_ids();
     let mut missing = Vec::new();
-    for step in manifest.steps.iter().filter(|s| s.applies(&os_ids, &facts.arch)) {
-        let Ok(Action::Download(d)) = step.action.expand(&vars) else { continue };
-        match download::expected_sum(fetcher, &d) {
-            Ok(sum) if fetcher.cached_path(&sum).exists() => {}
-            Ok(sum) => missing.push(format!("{} (sha256 {sum}, step `{}`)", crate::fetch::redact(&d.url), step.name)),
-            Err(e) => missing.push(format!("{e} (step `{}`)", step.name)),
+    for step in manifest.steps.iter().filter(|s| s.applies(&os_ids, &facts.arch, &vars)) {
+        for (url, sha, sha_url) in artifacts(&step.action, &vars) {
+            match download::expected_sum(fetcher, &url, sha.as_ref(), sha_url.as_deref(), &facts.arch) {
+                Ok(sum) if fetcher.cached_path(&sum).exists() => {}
+                Ok(sum) => missing.push(format!("{} (sha256 {sum}, step `{}`)", crate::fetch::redact(&url), step.name)),
+                Err(e) => missing.push(format!("{e:#} (step `{}`)", step.name)),
+            }
         }
     }
     missing
+}
+
+/// Every artifact an action downloads: URL, pinned SHA-256, checksum URL. Unpinned repository
+/// keys are listed with neither (the cache keeps them by URL).
+pub fn artifacts(action: &Action, vars: &Vars) -> Vec<(String, Option<manifest::Sha256Spec>, Option<String>)> {
+    match action.expand(vars) {
+        Ok(Action::Download(d)) => vec![(d.url, d.sha256, d.sha256_url)],
+        Ok(Action::Images(i)) => i.archives.into_iter().map(|a| (a.url, a.sha256, a.sha256_url)).collect(),
+        Ok(Action::Repository(r)) => match (r.key_url, r.key_sha256) {
+            (Some(u), Some(s)) => vec![(u, Some(manifest::Sha256Spec::One(s)), None)],
+            _ => Vec::new(),
+        },
+        _ => Vec::new(),
+    }
 }
 
 fn check_file_name(name: &str) -> Result<()> {

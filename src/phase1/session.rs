@@ -24,6 +24,7 @@ use anyhow::{Context, Result};
 use rustix::mount::MountFlags;
 
 use crate::exec::{self, ExecError};
+use crate::fetch::MirrorMap;
 use crate::guest::GuestRoot;
 use crate::mounts;
 
@@ -41,6 +42,9 @@ const API_MOUNTS: &[&str] = &["/dev", "/sys", "/run"];
 pub struct Session<'a> {
     root: &'a GuestRoot,
     env: Vec<(String, OsString)>,
+    mirrors: MirrorMap,
+    /// apt source files rewritten through the mirror map: path, original content, mode.
+    saved_sources: Vec<(PathBuf, Vec<u8>, u32)>,
     resolv_saved: Option<bool>,
     policy_saved: Option<bool>,
     open: bool,
@@ -49,7 +53,7 @@ pub struct Session<'a> {
 impl<'a> Session<'a> {
     /// Prepares the image for running its programs. `debian_family` adds policy-rc.d.
     /// On error, whatever was set up is undone.
-    pub fn open(root: &'a GuestRoot, debian_family: bool) -> Result<Session<'a>> {
+    pub fn open(root: &'a GuestRoot, debian_family: bool, mirrors: MirrorMap) -> Result<Session<'a>> {
         let mut env: Vec<(String, OsString)> = vec![
             ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
             ("HOME".into(), "/root".into()),
@@ -63,7 +67,7 @@ impl<'a> Session<'a> {
                 env.push(((*k).to_string(), v));
             }
         }
-        let mut s = Session { root, env, resolv_saved: None, policy_saved: None, open: true };
+        let mut s = Session { root, env, mirrors, saved_sources: Vec::new(), resolv_saved: None, policy_saved: None, open: true };
         s.mount_api().context("mounting /dev, /sys and /run in the image")?;
         s.install_resolv_conf().context("putting the host's resolv.conf in place")?;
         if debian_family {
@@ -114,6 +118,41 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// Rewrites the URLs of the image's apt sources (sources.list, sources.list.d/*.list and
+    /// *.sources) through the mirror map, so that apt inside the chroot uses the mirrors. Files
+    /// already rewritten are left alone; new ones (from a `repository` step) are rewritten too.
+    /// [`Session::close`] puts every original back, so the image keeps its upstream sources.
+    pub fn rewrite_apt_sources(&mut self) -> Result<()> {
+        if self.mirrors.0.is_empty() {
+            return Ok(());
+        }
+        let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+        for name in self.root.read_dir(Path::new("/etc/apt/sources.list.d"))? {
+            let n = name.to_string_lossy();
+            if n.ends_with(".list") || n.ends_with(".sources") {
+                files.push(Path::new("/etc/apt/sources.list.d").join(&name));
+            }
+        }
+        for f in files {
+            if self.saved_sources.iter().any(|(p, _, _)| *p == f) {
+                continue;
+            }
+            let Some(st) = self.root.lstat(&f)? else { continue };
+            if st.st_mode & 0o170000 != 0o100000 {
+                continue; // only regular files; a symlink is left alone
+            }
+            let Some(original) = self.root.read(&f)? else { continue };
+            let text = String::from_utf8_lossy(&original);
+            let rewritten = rewrite_urls(&text, &self.mirrors);
+            if rewritten != text {
+                self.root.write(&f, rewritten.as_bytes(), st.st_mode & 0o7777, st.st_uid, st.st_gid)?;
+                tracing::info!("apt sources {} use the mirror map during the build", f.display());
+                self.saved_sources.push((f, original, st.st_mode & 0o7777));
+            }
+        }
+        Ok(())
+    }
+
     /// A command that runs `argv` inside the chroot, in its own PID namespace, with the session's
     /// environment plus `env`.
     pub fn command(&self, argv: &[&str], env: &[(String, String)]) -> Command {
@@ -152,6 +191,9 @@ impl<'a> Session<'a> {
                 first_err.get_or_insert(e);
             }
         };
+        for (path, original, mode) in std::mem::take(&mut self.saved_sources) {
+            note(self.root.write(&path, &original, mode, 0, 0).with_context(|| format!("restoring {}", path.display())));
+        }
         if let Some(existed) = self.policy_saved.take() {
             note(restore(self.root, POLICY, POLICY_SAVED, existed).context("restoring policy-rc.d"));
         }
@@ -167,6 +209,23 @@ impl<'a> Session<'a> {
     }
 }
 
+/// Rewrites every URL-looking word of apt source text through the mirror map.
+pub fn rewrite_urls(text: &str, mirrors: &MirrorMap) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let mut rest = line;
+        while let Some(i) = rest.find("://") {
+            let start = rest[..i].rfind(|c: char| c.is_whitespace() || c == '[' || c == ']').map_or(0, |p| p + 1);
+            let end = rest[i..].find(|c: char| c.is_whitespace() || c == ']').map_or(rest.len(), |p| i + p);
+            out.push_str(&rest[..start]);
+            out.push_str(&mirrors.resolve(&rest[start..end]));
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
 fn restore(root: &GuestRoot, path: &str, saved: &str, existed: bool) -> Result<()> {
     root.remove(Path::new(path))?;
     if existed {
@@ -178,5 +237,22 @@ fn restore(root: &GuestRoot, path: &str, saved: &str, existed: bool) -> Result<(
 impl Drop for Session<'_> {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_one_line_and_deb822_sources() {
+        let m = MirrorMap::parse(&["http://deb.debian.org/debian=http://127.0.0.1:8080/debian".into(), "https://pkgs.k8s.io=http://127.0.0.1:8080/pkgs".into()]).unwrap();
+        let list = "deb http://deb.debian.org/debian bookworm main\ndeb [signed-by=/etc/apt/keyrings/k.asc] https://pkgs.k8s.io/core:/stable:/v1.30/deb/ /\ndeb http://security.debian.org/debian-security bookworm-security main\n";
+        assert_eq!(
+            rewrite_urls(list, &m),
+            "deb http://127.0.0.1:8080/debian bookworm main\ndeb [signed-by=/etc/apt/keyrings/k.asc] http://127.0.0.1:8080/pkgs/core:/stable:/v1.30/deb/ /\ndeb http://security.debian.org/debian-security bookworm-security main\n"
+        );
+        let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n";
+        assert_eq!(rewrite_urls(deb822, &m), "Types: deb\nURIs: http://127.0.0.1:8080/debian\nSuites: bookworm\n");
     }
 }
