@@ -31,6 +31,10 @@ pub enum Command {
     Validate(ValidateArgs),
     /// List the sysprep operations that `sysprep.skip` can name.
     SysprepOperations,
+    /// Check a built image offline, read-only: no SSH host keys, an empty machine-id, and, with
+    /// a manifest, everything it says (packages and holds, services, sysctls, modules, files,
+    /// downloads, repositories, pre-loaded images). Exits non-zero when a check fails. Needs root.
+    Check(CheckArgs),
     /// Download every artifact a manifest's `download` steps need into the cache, so that an
     /// air-gapped host (given the cache folder, say on a USB disk) can build with --offline.
     Fetch(FetchArgs),
@@ -79,8 +83,13 @@ pub struct CustomizeArgs {
     #[arg(long, value_name = "PATH")]
     pub disk_image: PathBuf,
     /// The manifest (YAML, apiVersion kib/v1, kind ImageManifest).
-    #[arg(long, value_name = "PATH")]
-    pub manifest: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "release_channel", conflicts_with = "release_channel")]
+    pub manifest: Option<PathBuf>,
+    /// Build the shipped manifest of a Kubernetes release channel: `1-30` is
+    /// manifests/k8s-1.30.yaml (looked up in ./manifests, beside kib's executable and in
+    /// /usr/share/kib/manifests).
+    #[arg(long, value_name = "CHANNEL")]
+    pub release_channel: Option<String>,
     /// Where the images, bom.json and SHA256SUMS go. Created if missing.
     #[arg(short, long, value_name = "DIR", default_value = "out")]
     pub output_dir: PathBuf,
@@ -115,4 +124,26 @@ pub struct ValidateArgs {
     /// Override a manifest variable, as for customize.
     #[arg(long, value_name = "NAME=VALUE")]
     pub set: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The image to check (raw is attached directly, read-only; other formats are copied).
+    #[arg(long, value_name = "PATH")]
+    pub disk_image: PathBuf,
+    /// The manifest it was built from.
+    #[arg(long, value_name = "PATH")]
+    pub manifest: Option<PathBuf>,
+    /// Variable overrides it was built with.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    /// Its bom.json, to check the pre-loaded images by name. Default: bom.json beside the image.
+    #[arg(long, value_name = "PATH")]
+    pub bom: Option<PathBuf>,
+    /// `text` (default) or `json`.
+    #[arg(long, default_value = "text")]
+    pub output: String,
+    /// Where the work directory is created (only used for non-raw images).
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    pub work_dir: PathBuf,
 }

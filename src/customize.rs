@@ -23,7 +23,12 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     let started = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let t0 = Instant::now();
     // Everything that can be checked without the image is checked first.
-    let manifest = manifest::load(&args.manifest, &args.set)?;
+    let manifest_path = match (&args.manifest, &args.release_channel) {
+        (Some(p), _) => p.clone(),
+        (None, Some(c)) => release_channel(c)?,
+        (None, None) => bail!("give --manifest or --release-channel"),
+    };
+    let manifest = manifest::load(&manifest_path, &args.set)?;
     let format_names = if args.format.is_empty() { manifest.output.formats.clone() } else { args.format.clone() };
     let mut formats = Format::parse_list(&format_names)?;
     if formats.is_empty() {
@@ -48,7 +53,7 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
 
     // Phase 0
-    let mut image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: !args.no_verify, work_base: args.work_dir.clone(), cache_dir: Some(fetcher.cache_dir.clone()) })?;
+    let mut image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: !args.no_verify, work_base: args.work_dir.clone(), cache_dir: Some(fetcher.cache_dir.clone()), read_only: false })?;
     let phase0_s = t0.elapsed().as_secs_f64();
     if fetcher.offline {
         let missing = crate::phase1::missing_downloads(&manifest, &image.facts, &fetcher);
@@ -118,6 +123,67 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
         t0.elapsed().as_secs_f64(),
         files.iter().map(|f| Path::new(&args.output_dir).join(f).display().to_string()).collect::<Vec<_>>().join(" ")
     );
+    Ok(())
+}
+
+/// Folders searched for shipped manifests: ./manifests, the repository's or installation's
+/// manifests beside the executable, /usr/share/kib/manifests.
+fn manifest_dirs() -> Vec<std::path::PathBuf> {
+    let mut dirs = vec![std::path::PathBuf::from("manifests")];
+    if let Ok(exe) = std::env::current_exe() {
+        for up in exe.ancestors().skip(1).take(3) {
+            dirs.push(up.join("manifests"));
+            dirs.push(up.join("share/kib/manifests"));
+        }
+    }
+    dirs.push("/usr/share/kib/manifests".into());
+    dirs
+}
+
+/// The manifest of a release channel such as `1-30` (`k8s-1.30.yaml`).
+///
+/// Errors: a malformed channel, or none shipped (the message lists the channels there are).
+pub fn release_channel(channel: &str) -> Result<std::path::PathBuf> {
+    let Some((major, minor)) = channel.split_once('-').filter(|(a, b)| a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok()) else {
+        bail!("release channel `{channel}`: expected MAJOR-MINOR, such as 1-30");
+    };
+    let file = format!("k8s-{major}.{minor}.yaml");
+    let dirs = manifest_dirs();
+    if let Some(found) = dirs.iter().map(|d| d.join(&file)).find(|p| p.is_file()) {
+        return Ok(found);
+    }
+    let mut known: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("k8s-")?.strip_suffix(".yaml").map(|v| v.replace('.', "-")))
+        .filter(|v| v.split('-').all(|p| p.parse::<u32>().is_ok()))
+        .collect();
+    known.sort();
+    known.dedup();
+    bail!("no manifest for release channel {channel} ({file}); channels available: {}", if known.is_empty() { "none".into() } else { known.join(", ") })
+}
+
+/// `kib check`: opens the image read-only and runs [`crate::check::run`].
+pub fn check(args: &crate::cli::CheckArgs) -> Result<()> {
+    let manifest = args.manifest.as_deref().map(|m| manifest::load(m, &args.set)).transpose()?;
+    let bom_path = args.bom.clone().unwrap_or_else(|| args.disk_image.with_file_name("bom.json"));
+    let bom: Option<serde_json::Value> = std::fs::read(&bom_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: false, work_base: args.work_dir.clone(), cache_dir: None, read_only: true })?;
+    let checks = crate::check::run(image.root(), &image.facts, manifest.as_ref(), bom.as_ref())?;
+    image.close()?;
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if args.output == "json" {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            println!("{} {}{}", if c.ok { "PASS" } else { "FAIL" }, c.name, if c.detail.is_empty() { String::new() } else { format!("  ({})", c.detail) });
+        }
+        println!("{} passed, {failed} failed", checks.len() - failed);
+    }
+    if failed > 0 {
+        bail!("{failed} of {} checks failed", checks.len());
+    }
     Ok(())
 }
 

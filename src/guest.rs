@@ -97,6 +97,21 @@ impl GuestRoot {
         }
     }
 
+    /// The target of a symlink (not followed). `Ok(None)` when the path is missing or not a
+    /// symlink.
+    pub fn read_link(&self, guest: &Path) -> io::Result<Option<PathBuf>> {
+        let (parent, name) = match self.parent(guest, false) {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match rfs::readlinkat(&parent, &name, Vec::new()) {
+            Ok(t) => Ok(Some(PathBuf::from(OsStr::from_bytes(t.as_bytes())))),
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::INVAL) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Names in a directory, without `.` and `..`, sorted. `Ok(vec![])` when it does not exist.
     pub fn read_dir(&self, guest: &Path) -> io::Result<Vec<OsString>> {
         let fd = match self.open_in(guest, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()) {

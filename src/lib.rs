@@ -17,3 +17,4 @@ pub mod cli;
 pub mod customize;
 pub mod fetch;
 pub mod config;
+pub mod check;

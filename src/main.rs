@@ -41,6 +41,14 @@ fn run(command: Command) -> Result<()> {
             exec::install_signal_handlers()?;
             customize::run(&args)
         }
+        Command::Check(args) => {
+            if !rustix::process::geteuid().is_root() {
+                bail!("kib check must run as root: it attaches loop devices and mounts filesystems");
+            }
+            mounts::enter_private_namespace()?;
+            exec::install_signal_handlers()?;
+            customize::check(&args)
+        }
         Command::Validate(args) => {
             let m = manifest::load(&args.manifest, &args.set)?;
             println!("{} ({}): {} steps from {} files", m.name, m.path.display(), m.steps.len(), m.files.len());

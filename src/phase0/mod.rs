@@ -36,6 +36,10 @@ pub struct Options {
     pub work_base: PathBuf,
     /// kib's cache (`/var/cache/kib`): remembers the checksums of inputs already read in full.
     pub cache_dir: Option<PathBuf>,
+    /// Open for reading only (`kib check`): a raw input is attached directly, read-only, with no
+    /// working copy, and every filesystem is mounted read-only without journal replay. Its
+    /// SHA-256 is computed only to verify it against a checksum list.
+    pub read_only: bool,
 }
 
 /// The input image as the BOM records it.
@@ -77,6 +81,7 @@ pub struct Image {
     pub disk: PathBuf,
     root: Option<GuestRoot>,
     loops: Vec<LoopDev>,
+    read_only: bool,
     // Declared last: dropped after the Drop impl has unmounted.
     work: WorkDir,
 }
@@ -124,15 +129,25 @@ impl Image {
             disk,
             root: None,
             loops: Vec::new(),
+            read_only: opts.read_only,
             work,
         };
         let cache = opts.cache_dir.as_deref().map(verify::InputCache::new);
         let known = cache.as_ref().and_then(|c| c.lookup(input));
-        image.input.sha256 = workcopy::make(input, &format, &image.disk, known.as_deref())?;
+        if opts.read_only && format.format == "raw" {
+            image.disk = image.input.path.clone();
+            image.input.sha256 = match (&known, &expected) {
+                (Some(k), _) => k.clone(),
+                (None, Some(_)) => crate::hash::sha256_file(input).with_context(|| format!("reading {}", input.display()))?,
+                (None, None) => String::new(),
+            };
+        } else {
+            image.input.sha256 = workcopy::make(input, &format, &image.disk, known.as_deref())?;
+        }
         match (&cache, known) {
             (_, Some(_)) => image.input.sha256_source = "cache",
-            (Some(c), None) => c.store(input, &image.input.sha256),
-            (None, None) => {}
+            (Some(c), None) if !image.input.sha256.is_empty() => c.store(input, &image.input.sha256),
+            _ => {}
         }
         if let Some(e) = expected {
             if e.sha256 != image.input.sha256 {
@@ -192,8 +207,9 @@ impl Image {
         for &i in &candidates {
             let p = &parts[i];
             let fstype = probes[i]["TYPE"].clone();
-            let dev = LoopDev::attach(&self.disk, p.start, p.size, false)?;
-            rustix::mount::mount(dev.path(), &self.root_dir, fstype.as_str(), MountFlags::empty(), None)
+            let dev = LoopDev::attach(&self.disk, p.start, p.size, self.read_only)?;
+            let (flags, data) = self.mount_options(&fstype);
+            rustix::mount::mount(dev.path(), &self.root_dir, fstype.as_str(), flags, data.as_deref())
                 .with_context(|| format!("mounting partition {} ({fstype}) from {}", p.number, dev.path().display()))?;
             let root = GuestRoot::open(&self.root_dir)?;
             if let Some(os) = facts::os_release(&root)? {
@@ -260,10 +276,12 @@ impl Image {
             }
             let p = &parts[i];
             let fstype = probes[i].get("TYPE").cloned().unwrap_or_else(|| e.fstype.clone());
-            let dev = LoopDev::attach(&self.disk, p.start, p.size, false)?;
-            let data: Vec<&str> = e.options.iter().map(String::as_str).filter(|o| o.starts_with("subvol")).collect();
+            let dev = LoopDev::attach(&self.disk, p.start, p.size, self.read_only)?;
+            let (flags, ro_data) = self.mount_options(&fstype);
+            let mut data: Vec<String> = e.options.iter().filter(|o| o.starts_with("subvol")).cloned().collect();
+            data.extend(ro_data.map(|d| d.to_string_lossy().into_owned()));
             let data = (!data.is_empty()).then(|| data.join(","));
-            match mounts::mount_in(self.root(), Path::new(&e.mount_point), &dev.path().to_string_lossy(), &fstype, MountFlags::empty(), data.as_deref()) {
+            match mounts::mount_in(self.root(), Path::new(&e.mount_point), &dev.path().to_string_lossy(), &fstype, flags, data.as_deref()) {
                 Ok(()) => {
                     self.loops.push(dev);
                     self.filesystems.push(Filesystem {
@@ -285,6 +303,20 @@ impl Image {
             }
         }
         Ok(())
+    }
+
+    /// Mount flags and data for a filesystem: read-write, or read-only without journal replay.
+    fn mount_options(&self, fstype: &str) -> (MountFlags, Option<std::ffi::CString>) {
+        if !self.read_only {
+            return (MountFlags::empty(), None);
+        }
+        let data = match fstype {
+            "ext4" | "ext3" => Some("noload"),
+            "xfs" => Some("norecovery"),
+            "btrfs" => Some("nologreplay"),
+            _ => None,
+        };
+        (MountFlags::RDONLY, data.map(|d| std::ffi::CString::new(d).expect("no NUL")))
     }
 
     /// Unmounts every filesystem (deepest first) and detaches the loop devices. Safe to call

@@ -1,0 +1,142 @@
+//! `kib check`: an offline check of a built image, read-only, against what its manifest says
+//! and against the node checks upstream's image-builder runs with goss in a booted VM: packages
+//! (and holds), services enabled or masked, sysctl and module files, files and downloads with
+//! their SHA-256, repositories, pre-loaded images, no SSH host keys, an empty machine-id.
+
+use std::path::Path;
+
+use crate::guest::GuestRoot;
+use crate::manifest::{Action, Manifest};
+use crate::phase0::facts::Facts;
+use crate::phase1::step_vars;
+use crate::phase2::bom::{self, Package};
+
+/// One check's outcome.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+fn check(out: &mut Vec<Check>, name: impl Into<String>, ok: bool, detail: impl Into<String>) {
+    out.push(Check { name: name.into(), ok, detail: detail.into() });
+}
+
+/// Runs every check on the mounted `root`, with the manifest's expectations when given.
+///
+/// `bom` (the image's bom.json), when given, names the pre-loaded images to look for in
+/// containerd's metadata store.
+pub fn run(root: &GuestRoot, facts: &Facts, manifest: Option<&Manifest>, bom: Option<&serde_json::Value>) -> anyhow::Result<Vec<Check>> {
+    let mut out = Vec::new();
+    let mid = root.read(Path::new("/etc/machine-id"))?;
+    check(&mut out, "machine-id is empty", mid.as_ref().is_none_or(|m| m.is_empty()), format!("{} bytes", mid.map_or(0, |m| m.len())));
+    let keys: Vec<String> =
+        root.read_dir(Path::new("/etc/ssh"))?.into_iter().map(|n| n.to_string_lossy().into_owned()).filter(|n| n.starts_with("ssh_host_")).collect();
+    check(&mut out, "no SSH host keys", keys.is_empty(), keys.join(" "));
+    let packages = bom::packages(root)?;
+    let Some(m) = manifest else { return Ok(out) };
+    let vars = step_vars(m, facts);
+    let os_ids = facts.os_ids();
+    for step in m.steps.iter().filter(|s| s.applies(&os_ids, &facts.arch, &vars)) {
+        let Ok(action) = step.action.expand(&vars) else { continue };
+        match action {
+            Action::Packages(p) => {
+                for spec in &p.install {
+                    let (name, version) = spec.split_once('=').map_or((spec.as_str(), None), |(n, v)| (n, Some(v)));
+                    let found = packages.iter().find(|pk| pk.name == name);
+                    let ok = found.is_some_and(|pk| version.is_none_or(|v| pk.version == v));
+                    check(&mut out, format!("package {spec} installed"), ok, found.map_or("not installed".into(), |pk: &Package| pk.version.clone()));
+                }
+                for name in p.remove.iter().chain(&p.purge) {
+                    check(&mut out, format!("package {name} not installed"), !packages.iter().any(|pk| &pk.name == name), "");
+                }
+                for name in &p.hold {
+                    let held = packages.iter().any(|pk| &pk.name == name && pk.held);
+                    check(&mut out, format!("package {name} held"), held, "");
+                }
+            }
+            Action::File(f) => {
+                let content = root.read(Path::new(&f.path))?;
+                let ok = match (&content, &f.content) {
+                    (Some(c), Some(want)) => c == want.as_bytes(),
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                check(&mut out, format!("file {}", f.path), ok, if content.is_none() { "missing" } else if ok { "" } else { "content differs" });
+            }
+            Action::Sysctl(s) => {
+                let path = format!("/etc/sysctl.d/{}", s.file);
+                let text = root.read_string(Path::new(&path))?.unwrap_or_default();
+                for (k, v) in &s.settings {
+                    check(&mut out, format!("sysctl {k} = {v}"), text.lines().any(|l| l == format!("{k} = {v}")), path.clone());
+                }
+            }
+            Action::KernelModules(k) if !k.load.is_empty() => {
+                let path = format!("/etc/modules-load.d/{}", k.file);
+                let text = root.read_string(Path::new(&path))?.unwrap_or_default();
+                for module in &k.load {
+                    check(&mut out, format!("module {module} loaded at boot"), text.lines().any(|l| l.trim() == module), path.clone());
+                }
+            }
+            Action::Systemd(s) => {
+                for unit in &s.enable {
+                    let wanted = enabled(root, unit)?;
+                    check(&mut out, format!("service {unit} enabled"), wanted.is_some(), wanted.unwrap_or_default());
+                }
+                for unit in &s.mask {
+                    let p = format!("/etc/systemd/system/{unit}");
+                    let masked = root.read_link(Path::new(&p))?.is_some_and(|t| t == Path::new("/dev/null"));
+                    check(&mut out, format!("service {unit} masked"), masked, "");
+                }
+            }
+            Action::Download(d) => {
+                if let Some(path) = &d.path {
+                    let content = root.read(Path::new(path))?;
+                    let pinned = d.sha256.as_ref().and_then(|s| s.for_arch(&facts.arch).ok());
+                    let actual = content.as_deref().map(crate::hash::sha256_bytes);
+                    let ok = actual.is_some() && pinned.as_ref().is_none_or(|p| Some(p) == actual.as_ref());
+                    check(&mut out, format!("download {path}"), ok, actual.unwrap_or_else(|| "missing".into()));
+                }
+            }
+            Action::Repository(r) => {
+                for p in [format!("/etc/apt/keyrings/{}.asc", r.name), format!("/etc/apt/sources.list.d/{}.list", r.name)] {
+                    check(&mut out, format!("repository file {p}"), root.exists(Path::new(&p)), "");
+                }
+            }
+            Action::Images(i) => {
+                let meta = root.read(Path::new("/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db"))?.unwrap_or_default();
+                let ns = i.namespace.unwrap_or_else(|| "k8s.io".into());
+                let has = |s: &str| meta.windows(s.len()).any(|w| w == s.as_bytes());
+                check(&mut out, format!("containerd namespace {ns} exists"), has(&ns), "");
+                let names: Vec<String> = bom
+                    .and_then(|b| b["steps"].as_array())
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| s["name"] == step.name.as_str())
+                    .flat_map(|s| s["images"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|img| img["name"].as_str().map(str::to_string))
+                    .collect();
+                for name in names {
+                    check(&mut out, format!("image {name} in containerd's store"), has(&name), "");
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Where a unit is enabled: the first `/etc/systemd/system/*.wants/<unit>` link found.
+fn enabled(root: &GuestRoot, unit: &str) -> anyhow::Result<Option<String>> {
+    for dir in root.read_dir(Path::new("/etc/systemd/system"))? {
+        let d = dir.to_string_lossy();
+        if d.ends_with(".wants") || d.ends_with(".requires") {
+            let p = format!("/etc/systemd/system/{d}/{unit}");
+            if root.lstat(Path::new(&p))?.is_some() {
+                return Ok(Some(p));
+            }
+        }
+    }
+    Ok(None)
+}
