@@ -136,4 +136,42 @@ fn node_manifest_builds_a_kubernetes_node_image() {
     drop(img);
     drop(input);
     assert!(leftovers(tmp.path()).is_empty(), "{:?}", leftovers(tmp.path()));
+
+    // `kib check` agrees, offline and read-only, and leaves the image as it was.
+    let raw_sum = sha256(&raw);
+    let check = kib()
+        .args(["check", "--manifest", "manifests/k8s-node-debian.yaml", "--disk-image"])
+        .arg(&raw)
+        .arg("--work-dir")
+        .arg(&work)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{report}\n{}", String::from_utf8_lossy(&check.stderr));
+    assert!(report.contains("PASS service containerd.service enabled") && report.contains("PASS machine-id is empty"), "{report}");
+    assert!(report.lines().last().unwrap().ends_with(" passed, 0 failed"), "{report}");
+    assert_eq!(sha256(&raw), raw_sum, "kib check modified the image");
+    assert_nothing_left(&work);
+}
+
+#[test]
+fn check_reports_what_a_plain_base_image_lacks() {
+    let base = base_image();
+    let before = sha256(&base);
+    let tmp = tempfile::tempdir().unwrap();
+    let check = kib()
+        .args(["check", "--manifest", "manifests/k8s-node-debian.yaml", "--disk-image"])
+        .arg(&base)
+        .arg("--work-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(report.contains("FAIL package containerd installed  (not installed)"), "{report}");
+    assert!(report.contains("FAIL service containerd.service enabled"), "{report}");
+    assert!(report.contains("PASS machine-id is empty"), "{report}");
+    assert!(String::from_utf8_lossy(&check.stderr).contains("checks failed"));
+    assert_eq!(sha256(&base), before);
+    assert_nothing_left(tmp.path());
 }
