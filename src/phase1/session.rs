@@ -37,6 +37,11 @@ const RESOLV_SAVED: &str = "/etc/.kib-saved-resolv.conf";
 const POLICY: &str = "/usr/sbin/policy-rc.d";
 const POLICY_SAVED: &str = "/usr/sbin/.kib-saved-policy-rc.d";
 const API_MOUNTS: &[&str] = &["/dev", "/sys", "/run"];
+const GRUB_CFG: &str = "/boot/grub/grub.cfg";
+
+fn has_menuentry(cfg: &[u8]) -> bool {
+    String::from_utf8_lossy(cfg).lines().any(|l| l.trim_start().starts_with("menuentry "))
+}
 
 /// An open chroot session on a mounted image root.
 pub struct Session<'a> {
@@ -47,6 +52,8 @@ pub struct Session<'a> {
     saved_sources: Vec<(PathBuf, Vec<u8>, u32)>,
     resolv_saved: Option<bool>,
     policy_saved: Option<bool>,
+    /// The image's grub.cfg when it had boot entries (see [`Session::close`]).
+    grub_cfg: Option<Vec<u8>>,
     open: bool,
 }
 
@@ -67,7 +74,8 @@ impl<'a> Session<'a> {
                 env.push(((*k).to_string(), v));
             }
         }
-        let mut s = Session { root, env, mirrors, saved_sources: Vec::new(), resolv_saved: None, policy_saved: None, open: true };
+        let grub_cfg = root.read(Path::new(GRUB_CFG)).ok().flatten().filter(|c| has_menuentry(c));
+        let mut s = Session { root, env, mirrors, saved_sources: Vec::new(), resolv_saved: None, policy_saved: None, grub_cfg, open: true };
         s.mount_api().context("mounting /dev, /sys and /run in the image")?;
         s.install_resolv_conf().context("putting the host's resolv.conf in place")?;
         if debian_family {
@@ -191,6 +199,18 @@ impl<'a> Session<'a> {
                 first_err.get_or_insert(e);
             }
         };
+        // Debian's update-grub (run by kernel and grub package scripts) writes a grub.cfg
+        // without boot entries when / is a file-backed loop device, as it is here. Put the
+        // image's own grub.cfg back rather than leave an image that cannot boot.
+        if let Some(saved) = self.grub_cfg.take() {
+            if !self.root.read(Path::new(GRUB_CFG)).ok().flatten().is_some_and(|c| has_menuentry(&c)) {
+                tracing::warn!(
+                    "{GRUB_CFG} lost its boot entries during the build (update-grub cannot see through a loop device); \
+                     kib restored the image's original grub.cfg. If a step changed the kernel, the boot menu still lists the old one"
+                );
+                note(self.root.write(Path::new(GRUB_CFG), &saved, 0o444, 0, 0).context("restoring grub.cfg"));
+            }
+        }
         for (path, original, mode) in std::mem::take(&mut self.saved_sources) {
             note(self.root.write(&path, &original, mode, 0, 0).with_context(|| format!("restoring {}", path.display())));
         }
