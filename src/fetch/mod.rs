@@ -219,6 +219,12 @@ impl Fetcher {
         Ok(Fetched { url: redact(url), source: redact(&from), sha256, size, path })
     }
 
+    /// Whether an unpinned download of `url` is in the cache.
+    pub fn has_unpinned(&self, url: &str) -> bool {
+        let index = self.cache_dir.join("urls").join(crate::hash::sha256_bytes(url.as_bytes()));
+        std::fs::read_to_string(index).is_ok_and(|sum| self.cached_path(sum.trim()).exists())
+    }
+
     /// The SHA-256 published at `sums_url` (a `sha256sum`-style file or a bare digest) for the
     /// file named like the last segment of `file_url`. Cached per URL for offline builds.
     pub fn published_sum(&self, sums_url: &str, file_url: &str) -> Result<String, FetchError> {

@@ -230,6 +230,13 @@ pub fn missing_downloads(manifest: &Manifest, facts: &Facts, fetcher: &Fetcher) 
     let os_ids = facts.os_ids();
     let mut missing = Vec::new();
     for step in manifest.steps.iter().filter(|s| s.applies(&os_ids, &facts.arch, &vars)) {
+        if let Ok(Action::Repository(r)) = step.action.expand(&vars) {
+            if let (Some(url), None) = (&r.key_url, &r.key_sha256) {
+                if !fetcher.has_unpinned(url) {
+                    missing.push(format!("{} (unpinned key, step `{}`)", crate::fetch::redact(url), step.name));
+                }
+            }
+        }
         for (url, sha, sha_url) in artifacts(&step.action, &vars) {
             match download::expected_sum(fetcher, &url, sha.as_ref(), sha_url.as_deref(), &facts.arch) {
                 Ok(sum) if fetcher.cached_path(&sum).exists() => {}
