@@ -101,7 +101,8 @@ pub fn parse_images_ls(lines: &[String], namespace: &str) -> Vec<LoadedImage> {
             let name = w.next()?.to_string();
             let _media_type = w.next()?;
             let digest = w.next()?.to_string();
-            digest.starts_with("sha256:").then(|| LoadedImage { name, digest, namespace: namespace.to_string() })
+            // The CRI plugin also lists each image under its config digest: an alias, skipped.
+            (digest.starts_with("sha256:") && !name.starts_with("sha256:")).then(|| LoadedImage { name, digest, namespace: namespace.to_string() })
         })
         .collect()
 }
