@@ -23,6 +23,7 @@ Boot IMAGE (raw or qcow2) with qemu-system-x86_64 -machine accel=tcg and wait fo
 
   --uefi          boot with OVMF (UEFI) instead of SeaBIOS (installs ovmf if missing)
   --no-seed       attach no NoCloud seed disk
+  --user-data F   use cloud-config file F as the seed's user-data (default: an empty cloud-config)
   --no-net        give the guest no network card
   --memory MIB    guest memory (default 1024)
   --log FILE      keep the serial console log in FILE (default: a temporary file, removed on exit)
@@ -36,6 +37,7 @@ EOF
 
 UEFI=0
 SEED=1
+USER_DATA=
 NET=1
 MEMORY=1024
 LOG_FILE=""
@@ -45,6 +47,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --uefi) UEFI=1; shift ;;
         --no-seed) SEED=0; shift ;;
+        --user-data) USER_DATA=$2; shift 2 ;;
         --no-net) NET=0; shift ;;
         --memory) [[ $# -ge 2 ]] || die "--memory needs a value"; MEMORY="$2"; shift 2 ;;
         --log) [[ $# -ge 2 ]] || die "--log needs a value"; LOG_FILE="$2"; shift 2 ;;
@@ -165,10 +168,14 @@ if [[ "$SEED" -eq 1 ]]; then
 instance-id: kib-boot-test
 local-hostname: kib-boot-test
 EOF
-    cat >"$TMP/user-data" <<'EOF'
+    if [[ -n "$USER_DATA" ]]; then
+        cp "$USER_DATA" "$TMP/user-data"
+    else
+        cat >"$TMP/user-data" <<'EOF'
 #cloud-config
 {}
 EOF
+    fi
     mkfs.vfat -n CIDATA -C "$TMP/seed.img" 2048 >/dev/null
     MTOOLS_SKIP_CHECK=1 mcopy -i "$TMP/seed.img" "$TMP/meta-data" "$TMP/user-data" ::/
     QEMU_ARGS+=(-drive "file=$TMP/seed.img,format=raw,if=virtio,readonly=on")
