@@ -35,6 +35,9 @@ pub enum Command {
     /// a manifest, everything it says (packages and holds, services, sysctls, modules, files,
     /// downloads, repositories, pre-loaded images). Exits non-zero when a check fails. Needs root.
     Check(CheckArgs),
+    /// Remove what crashed or killed runs left: work directories whose kib process is gone, and
+    /// loop devices backed by files in them. Reports what it removed. Needs root.
+    Cleanup(CleanupArgs),
     /// Download every artifact a manifest's `download` steps need into the cache, so that an
     /// air-gapped host (given the cache folder, say on a USB disk) can build with --offline.
     Fetch(FetchArgs),
@@ -144,6 +147,13 @@ pub struct CheckArgs {
     #[arg(long, default_value = "text")]
     pub output: String,
     /// Where the work directory is created (only used for non-raw images).
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    pub work_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// The work directory base that runs used (their --work-dir).
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,
 }

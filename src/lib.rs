@@ -18,3 +18,4 @@ pub mod customize;
 pub mod fetch;
 pub mod config;
 pub mod check;
+pub mod cleanup;

@@ -49,6 +49,25 @@ fn run(command: Command) -> Result<()> {
             exec::install_signal_handlers()?;
             customize::check(&args)
         }
+        Command::Cleanup(args) => {
+            if !rustix::process::geteuid().is_root() {
+                bail!("kib cleanup must run as root: it detaches loop devices");
+            }
+            let r = kib::cleanup::run(&args.work_dir)?;
+            for d in &r.loop_devices {
+                println!("detached loop device {d}");
+            }
+            for d in &r.work_dirs {
+                println!("removed work directory {}", d.display());
+            }
+            for d in &r.skipped_live {
+                println!("kept {} (its kib process is running)", d.display());
+            }
+            if r.loop_devices.is_empty() && r.work_dirs.is_empty() {
+                println!("nothing to clean up in {}", args.work_dir.display());
+            }
+            Ok(())
+        }
         Command::Validate(args) => {
             let m = manifest::load(&args.manifest, &args.set)?;
             println!("{} ({}): {} steps from {} files", m.name, m.path.display(), m.steps.len(), m.files.len());
