@@ -30,23 +30,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// For the subcommands that attach and mount: checks for root, then enters kib's private mount
+/// namespace (before any thread starts) and installs the SIGINT/SIGTERM handlers.
+fn mounting_as_root(subcommand: &str) -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("kib {subcommand} must run as root: it attaches loop devices and mounts filesystems");
+    }
+    mounts::enter_private_namespace()?;
+    exec::install_signal_handlers()?;
+    Ok(())
+}
+
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Customize(args) => {
-            if !rustix::process::geteuid().is_root() {
-                bail!("kib customize must run as root: it attaches loop devices and mounts filesystems");
-            }
-            // Before any thread starts.
-            mounts::enter_private_namespace()?;
-            exec::install_signal_handlers()?;
+            mounting_as_root("customize")?;
             customize::run(&args)
         }
         Command::Check(args) => {
-            if !rustix::process::geteuid().is_root() {
-                bail!("kib check must run as root: it attaches loop devices and mounts filesystems");
-            }
-            mounts::enter_private_namespace()?;
-            exec::install_signal_handlers()?;
+            mounting_as_root("check")?;
             customize::check(&args)
         }
         Command::Cleanup(args) => {

@@ -75,23 +75,6 @@ fn image(dir: &Path) -> PathBuf {
     tiny_image(dir, "img.raw", &[("/etc/os-release", "ID=debian\nVERSION_ID=\"12\"\n")])
 }
 
-fn customize(img: &Path, m: &Path, tmp: &Path, extra: &[&str]) -> (bool, String) {
-    let out = kib()
-        .args(["customize", "--disk-image"])
-        .arg(img)
-        .arg("--manifest")
-        .arg(m)
-        .arg("--output-dir")
-        .arg(tmp.join("out"))
-        .arg("--work-dir")
-        .arg(tmp.join("work"))
-        .arg("--cache-dir")
-        .arg(tmp.join("cache"))
-        .args(extra)
-        .output()
-        .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 #[test]
 fn downloads_go_through_the_mirror_into_the_image() {
@@ -109,7 +92,7 @@ fn downloads_go_through_the_mirror_into_the_image() {
     let mirrors: Vec<&str> = mirrors.iter().map(String::as_str).collect();
 
     // Offline with an empty cache: every missing artifact is named, nothing is fetched.
-    let (ok, err) = customize(&img, &m, tmp.path(), &[&["--offline"], &mirrors[..]].concat());
+    let (ok, err) = customize_in(&img, &m, tmp.path(), &[&["--offline"], &mirrors[..]].concat());
     assert!(!ok);
     assert!(err.contains("--offline: 2 artifact(s) are not in the cache"), "{err}");
     assert!(err.contains("kubelet.sha256 (checksum file)") && err.contains("crictl-v1.30.0-linux-amd64.tar.gz"), "{err}");
@@ -117,7 +100,7 @@ fn downloads_go_through_the_mirror_into_the_image() {
     assert_nothing_left(&tmp.path().join("work"));
 
     // Online through the mirror.
-    let (ok, err) = customize(&img, &m, tmp.path(), &mirrors);
+    let (ok, err) = customize_in(&img, &m, tmp.path(), &mirrors);
     assert!(ok, "{err}");
     let reqs = server.requests.lock().unwrap().clone();
     assert!(reqs.contains(&"/k8s/release/v1.30.0/bin/linux/amd64/kubelet".to_string()), "{reqs:?}");
@@ -138,7 +121,7 @@ fn downloads_go_through_the_mirror_into_the_image() {
     // Now the cache has everything: offline works and asks the mirror nothing.
     let before = server.requests.lock().unwrap().len();
     std::fs::remove_dir_all(&out).unwrap();
-    let (ok, err) = customize(&img, &m, tmp.path(), &["--offline"]);
+    let (ok, err) = customize_in(&img, &m, tmp.path(), &["--offline"]);
     assert!(ok, "{err}");
     assert_eq!(server.requests.lock().unwrap().len(), before);
     assert_nothing_left(&tmp.path().join("work"));
@@ -154,7 +137,7 @@ fn a_wrong_hash_on_the_mirror_stops_the_build_with_both_sums() {
     let m = manifest(tmp.path(), &crictl_sum);
     let img = image(tmp.path());
     let before = sha256(&img);
-    let (ok, err) = customize(&img, &m, tmp.path(), &["--mirror", &format!("https://dl.k8s.io={}/k8s", server.url())]);
+    let (ok, err) = customize_in(&img, &m, tmp.path(), &["--mirror", &format!("https://dl.k8s.io={}/k8s", server.url())]);
     assert!(!ok);
     assert!(err.contains("step 1/2 `kubelet binary`"), "{err}");
     assert!(err.contains("sha256 mismatch") && err.contains(&kib::hash::sha256_bytes(KUBELET_FIXTURE)) && err.contains(&kib::hash::sha256_bytes(b"tampered")), "{err}");

@@ -7,22 +7,6 @@ use std::path::Path;
 
 use common::*;
 
-fn customize(image: &Path, manifest: &Path, tmp: &Path) -> (bool, String) {
-    let out = kib()
-        .args(["customize", "--disk-image"])
-        .arg(image)
-        .arg("--manifest")
-        .arg(manifest)
-        .arg("--output-dir")
-        .arg(tmp.join("out"))
-        .arg("--work-dir")
-        .arg(tmp.join("work"))
-        .arg("--cache-dir")
-        .arg(tmp.join("cache"))
-        .output()
-        .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 fn assert_clean(tmp: &Path) {
     assert_nothing_left(&tmp.join("work"));
@@ -52,7 +36,7 @@ fn failing_run_step_names_the_step_and_leaves_nothing() {
          - name: explode\n    run:\n      script: |\n        for i in $(seq 1 50); do echo \"progress $i\"; done\n        echo 'the real reason' >&2\n        exit 7\n",
     )
     .unwrap();
-    let (ok, stderr) = customize(&base, &manifest, tmp.path());
+    let (ok, stderr) = customize_in(&base, &manifest, tmp.path(), &[]);
     assert!(!ok);
     let err = the_error(&stderr);
     assert!(err.contains("step 2/2 `explode` (run, from "), "{err}");
@@ -70,7 +54,7 @@ fn checksum_mismatch_shows_both_sums() {
     let wrong = "0".repeat(64);
     std::fs::write(tmp.path().join("SHA256SUMS"), format!("{wrong}  disk.raw\n")).unwrap();
     let manifest = repo().join("manifests/k8s-node-debian.yaml");
-    let (ok, stderr) = customize(&img, &manifest, tmp.path());
+    let (ok, stderr) = customize_in(&img, &manifest, tmp.path(), &[]);
     assert!(!ok);
     let err = the_error(&stderr);
     assert!(err.contains("checksum mismatch") && err.contains(&wrong) && err.contains(&actual), "{err}");
@@ -84,7 +68,7 @@ fn image_without_linux_root_is_refused() {
     let img = tiny_image(tmp.path(), "empty.raw", &[("/hello.txt", "no OS here\n")]);
     let before = sha256(&img);
     let manifest = repo().join("manifests/k8s-node-debian.yaml");
-    let (ok, stderr) = customize(&img, &manifest, tmp.path());
+    let (ok, stderr) = customize_in(&img, &manifest, tmp.path(), &[]);
     assert!(!ok);
     let err = the_error(&stderr);
     assert!(err.contains("no Linux root filesystem found") && err.contains("partition 1 (ext4) has no /etc/os-release"), "{err}");
@@ -94,7 +78,7 @@ fn image_without_linux_root_is_refused() {
     // A file that is not a disk image at all.
     let text = tmp.path().join("notes.txt");
     std::fs::write(&text, "just some text, not a disk\n".repeat(100)).unwrap();
-    let (ok, stderr) = customize(&text, &manifest, tmp.path());
+    let (ok, stderr) = customize_in(&text, &manifest, tmp.path(), &[]);
     assert!(!ok);
     let err = the_error(&stderr);
     assert!(err.contains("no Linux root filesystem found") && err.contains("no partition table"), "{err}");
@@ -105,19 +89,19 @@ fn image_without_linux_root_is_refused() {
 fn missing_image_and_bad_manifest_fail_before_any_work() {
     let tmp = tempfile::tempdir().unwrap();
     let manifest = repo().join("manifests/k8s-node-debian.yaml");
-    let (ok, stderr) = customize(&tmp.path().join("nope.raw"), &manifest, tmp.path());
+    let (ok, stderr) = customize_in(&tmp.path().join("nope.raw"), &manifest, tmp.path(), &[]);
     assert!(!ok);
     assert!(the_error(&stderr).contains("nope.raw not found"), "{stderr}");
 
     let bad = tmp.path().join("typo.yaml");
     std::fs::write(&bad, "apiVersion: kib/v1\nkind: ImageManifest\nsteps:\n  - name: tools\n    packages:\n      instal: [jq]\n").unwrap();
-    let (ok, stderr) = customize(&base_image(), &bad, tmp.path());
+    let (ok, stderr) = customize_in(&base_image(), &bad, tmp.path(), &[]);
     assert!(!ok);
     let err = the_error(&stderr);
     assert!(err.contains("typo.yaml:6:") && err.contains("steps[0].packages") && err.contains("unknown field `instal`"), "{err}");
 
     std::fs::write(&bad, "apiVersion: kib/v1\nkind: ImageManifest\nsteps:\n  - name: tools\n    packages:\n      install: jq\n").unwrap();
-    let (ok, stderr) = customize(&base_image(), &bad, tmp.path());
+    let (ok, stderr) = customize_in(&base_image(), &bad, tmp.path(), &[]);
     assert!(!ok);
     let err = the_error(&stderr);
     assert!(err.contains("typo.yaml:6:") && err.contains("steps[0].packages.install") && err.contains("invalid type"), "{err}");

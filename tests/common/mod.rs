@@ -110,3 +110,23 @@ pub fn tiny_image(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     sh(Command::new("mkfs.ext4").args(["-q", "-F", "-E", "offset=1048576", "-d"]).arg(&tree).arg(&disk).arg("20M"));
     disk
 }
+
+/// Runs `kib customize` with the output, work and cache folders inside `tmp`, plus `extra`
+/// arguments. Returns whether it succeeded and its standard error.
+pub fn customize_in(img: &Path, manifest: &Path, tmp: &Path, extra: &[&str]) -> (bool, String) {
+    let out = kib()
+        .args(["customize", "--disk-image"])
+        .arg(img)
+        .arg("--manifest")
+        .arg(manifest)
+        .arg("--output-dir")
+        .arg(tmp.join("out"))
+        .arg("--work-dir")
+        .arg(tmp.join("work"))
+        .arg("--cache-dir")
+        .arg(tmp.join("cache"))
+        .args(extra)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
