@@ -174,12 +174,12 @@ pub fn check(args: &crate::cli::CheckArgs) -> Result<()> {
     image.close()?;
     let failed = checks.iter().filter(|c| !c.ok).count();
     if args.output == "json" {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+        crate::out::line(serde_json::to_string_pretty(&checks)?);
     } else {
         for c in &checks {
-            println!("{} {}{}", if c.ok { "PASS" } else { "FAIL" }, c.name, if c.detail.is_empty() { String::new() } else { format!("  ({})", c.detail) });
+            crate::out::line(format!("{} {}{}", if c.ok { "PASS" } else { "FAIL" }, c.name, if c.detail.is_empty() { String::new() } else { format!("  ({})", c.detail) }));
         }
-        println!("{} passed, {failed} failed", checks.len() - failed);
+        crate::out::line(format!("{} passed, {failed} failed", checks.len() - failed));
     }
     if failed > 0 {
         bail!("{failed} of {} checks failed", checks.len());
@@ -214,7 +214,7 @@ pub fn fetch_all(args: &crate::cli::FetchArgs) -> Result<()> {
             let got = phase1::download::expected_sum(&fetcher, &url, sha.as_ref(), sha_url.as_deref(), &facts.arch)
                 .and_then(|sum| Ok(fetcher.fetch(&url, &sum)?));
             match got {
-                Ok(f) => println!("{}  {}  ({})", f.sha256, f.url, f.source),
+                Ok(f) => crate::out::line(format!("{}  {}  ({})", f.sha256, f.url, f.source)),
                 Err(e) => failed.push(format!("step `{}`: {e:#}", step.name)),
             }
         }
@@ -222,7 +222,7 @@ pub fn fetch_all(args: &crate::cli::FetchArgs) -> Result<()> {
             if let (Some(url), None) = (&r.key_url, &r.key_sha256) {
                 count += 1;
                 match fetcher.fetch_unpinned(url) {
-                    Ok(f) => println!("{}  {}  ({}, unpinned)", f.sha256, f.url, f.source),
+                    Ok(f) => crate::out::line(format!("{}  {}  ({}, unpinned)", f.sha256, f.url, f.source)),
                     Err(e) => failed.push(format!("step `{}`: {e:#}", step.name)),
                 }
             }

@@ -19,3 +19,4 @@ pub mod fetch;
 pub mod config;
 pub mod check;
 pub mod cleanup;
+pub mod out;

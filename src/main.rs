@@ -57,31 +57,31 @@ fn run(command: Command) -> Result<()> {
             }
             let r = kib::cleanup::run(&args.work_dir)?;
             for d in &r.loop_devices {
-                println!("detached loop device {d}");
+                kib::out::line(format!("detached loop device {d}"));
             }
             for d in &r.work_dirs {
-                println!("removed work directory {}", d.display());
+                kib::out::line(format!("removed work directory {}", d.display()));
             }
             for d in &r.skipped_live {
-                println!("kept {} (its kib process is running)", d.display());
+                kib::out::line(format!("kept {} (its kib process is running)", d.display()));
             }
             if r.loop_devices.is_empty() && r.work_dirs.is_empty() {
-                println!("nothing to clean up in {}", args.work_dir.display());
+                kib::out::line(format!("nothing to clean up in {}", args.work_dir.display()));
             }
             Ok(())
         }
         Command::Validate(args) => {
             let m = manifest::load(&args.manifest, &args.set)?;
-            println!("{} ({}): {} steps from {} files", m.name, m.path.display(), m.steps.len(), m.files.len());
+            kib::out::line(format!("{} ({}): {} steps from {} files", m.name, m.path.display(), m.steps.len(), m.files.len()));
             for (i, s) in m.steps.iter().enumerate() {
-                println!("{:3}. {:<14} {}  [{}]", i + 1, s.action.kind(), s.name, s.origin.display());
+                kib::out::line(format!("{:3}. {:<14} {}  [{}]", i + 1, s.action.kind(), s.name, s.origin.display()));
             }
             Ok(())
         }
         Command::Fetch(args) => customize::fetch_all(&args),
         Command::SysprepOperations => {
             for op in sysprep::OPERATIONS {
-                println!("{:<14} {}", op.name, op.description);
+                kib::out::line(format!("{:<14} {}", op.name, op.description));
             }
             Ok(())
         }

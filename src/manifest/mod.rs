@@ -143,7 +143,7 @@ impl Action {
                 archives: i
                     .archives
                     .iter()
-                    .map(|a| Ok(ImageArchive { url: e(&a.url)?, sha256: es(&a.sha256)?, sha256_url: eo(&a.sha256_url)? }))
+                    .map(|a| Ok(ImageArchive { url: e(&a.url)?, sha256: es(&a.sha256)?, sha256_url: eo(&a.sha256_url)?, tag: eo(&a.tag)? }))
                     .collect::<Result<Vec<_>, _>>()?,
             }),
         })

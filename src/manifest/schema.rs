@@ -275,6 +275,10 @@ pub struct ImageArchive {
     pub url: String,
     pub sha256: Option<Sha256Spec>,
     pub sha256_url: Option<String>,
+    /// The name the image should have in the store, when the archive names it otherwise
+    /// (dl.k8s.io's `kube-apiserver.tar` says `registry.k8s.io/kube-apiserver-amd64:vX`, kubeadm
+    /// looks for `registry.k8s.io/kube-apiserver:vX`). The archive's own name is replaced.
+    pub tag: Option<String>,
 }
 
 /// Phase 2's artifacts.

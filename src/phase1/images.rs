@@ -28,7 +28,8 @@ pub struct LoadedImage {
 
 const STAGING: &str = "/var/lib/kib-image-import";
 
-/// The script run in the chroot. `$1` is the namespace, the archives are the rest.
+/// The script run in the chroot. `$1` is the namespace; each further argument is an archive
+/// path, optionally followed by `|` and the name to give the image it holds.
 const IMPORT_SCRIPT: &str = r#"set -eu
 ns="$1"; shift
 state=/run/kib-containerd
@@ -45,9 +46,26 @@ until ctr --address "$state/containerd.sock" version >/dev/null 2>&1; do
   fi
   sleep 0.1
 done
-for archive in "$@"; do
+c() { ctr --address "$state/containerd.sock" -n "$ns" "$@"; }
+for arg in "$@"; do
+  archive=${arg%%|*}
+  tag=
+  case "$arg" in *"|"*) tag=${arg#*|} ;; esac
   echo "importing $archive"
-  ctr --address "$state/containerd.sock" -n "$ns" images import --all-platforms "$archive"
+  c images ls -q | sort > "$state/before"
+  c images import --all-platforms "$archive"
+  if [ -n "$tag" ]; then
+    c images ls -q | sort | comm -13 "$state/before" - | grep -v '^sha256:' > "$state/new" || true
+    if [ "$(wc -l < "$state/new")" -ne 1 ]; then
+      echo "cannot tag $archive as $tag: it holds $(wc -l < "$state/new") new images" >&2
+      exit 1
+    fi
+    name=$(cat "$state/new")
+    if [ "$name" != "$tag" ]; then
+      c images tag --force "$name" "$tag"
+      c images rm "$name" >/dev/null
+    fi
+  fi
 done
 ctr --address "$state/containerd.sock" -n "$ns" images ls > /var/lib/kib-image-import/images.txt
 kill "$pid"
@@ -68,10 +86,14 @@ pub fn apply(session: &mut Session<'_>, root: &GuestRoot, fetcher: &Fetcher, ste
             let sum = super::download::expected_sum(fetcher, &a.url, a.sha256.as_ref(), a.sha256_url.as_deref(), arch)?;
             let fetched = fetcher.fetch(&a.url, &sum)?;
             let dest = format!("{STAGING}/{i}.tar");
+            let arg = match &a.tag {
+                Some(t) => format!("{dest}|{t}"),
+                None => dest.clone(),
+            };
             // Stream the archive into the image: it may be hundreds of MiB.
             let content = std::fs::read(&fetched.path).with_context(|| format!("reading {}", fetched.path.display()))?;
             root.write(Path::new(&dest), &content, 0o600, 0, 0).with_context(|| format!("copying {} into the image", fetched.url))?;
-            inside.push(dest);
+            inside.push(arg);
             record.downloads.push(fetched);
         }
         let mut argv: Vec<&str> = vec!["/bin/sh", "-c", IMPORT_SCRIPT, "kib-images", &namespace];
