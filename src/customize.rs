@@ -21,6 +21,7 @@ use crate::phase2::{self, sysprep};
 /// it was.
 pub fn run(args: &CustomizeArgs) -> Result<()> {
     let started = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    phase1::set_build_date(&started);
     let t0 = Instant::now();
     // Everything that can be checked without the image is checked first.
     let manifest_path = match (&args.manifest, &args.release_channel) {
@@ -169,6 +170,10 @@ pub fn check(args: &crate::cli::CheckArgs) -> Result<()> {
     let manifest = args.manifest.as_deref().map(|m| manifest::load(m, &args.set)).transpose()?;
     let bom_path = args.bom.clone().unwrap_or_else(|| args.disk_image.with_file_name("bom.json"));
     let bom: Option<serde_json::Value> = std::fs::read(&bom_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    // Files that name the build date were written with the BOM's date.
+    if let Some(date) = bom.as_ref().and_then(|b| b["build_started"].as_str()) {
+        phase1::set_build_date(date);
+    }
     let image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: false, work_base: args.work_dir.clone(), cache_dir: None, read_only: true })?;
     let checks = crate::check::run(image.root(), &image.facts, manifest.as_ref(), bom.as_ref())?;
     image.close()?;

@@ -56,6 +56,12 @@ pub struct StepRecord {
 
 static BUILD_DATE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
+/// Fixes `${build_date}` (for `kib check`, to the date a BOM recorded). Returns false when it
+/// was already fixed.
+pub fn set_build_date(date: &str) -> bool {
+    BUILD_DATE.set(date.to_string()).is_ok()
+}
+
 /// The build's start time, UTC, RFC 3339 (`${build_date}`): fixed at the first call.
 pub fn build_date() -> &'static str {
     BUILD_DATE.get_or_init(|| humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string())
