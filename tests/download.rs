@@ -99,14 +99,36 @@ fn downloads_go_through_the_mirror_into_the_image() {
     assert!(server.requests.lock().unwrap().is_empty(), "offline mode made requests");
     assert_nothing_left(&tmp.path().join("work"));
 
-    // Online through the mirror.
-    let (ok, err) = customize_in(&img, &m, tmp.path(), &mirrors);
-    assert!(ok, "{err}");
+    // Online through the mirror, with proxy credentials in the environment (NO_PROXY exempts the
+    // mirror on 127.0.0.1): they reach neither the logs, even at debug level, nor the BOM.
+    let run = kib()
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("HTTPS_PROXY", "http://kibuser:s3cr3t-proxy-pw@127.0.0.1:9")
+        .env("https_proxy", "http://kibuser:s3cr3t-proxy-pw@127.0.0.1:9")
+        .env("KIB_LOG", "debug")
+        .args(["customize", "--disk-image"])
+        .arg(&img)
+        .arg("--manifest")
+        .arg(&m)
+        .arg("--output-dir")
+        .arg(tmp.path().join("out"))
+        .arg("--work-dir")
+        .arg(tmp.path().join("work"))
+        .arg("--cache-dir")
+        .arg(tmp.path().join("cache"))
+        .args(&mirrors)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{err}");
+    assert!(!err.contains("s3cr3t"), "a proxy credential reached the log");
     let reqs = server.requests.lock().unwrap().clone();
     assert!(reqs.contains(&"/k8s/release/v1.30.0/bin/linux/amd64/kubelet".to_string()), "{reqs:?}");
     assert!(reqs.contains(&"/gh/cri-tools/releases/download/v1.30.0/crictl-v1.30.0-linux-amd64.tar.gz".to_string()), "{reqs:?}");
     let out = tmp.path().join("out");
-    let bom: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("bom.json")).unwrap()).unwrap();
+    let bom_text = std::fs::read_to_string(out.join("bom.json")).unwrap();
+    assert!(!bom_text.contains("s3cr3t"), "a proxy credential reached the BOM");
+    let bom: serde_json::Value = serde_json::from_str(&bom_text).unwrap();
     let dl = &bom["steps"][0]["downloads"][0];
     assert_eq!(dl["url"], "https://dl.k8s.io/release/v1.30.0/bin/linux/amd64/kubelet");
     assert_eq!(dl["sha256"], kib::hash::sha256_bytes(KUBELET_FIXTURE));

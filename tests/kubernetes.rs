@@ -178,3 +178,25 @@ fn release_channel_picks_the_manifest() {
     let p = kib::customize::release_channel("1-31").unwrap();
     assert!(p.ends_with("manifests/k8s-1.31.yaml"), "{}", p.display());
 }
+
+#[test]
+fn offline_with_an_empty_cache_names_every_missing_artifact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut args: Vec<&str> = vec!["--offline", "--set", "kubernetes_source=http", "--set", "checksums=upstream"];
+    args.extend(VERSION_SETS);
+    let (ok, err) = customize_in(&base_image(), &repo().join("manifests/k8s-1.30.yaml"), tmp.path(), &args);
+    assert!(!ok);
+    // Three binaries, crictl, the CNI plugins and seven image archives, each by its checksum file.
+    assert!(err.contains("--offline: 12 artifact(s) are not in the cache"), "{err}");
+    for want in [
+        "https://dl.k8s.io/release/v1.30.0/bin/linux/amd64/kubelet.sha256 (checksum file)",
+        "crictl-v1.30.1-linux-amd64.tar.gz.sha256 (checksum file)",
+        "cni-plugins-linux-amd64-v1.4.0.tgz.sha256 (checksum file)",
+        "https://images.kib.example/registry.k8s.io/amd64/pause-3.9.tar.sha256 (checksum file)",
+        "kube-apiserver.tar.sha256 (checksum file)",
+    ] {
+        assert!(err.contains(want), "missing `{want}` in:\n{err}");
+    }
+    assert!(err.contains("kib fetch --manifest"), "{err}");
+    assert_nothing_left(&tmp.path().join("work"));
+}

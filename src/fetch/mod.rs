@@ -111,8 +111,9 @@ fn is_sha256(s: &str) -> bool {
 }
 
 impl Fetcher {
-    /// A fetcher over the cache in `cache_dir`. Proxies come from `http_proxy`/`https_proxy`/
-    /// `no_proxy` in the environment.
+    /// A fetcher over the cache in `cache_dir`. One proxy serves every download: the first of
+    /// `ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY` (or their lowercase forms) in the environment;
+    /// hosts in `NO_PROXY` are reached directly (ureq's rules).
     pub fn new(mirrors: MirrorMap, cache_dir: &Path, offline: bool) -> Self {
         let config = ureq::Agent::config_builder()
             .proxy(ureq::Proxy::try_from_env())
