@@ -11,7 +11,9 @@ need=()
 have_cmd() { command -v "$1" >/dev/null 2>&1; }
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 
-for pkg in mmdebstrap fdisk dosfstools mtools e2fsprogs util-linux mount libclang-dev pkg-config ca-certificates; do
+# The last seven build the test fixture mirror (testdata/mirror/make-fixtures.sh).
+for pkg in mmdebstrap fdisk dosfstools mtools e2fsprogs util-linux mount libclang-dev pkg-config ca-certificates \
+           dpkg-dev apt-utils gnupg gpgv umoci skopeo python3; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 # qemu-img: keep the preinstalled one (bookworm-backports' 10.x on these machines); install
@@ -22,7 +24,7 @@ if [ "${#need[@]}" -gt 0 ]; then
   echo "deps.sh: installing ${need[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 if ! have_cmd cargo; then

@@ -58,7 +58,7 @@ ensure_deps() {
     if [[ ${#missing[@]} -gt 0 ]]; then
         log "installing ${missing[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "${missing[@]}" >/dev/null
     fi
 }
 ensure_deps
