@@ -38,8 +38,9 @@ pub enum Command {
     /// Remove what crashed or killed runs left: work directories whose kib process is gone, and
     /// loop devices backed by files in them. Reports what it removed. Needs root.
     Cleanup(CleanupArgs),
-    /// Download every artifact a manifest's `download` steps need into the cache, so that an
-    /// air-gapped host (given the cache folder, say on a USB disk) can build with --offline.
+    /// Download every artifact a manifest needs (`download` files, repository keys, image
+    /// archives, checksum files) into the cache, so that an air-gapped host (given the cache
+    /// folder, say on a USB disk) can build with --offline.
     Fetch(FetchArgs),
 }
 

@@ -94,7 +94,8 @@ pub struct When {
 #[derive(Debug, Deserialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Packages {
-    /// Refresh the package lists first. Default: true when `install` is not empty.
+    /// Refresh the package lists first. Default: true when `install` is not empty and no earlier
+    /// step of this build refreshed them since the last `repository` step.
     pub update: Option<bool>,
     /// Package names, optionally pinned: `containerd` or `containerd=1.6.20~ds1-1+b1`.
     #[serde(default)]
