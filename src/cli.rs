@@ -97,7 +97,7 @@ pub struct CustomizeArgs {
     /// Where the images, bom.json and SHA256SUMS go. Created if missing.
     #[arg(short, long, value_name = "DIR", default_value = "out")]
     pub output_dir: PathBuf,
-    /// Output formats, comma-separated: raw, qcow2, vmdk, vhdx. Overrides the manifest's
+    /// Output formats, comma-separated: raw, qcow2, vmdk, vhd, vhdx, raw.zst, raw.gz, gce. Overrides the manifest's
     /// output.formats; the default is qcow2.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub format: Vec<String>,

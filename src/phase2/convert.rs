@@ -1,6 +1,7 @@
-//! Converting the working copy into the requested disk formats with `qemu-img convert`.
-//! Each output is written under a hidden temporary name in the output folder and renamed into
-//! place only when complete, so a failed or interrupted build leaves no partial image there.
+//! Converting the working copy into the requested disk formats: `qemu-img convert` for disk
+//! formats, zstd/gzip for compressed raw, GNU tar for GCE. Outputs are written into a hidden
+//! staging folder in the output folder and moved into place together only when all are
+//! complete, so a failed or interrupted build leaves no partial image there.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,11 +22,36 @@ pub enum Format {
     Vmdk,
     /// VHDX (Hyper-V).
     Vhdx,
+    /// Fixed VHD (Azure): the virtual size must be a multiple of 1 MiB.
+    Vhd,
+    /// zstd-compressed raw (bare metal, Tinkerbell).
+    RawZst,
+    /// gzip-compressed raw.
+    RawGz,
+    /// GCE: `disk.raw` inside a gzip-compressed GNU tar (`<name>.tar.gz`).
+    Gce,
 }
 
 impl Format {
     /// Every format, as `--format` spells it.
-    pub const ALL: &'static [(&'static str, Format)] = &[("raw", Format::Raw), ("qcow2", Format::Qcow2), ("vmdk", Format::Vmdk), ("vhdx", Format::Vhdx)];
+    pub const ALL: &'static [(&'static str, Format)] = &[
+        ("raw", Format::Raw),
+        ("qcow2", Format::Qcow2),
+        ("vmdk", Format::Vmdk),
+        ("vhd", Format::Vhd),
+        ("vhdx", Format::Vhdx),
+        ("raw.zst", Format::RawZst),
+        ("raw.gz", Format::RawGz),
+        ("gce", Format::Gce),
+    ];
+
+    /// The output file's name for an image called `name`.
+    pub fn file_name(self, name: &str) -> String {
+        match self {
+            Format::Gce => format!("{name}.tar.gz"),
+            f => format!("{name}.{}", f.name()),
+        }
+    }
 
     /// The name used in `--format`, which is also the file extension.
     pub fn name(self) -> &'static str {
@@ -115,16 +141,41 @@ impl Drop for Staging {
     }
 }
 
-fn qemu_args(format: Format, compression: Qcow2Compression) -> Vec<&'static str> {
+/// The command that writes `format` to `dest` from the raw `disk` (any format but raw).
+fn command(format: Format, compression: Qcow2Compression, disk: &Path, dest: &Path) -> Command {
+    let qemu = |args: &[&str]| {
+        let mut c = Command::new("qemu-img");
+        c.args(["convert", "-f", "raw"]).args(args).arg(disk).arg(dest);
+        c
+    };
     match format {
-        Format::Raw => vec!["-O", "raw"],
+        Format::Raw => qemu(&["-O", "raw"]),
         Format::Qcow2 => match compression {
-            Qcow2Compression::None => vec!["-O", "qcow2"],
-            Qcow2Compression::Zlib => vec!["-O", "qcow2", "-c"],
-            Qcow2Compression::Zstd => vec!["-O", "qcow2", "-c", "-o", "compression_type=zstd"],
+            Qcow2Compression::None => qemu(&["-O", "qcow2"]),
+            Qcow2Compression::Zlib => qemu(&["-O", "qcow2", "-c"]),
+            Qcow2Compression::Zstd => qemu(&["-O", "qcow2", "-c", "-o", "compression_type=zstd"]),
         },
-        Format::Vmdk => vec!["-O", "vmdk", "-o", "subformat=streamOptimized"],
-        Format::Vhdx => vec!["-O", "vhdx", "-o", "subformat=dynamic"],
+        Format::Vmdk => qemu(&["-O", "vmdk", "-o", "subformat=streamOptimized"]),
+        Format::Vhdx => qemu(&["-O", "vhdx", "-o", "subformat=dynamic"]),
+        Format::Vhd => qemu(&["-O", "vpc", "-o", "subformat=fixed,force_size=on"]),
+        Format::RawZst => {
+            let mut c = Command::new("zstd");
+            c.args(["-q", "-T0", "-o"]).arg(dest).arg(disk);
+            c
+        }
+        Format::RawGz => {
+            let mut c = Command::new("sh");
+            c.args(["-c", "gzip -c -- \"$1\" > \"$2\"", "sh"]).arg(disk).arg(dest);
+            c
+        }
+        Format::Gce => {
+            // GCE wants the disk named disk.raw, which the working copy is.
+            let mut c = Command::new("tar");
+            c.args(["--format=gnu", "--sparse", "-czf"]).arg(dest).arg("-C").arg(disk.parent().unwrap_or(Path::new("."))).arg(
+                disk.file_name().unwrap_or_default(),
+            );
+            c
+        }
     }
 }
 
@@ -133,6 +184,15 @@ fn qemu_args(format: Format, compression: Qcow2Compression) -> Vec<&'static str>
 /// Raw output comes last and is the working copy itself, renamed, when it lies on the same
 /// filesystem (so `disk` may be gone afterwards). Returns each artifact with its SHA-256.
 pub fn convert_all(disk: &Path, dir: &Path, name: &str, formats: &[Format], compression: Qcow2Compression) -> Result<Vec<Artifact>> {
+    if formats.contains(&Format::Vhd) {
+        let size = std::fs::metadata(disk)?.len();
+        if size % (1 << 20) != 0 {
+            bail!("vhd (Azure) needs a virtual size that is a multiple of 1 MiB; this disk has {size} bytes");
+        }
+    }
+    if formats.contains(&Format::Gce) && disk.file_name() != Some(std::ffi::OsStr::new("disk.raw")) {
+        bail!("internal: the gce format needs the working copy to be named disk.raw");
+    }
     let mut written: Vec<(Format, PathBuf)> = Vec::new();
     std::thread::scope(|s| -> Result<()> {
         let jobs: Vec<_> = formats
@@ -140,13 +200,9 @@ pub fn convert_all(disk: &Path, dir: &Path, name: &str, formats: &[Format], comp
             .filter(|f| **f != Format::Raw)
             .map(|&f| {
                 s.spawn(move || -> Result<(Format, PathBuf)> {
-                    let dest = dir.join(format!("{name}.{}", f.name()));
+                    let dest = dir.join(f.file_name(name));
                     let t = std::time::Instant::now();
-                    exec::run(
-                        Command::new("qemu-img").args(["convert", "-f", "raw"]).args(qemu_args(f, compression)).arg(disk).arg(&dest),
-                        &format!("qemu-img convert to {}", f.name()),
-                        None,
-                    )?;
+                    exec::run(&mut command(f, compression, disk, &dest), &format!("writing the {} image", f.name()), None)?;
                     tracing::info!("converted to {} in {:.1}s", f.name(), t.elapsed().as_secs_f64());
                     Ok((f, dest))
                 })
@@ -227,6 +283,28 @@ mod tests {
         assert_eq!(v["format-specific"]["data"]["compression-type"], "zstd");
         let names: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 3, "{names:?}");
+        // Every other format, from a disk named disk.raw as the working copy is.
+        let wc = d.path().join("disk.raw");
+        std::fs::write(&wc, &data).unwrap();
+        let staging = Staging::create(&out).unwrap();
+        let all = [Format::Vhd, Format::Vhdx, Format::RawZst, Format::RawGz, Format::Gce];
+        let arts = convert_all(&wc, staging.dir(), "n", &all, Qcow2Compression::None).unwrap();
+        let names: Vec<String> = arts.iter().map(|a| a.file.clone()).collect();
+        assert_eq!(names, ["n.vhd", "n.vhdx", "n.raw.zst", "n.raw.gz", "n.tar.gz"]);
+        let sdir = staging.dir().to_path_buf();
+        let vhd: serde_json::Value = serde_json::from_slice(&Command::new("qemu-img").args(["info", "-f", "vpc", "--output=json"]).arg(sdir.join("n.vhd")).output().unwrap().stdout).unwrap();
+        // A fixed VHD is the raw disk plus a 512-byte footer; its virtual size is 1 MiB-aligned.
+        assert_eq!(vhd["virtual-size"].as_u64().unwrap(), data.len() as u64);
+        assert_eq!(vhd["virtual-size"].as_u64().unwrap() % (1 << 20), 0);
+        assert_eq!(std::fs::metadata(sdir.join("n.vhd")).unwrap().len(), data.len() as u64 + 512);
+        let unz = Command::new("zstd").args(["-d", "-c", "-q"]).arg(sdir.join("n.raw.zst")).output().unwrap().stdout;
+        assert_eq!(unz, data);
+        let ungz = Command::new("gzip").args(["-d", "-c"]).arg(sdir.join("n.raw.gz")).output().unwrap().stdout;
+        assert_eq!(ungz, data);
+        let list = Command::new("tar").args(["-tvzf"]).arg(sdir.join("n.tar.gz")).output().unwrap().stdout;
+        assert!(String::from_utf8_lossy(&list).trim().ends_with(" disk.raw"), "{}", String::from_utf8_lossy(&list));
+        drop(staging);
+
         // A failing conversion leaves nothing behind.
         let staging = Staging::create(&out).unwrap();
         let e = convert_all(&d.path().join("missing.raw"), staging.dir(), "bad", &[Format::Qcow2], Qcow2Compression::None);
