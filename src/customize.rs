@@ -50,12 +50,12 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     }
     let fetcher = fetcher(&args.fetch)?;
     phase2::ensure_output_dir(&args.output_dir)?;
-    let staging = Staging::create(&args.output_dir)?;
     tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
 
     // Phase 0
     let mut image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: !args.no_verify, work_base: args.work_dir.clone(), cache_dir: Some(fetcher.cache_dir.clone()), read_only: false })?;
     let phase0_s = t0.elapsed().as_secs_f64();
+    let staging = Staging::create(&args.output_dir, Some(image.work_dir()))?;
     if fetcher.offline {
         let missing = crate::phase1::missing_downloads(&manifest, &image.facts, &fetcher);
         if !missing.is_empty() {

@@ -96,10 +96,11 @@ impl Qcow2Compression {
     }
 }
 
-/// A hidden staging folder inside the output folder. Artifacts are written there and moved
-/// into the output folder together by [`Staging::commit`] once all of them are complete; if the
-/// build fails first, dropping the staging folder removes them, so the output folder never holds
-/// a partial or unverified artifact.
+/// The staging folder: artifacts are written there and moved into the output folder together by
+/// [`Staging::commit`] once all of them are complete; if the build fails first, dropping it
+/// removes them. It lies in the run's work directory when that is on the output folder's
+/// filesystem (so even a SIGKILL leaves nothing in the output folder), else it is a hidden
+/// `.kib-staging-<pid>` folder in the output folder.
 #[derive(Debug)]
 pub struct Staging {
     dir: PathBuf,
@@ -107,9 +108,15 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// Creates `<out_dir>/.kib-staging-<pid>`.
-    pub fn create(out_dir: &Path) -> Result<Self> {
-        let dir = out_dir.join(format!(".kib-staging-{}", std::process::id()));
+    /// Creates `<work_dir>/staging`, or `<out_dir>/.kib-staging-<pid>` when there is no work
+    /// directory on the output folder's filesystem.
+    pub fn create(out_dir: &Path, work_dir: Option<&Path>) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let out_dev = std::fs::metadata(out_dir).with_context(|| format!("output folder {}", out_dir.display()))?.dev();
+        let dir = match work_dir.filter(|w| std::fs::metadata(w).is_ok_and(|m| m.dev() == out_dev)) {
+            Some(w) => w.join("staging"),
+            None => out_dir.join(format!(".kib-staging-{}", std::process::id())),
+        };
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("removing stale {}", dir.display()))?;
         }
@@ -269,7 +276,7 @@ mod tests {
         std::fs::write(&disk, &data).unwrap();
         let out = d.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        let staging = Staging::create(&out).unwrap();
+        let staging = Staging::create(&out, None).unwrap();
         let arts = convert_all(&disk, staging.dir(), "node", &[Format::Qcow2, Format::Vmdk, Format::Raw], Qcow2Compression::Zstd).unwrap();
         staging.commit(&out, &["node.qcow2", "node.vmdk", "node.raw"]).unwrap();
         assert_eq!(arts.iter().map(|a| a.file.as_str()).collect::<Vec<_>>(), ["node.qcow2", "node.vmdk", "node.raw"]);
@@ -286,7 +293,7 @@ mod tests {
         // Every other format, from a disk named disk.raw as the working copy is.
         let wc = d.path().join("disk.raw");
         std::fs::write(&wc, &data).unwrap();
-        let staging = Staging::create(&out).unwrap();
+        let staging = Staging::create(&out, None).unwrap();
         let all = [Format::Vhd, Format::Vhdx, Format::RawZst, Format::RawGz, Format::Gce];
         let arts = convert_all(&wc, staging.dir(), "n", &all, Qcow2Compression::None).unwrap();
         let names: Vec<String> = arts.iter().map(|a| a.file.clone()).collect();
@@ -306,7 +313,7 @@ mod tests {
         drop(staging);
 
         // A failing conversion leaves nothing behind.
-        let staging = Staging::create(&out).unwrap();
+        let staging = Staging::create(&out, None).unwrap();
         let e = convert_all(&d.path().join("missing.raw"), staging.dir(), "bad", &[Format::Qcow2], Qcow2Compression::None);
         assert!(e.is_err());
         drop(staging);

@@ -1,0 +1,126 @@
+//! Crash safety on the real base image: kib is SIGKILLed at 20 points spread over all three
+//! phases, and stopped with SIGTERM and SIGINT. After each, nothing of it may remain: no loop
+//! device backed by its working copy, no mount, no process from the image, nothing in the output
+//! folder; the input is bit-identical; `kib cleanup` removes the work directories a SIGKILL
+//! leaves, and a SIGTERM/SIGINT leaves none at all.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MANIFEST: &str = r#"apiVersion: kib/v1
+kind: ImageManifest
+metadata: {name: crash}
+steps:
+  - name: a file
+    file: {path: /etc/kib-crash-test, content: "x\n"}
+  - name: a package
+    packages: {install: [jq]}
+  - name: a pause
+    run: {script: "sleep 1"}
+output: {formats: [qcow2, raw]}
+"#;
+
+fn start(tmp: &Path) -> Child {
+    Command::new(assert_cmd::cargo::cargo_bin("kib"))
+        .args(["-q", "customize", "--disk-image"])
+        .arg(base_image())
+        .arg("--manifest")
+        .arg(tmp.join("crash.yaml"))
+        .arg("--output-dir")
+        .arg(tmp.join("out"))
+        .arg("--work-dir")
+        .arg(tmp.join("work"))
+        .arg("--cache-dir")
+        .arg(tmp.join("cache"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Processes whose root directory lies under `dir`.
+fn rooted_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| std::fs::read_link(e.path().join("root")).is_ok_and(|r| r.starts_with(dir)))
+        .map(|e| std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default().replace('\0', " "))
+        .collect()
+}
+
+/// Waits up to 10 s for the kernel to finish tearing down a killed run's namespace, then
+/// asserts nothing is left.
+fn assert_gone(tmp: &Path, what: &str) {
+    let work = tmp.join("work");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (l, p) = (leftovers(&work), rooted_in(&work));
+        if l.is_empty() && p.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{what}: left behind: {l:?} {p:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = tmp.join("out");
+    let files: Vec<_> = std::fs::read_dir(&out).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(files.is_empty(), "{what}: the output folder holds {files:?}");
+}
+
+#[test]
+fn killed_at_any_point_kib_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("crash.yaml"), MANIFEST).unwrap();
+    let input = base_image();
+    let before = sha256(&input);
+
+    // One full run, to spread the kill points over its length.
+    let t = Instant::now();
+    assert!(start(tmp.path()).wait().unwrap().success());
+    let full = t.elapsed();
+    std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+    assert_nothing_left(&tmp.path().join("work"));
+
+    let points = 20;
+    let mut killed = 0;
+    for i in 0..points {
+        let at = full.mul_f64((i as f64 + 0.5) / points as f64);
+        let mut child = start(tmp.path());
+        std::thread::sleep(at);
+        if child.try_wait().unwrap().is_some_and(|s| s.success()) {
+            // It finished before this point (runs vary with the network): a complete build.
+            std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+            assert!(leftovers(&tmp.path().join("work")).is_empty());
+            continue;
+        }
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        killed += 1;
+        assert_gone(tmp.path(), &format!("SIGKILL at {at:.2?} of {full:.2?}"));
+    }
+    eprintln!("{killed} of {points} kill points hit a running kib");
+    assert!(killed >= 15, "only {killed} of {points} kill points hit a running kib");
+    // The work directories SIGKILL leaves are what `kib cleanup` is for.
+    let cleanup = kib().args(["cleanup", "--work-dir"]).arg(tmp.path().join("work")).output().unwrap();
+    assert!(cleanup.status.success(), "{}", String::from_utf8_lossy(&cleanup.stderr));
+    assert_nothing_left(&tmp.path().join("work"));
+
+    // SIGTERM and SIGINT in the middle of the apt step: exit 143 / 130, and a clean exit.
+    for (sig, code) in [(rustix::process::Signal::TERM, 143), (rustix::process::Signal::INT, 130)] {
+        let mut child = start(tmp.path());
+        std::thread::sleep(full.mul_f64(0.4));
+        rustix::process::kill_process(rustix::process::Pid::from_raw(child.id() as i32).unwrap(), sig).unwrap();
+        let status = child.wait().unwrap();
+        if status.success() {
+            continue; // it finished first; nothing to check
+        }
+        assert_eq!(status.code(), Some(code), "{sig:?}");
+        assert_gone(tmp.path(), &format!("{sig:?}"));
+        assert_nothing_left(&tmp.path().join("work")); // no work directory either
+    }
+    assert_eq!(sha256(&input), before, "the input image changed");
+}
