@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -26,31 +26,7 @@ output: {formats: [qcow2, raw]}
 "#;
 
 fn start(tmp: &Path) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("kib"))
-        .args(["-q", "customize", "--disk-image"])
-        .arg(base_image())
-        .arg("--manifest")
-        .arg(tmp.join("crash.yaml"))
-        .arg("--output-dir")
-        .arg(tmp.join("out"))
-        .arg("--work-dir")
-        .arg(tmp.join("work"))
-        .arg("--cache-dir")
-        .arg(tmp.join("cache"))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// Processes whose root directory lies under `dir`.
-fn rooted_in(dir: &Path) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-        .filter(|e| std::fs::read_link(e.path().join("root")).is_ok_and(|r| r.starts_with(dir)))
-        .map(|e| std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default().replace('\0', " "))
-        .collect()
+    customize_cmd(&base_image(), &tmp.join("crash.yaml"), tmp).arg("-q").stderr(std::process::Stdio::null()).spawn().unwrap()
 }
 
 /// Waits up to 10 s for the kernel to finish tearing down a killed run's namespace, then
@@ -59,7 +35,7 @@ fn assert_gone(tmp: &Path, what: &str) {
     let work = tmp.join("work");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (l, p) = (leftovers(&work), rooted_in(&work));
+        let (l, p) = (leftovers(&work), processes_rooted_in(&work));
         if l.is_empty() && p.is_empty() {
             break;
         }

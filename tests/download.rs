@@ -101,21 +101,11 @@ fn downloads_go_through_the_mirror_into_the_image() {
 
     // Online through the mirror, with proxy credentials in the environment (NO_PROXY exempts the
     // mirror on 127.0.0.1): they reach neither the logs, even at debug level, nor the BOM.
-    let run = kib()
+    let run = customize_cmd(&img, &m, tmp.path())
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("HTTPS_PROXY", "http://kibuser:s3cr3t-proxy-pw@127.0.0.1:9")
         .env("https_proxy", "http://kibuser:s3cr3t-proxy-pw@127.0.0.1:9")
         .env("KIB_LOG", "debug")
-        .args(["customize", "--disk-image"])
-        .arg(&img)
-        .arg("--manifest")
-        .arg(&m)
-        .arg("--output-dir")
-        .arg(tmp.path().join("out"))
-        .arg("--work-dir")
-        .arg(tmp.path().join("work"))
-        .arg("--cache-dir")
-        .arg(tmp.path().join("cache"))
         .args(&mirrors)
         .output()
         .unwrap();

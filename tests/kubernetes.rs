@@ -56,17 +56,6 @@ fn build(source: &str, tmp: &Path, server: &MirrorServer) -> (PathBuf, serde_jso
     (out.join("k8s-1.30-node.raw"), bom)
 }
 
-/// Processes whose root directory lies under `dir` (a chroot into this test's work folder).
-fn processes_rooted_in(dir: &Path) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
-        .filter(|e| std::fs::read_link(e.path().join("root")).is_ok_and(|r| r.starts_with(dir)))
-        .map(|e| std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default().replace('\0', " "))
-        .collect()
-}
-
 fn loaded_images(bom: &serde_json::Value) -> Vec<String> {
     bom["steps"].as_array().unwrap().iter().flat_map(|s| s["images"].as_array().cloned().unwrap_or_default()).map(|i| i["name"].as_str().unwrap().to_string()).collect()
 }

@@ -111,10 +111,11 @@ pub fn tiny_image(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
     disk
 }
 
-/// Runs `kib customize` with the output, work and cache folders inside `tmp`, plus `extra`
-/// arguments. Returns whether it succeeded and its standard error.
-pub fn customize_in(img: &Path, manifest: &Path, tmp: &Path, extra: &[&str]) -> (bool, String) {
-    let out = kib()
+/// A `kib customize` command with the output, work and cache folders inside `tmp`
+/// (`out`, `work`, `cache`).
+pub fn customize_cmd(img: &Path, manifest: &Path, tmp: &Path) -> Command {
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("kib"));
+    c.current_dir(repo())
         .args(["customize", "--disk-image"])
         .arg(img)
         .arg("--manifest")
@@ -124,9 +125,24 @@ pub fn customize_in(img: &Path, manifest: &Path, tmp: &Path, extra: &[&str]) -> 
         .arg("--work-dir")
         .arg(tmp.join("work"))
         .arg("--cache-dir")
-        .arg(tmp.join("cache"))
-        .args(extra)
-        .output()
-        .unwrap();
+        .arg(tmp.join("cache"));
+    c
+}
+
+/// Runs [`customize_cmd`] plus `extra` arguments. Returns whether it succeeded and its
+/// standard error.
+pub fn customize_in(img: &Path, manifest: &Path, tmp: &Path, extra: &[&str]) -> (bool, String) {
+    let out = customize_cmd(img, manifest, tmp).args(extra).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Processes whose root directory lies under `dir` (chrooted into a test's work folder).
+pub fn processes_rooted_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| std::fs::read_link(e.path().join("root")).is_ok_and(|r| r.starts_with(dir)))
+        .map(|e| std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default().replace('\0', " "))
+        .collect()
 }
