@@ -41,7 +41,16 @@ impl GuestRoot {
     fn open_in(&self, guest: &Path, flags: OFlags, mode: Mode) -> io::Result<OwnedFd> {
         let rel = relative(guest)?;
         let rel: &Path = if rel.as_os_str().is_empty() { Path::new(".") } else { &rel };
-        Ok(rfs::openat2(&self.fd, rel, flags | OFlags::CLOEXEC, mode, RESOLVE)?)
+        // openat2 answers EAGAIN when a rename or mount anywhere on the system raced with the
+        // resolution (it cannot then vouch that `..` stayed inside); retrying is the documented
+        // response. Concurrent builds mount all the time.
+        let mut tries = 0;
+        loop {
+            match rfs::openat2(&self.fd, rel, flags | OFlags::CLOEXEC, mode, RESOLVE) {
+                Err(rustix::io::Errno::AGAIN) if tries < 1000 => tries += 1,
+                other => return Ok(other?),
+            }
+        }
     }
 
     /// Opens a directory as an `O_PATH` descriptor, following symlinks inside the root.

@@ -44,7 +44,10 @@ impl LoopDev {
                     tracing::debug!("attached {} at offset {offset} size {size} on {}", file.display(), path.display());
                     return Ok(LoopDev { dev: Some(dev), path });
                 }
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => last = Some(e),
+                // Another process took the device between GET_FREE and our attach.
+                Err(e) if matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::BUSY.raw_os_error() || c == rustix::io::Errno::AGAIN.raw_os_error()) => {
+                    last = Some(e)
+                }
                 Err(e) => return Err(e).with_context(|| format!("attaching {} (offset {offset}) to a loop device", file.display())),
             }
         }

@@ -211,9 +211,9 @@ impl Image {
             let (flags, data) = self.mount_options(&fstype);
             rustix::mount::mount(dev.path(), &self.root_dir, fstype.as_str(), flags, data.as_deref())
                 .with_context(|| format!("mounting partition {} ({fstype}) from {}", p.number, dev.path().display()))?;
-            let root = GuestRoot::open(&self.root_dir)?;
-            if let Some(os) = facts::os_release(&root)? {
-                self.facts = facts::collect(&root, os)?;
+            let root = GuestRoot::open(&self.root_dir).context("opening the mounted root")?;
+            if let Some(os) = facts::os_release(&root).with_context(|| format!("reading os-release on partition {}", p.number))? {
+                self.facts = facts::collect(&root, os).context("reading the image's architecture and kernels")?;
                 self.root = Some(root);
                 self.loops.push(dev);
                 self.filesystems.push(Filesystem {
