@@ -32,9 +32,15 @@ mod once_flag {
 
 /// Registers SIGINT and SIGTERM so that they set a flag instead of killing kib: the running
 /// command is stopped, the guards clean up in order, and kib exits with 130 or 143. A second
-/// signal while cleaning up is left to the same flag; cleanup is bounded, so it still finishes.
+/// signal exits at once (with the same status): the mounts go with kib's mount namespace, the
+/// loop devices with autoclear, the image's processes with their parent-death signal; only the
+/// work directory stays, for `kib cleanup`.
 pub fn install_signal_handlers() -> std::io::Result<()> {
+    let second = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Runs before the flag below is set: exits only if an earlier signal set it.
+        signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&second))?;
+        signal_hook::flag::register(sig, Arc::clone(&second))?;
         signal_hook::flag::register_usize(sig, Arc::clone(INTERRUPTED.get()), sig as usize)?;
     }
     Ok(())

@@ -100,3 +100,31 @@ fn killed_at_any_point_kib_leaves_nothing() {
     }
     assert_eq!(sha256(&input), before, "the input image changed");
 }
+
+#[test]
+fn a_second_ctrl_c_exits_at_once_and_still_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("crash.yaml"),
+        "apiVersion: kib/v1\nkind: ImageManifest\nmetadata: {name: slow}\nsteps:\n  - name: slow\n    run: {script: \"sleep 60\"}\n",
+    )
+    .unwrap();
+    let mut child = start(tmp.path());
+    // Wait until the step runs: a process rooted in the image.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes_rooted_in(&tmp.path().join("work")).is_empty() {
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+    let t = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "kib took {:?} to stop", t.elapsed());
+    assert_eq!(status.code(), Some(130));
+    assert_gone(tmp.path(), "two SIGINTs");
+    let cleanup = kib().args(["cleanup", "--work-dir"]).arg(tmp.path().join("work")).output().unwrap();
+    assert!(cleanup.status.success());
+    assert_nothing_left(&tmp.path().join("work"));
+}

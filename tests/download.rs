@@ -196,3 +196,31 @@ fn kib_fetch_fills_the_cache_for_offline_builds() {
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 }
+
+#[test]
+fn a_full_image_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    // 40 MiB of fixture data for a 20 MiB filesystem.
+    let big = vec![7u8; 40 << 20];
+    std::fs::write(www.join("big.bin"), &big).unwrap();
+    let server = MirrorServer::start(&www);
+    let m = tmp.path().join("full.yaml");
+    std::fs::write(
+        &m,
+        format!(
+            "apiVersion: kib/v1\nkind: ImageManifest\nsteps:\n  - name: too big\n    download: {{url: \"{}/big.bin\", sha256: \"{}\", path: /big.bin}}\n",
+            server.url(),
+            kib::hash::sha256_bytes(&big)
+        ),
+    )
+    .unwrap();
+    let img = image(tmp.path());
+    let before = sha256(&img);
+    let (ok, err) = customize_in(&img, &m, tmp.path(), &[]);
+    assert!(!ok);
+    assert!(err.contains("step 1/1 `too big`") && err.contains("no space left in the image"), "{err}");
+    assert_eq!(sha256(&img), before);
+    assert_nothing_left(&tmp.path().join("work"));
+}

@@ -109,6 +109,14 @@ pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifes
         let result = action.and_then(|a| execute(&mut ctx, step, &a, &mut record));
         record.duration_seconds = start.elapsed().as_secs_f64();
         if let Err(e) = result {
+            let e = if format!("{e:#}").contains("No space left on device") {
+                e.context(
+                    "no space left in the image: its filesystem is full. Start from a larger base image \
+                     (growing the disk with `disk.size` is not implemented yet)",
+                )
+            } else {
+                e
+            };
             return Err(e.context(format!(
                 "step {}/{total} `{}` ({kind}, from {}) failed after {:.1}s",
                 i + 1,
