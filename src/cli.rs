@@ -35,6 +35,10 @@ pub enum Command {
     /// a manifest, everything it says (packages and holds, services, sysctls, modules, files,
     /// downloads, repositories, pre-loaded images). Exits non-zero when a check fails. Needs root.
     Check(CheckArgs),
+    /// Show what an image holds, read-only: os-release and architecture, the partition table and
+    /// filesystems, kernels, Kubernetes components, installed packages. Any image, kib's or not.
+    /// Needs root.
+    Inspect(InspectArgs),
     /// Remove what crashed or killed runs left: work directories whose kib process is gone, and
     /// loop devices backed by files in them. Reports what it removed. Needs root.
     Cleanup(CleanupArgs),
@@ -155,6 +159,18 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
     /// The work directory base that runs used (their --work-dir).
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    pub work_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The image (raw is attached directly, read-only; other formats are copied first).
+    pub image: PathBuf,
+    /// `text` (default) or `json`.
+    #[arg(long, default_value = "text")]
+    pub output: String,
+    /// Where the work directory is created (only used for non-raw images).
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,
 }

@@ -20,3 +20,4 @@ pub mod config;
 pub mod check;
 pub mod cleanup;
 pub mod out;
+pub mod inspect;

@@ -51,6 +51,24 @@ fn run(command: Command) -> Result<()> {
             mounting_as_root("check")?;
             customize::check(&args)
         }
+        Command::Inspect(args) => {
+            mounting_as_root("inspect")?;
+            let image = kib::phase0::Image::open(&kib::phase0::Options {
+                image: args.image.clone(),
+                verify: false,
+                work_base: args.work_dir.clone(),
+                cache_dir: None,
+                read_only: true,
+            })?;
+            let report = kib::inspect::report(&image)?;
+            image.close()?;
+            if args.output == "json" {
+                kib::out::line(serde_json::to_string_pretty(&report)?);
+            } else {
+                kib::out::line(kib::inspect::text(&report).trim_end());
+            }
+            Ok(())
+        }
         Command::Cleanup(args) => {
             if !rustix::process::geteuid().is_root() {
                 bail!("kib cleanup must run as root: it detaches loop devices");

@@ -175,3 +175,27 @@ fn check_reports_what_a_plain_base_image_lacks() {
     assert_eq!(sha256(&base), before);
     assert_nothing_left(tmp.path());
 }
+
+#[test]
+fn inspect_lists_what_a_plain_base_image_holds() {
+    let base = base_image();
+    let before = sha256(&base);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = kib().args(["inspect", "--output", "json", "--work-dir"]).arg(tmp.path()).arg(&base).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["os_release"]["ID"], "debian");
+    assert_eq!(r["architecture"], "amd64");
+    assert_eq!(r["partition_table"]["kind"], "gpt");
+    assert_eq!(r["partition_table"]["partitions"].as_array().unwrap().len(), 3);
+    let names: Vec<&str> = r["packages"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for want in ["cloud-init", "openssh-server", "grub-pc", "systemd"] {
+        assert!(names.contains(&want), "{want} not listed");
+    }
+    assert!(r["kernels"][0].as_str().unwrap().ends_with("-cloud-amd64"));
+    let text = kib().args(["inspect", "--work-dir"]).arg(tmp.path()).arg(&base).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("os:           Debian GNU/Linux 12 (bookworm)") && text.contains("  openssh-server "), "{text}");
+    assert_eq!(sha256(&base), before);
+    assert_nothing_left(tmp.path());
+}

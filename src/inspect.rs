@@ -1,0 +1,95 @@
+//! `kib inspect`: what an image holds, read-only — any image, kib's or not. For auditors who
+//! did not build it.
+
+use std::path::Path;
+
+use anyhow::Result;
+use indexmap::IndexMap;
+
+use crate::phase0::{Filesystem, Image};
+use crate::phase0::partition::Table;
+use crate::phase2::bom::{self, Package};
+
+/// The report, as `--output json` prints it.
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub image: String,
+    pub format: String,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    pub os_release: IndexMap<String, String>,
+    pub architecture: String,
+    pub partition_table: Table,
+    pub filesystems: Vec<Filesystem>,
+    pub kernels: Vec<String>,
+    /// Kubernetes components found: name to version (from packages, /etc/kubernetes-version
+    /// and /etc/kib-release).
+    pub kubernetes: IndexMap<String, String>,
+    pub kib_release: Option<String>,
+    pub packages: Vec<Package>,
+}
+
+/// Builds the report of an image opened read-only.
+pub fn report(image: &Image) -> Result<Report> {
+    let root = image.root();
+    let packages = bom::packages(root)?;
+    let mut kubernetes = IndexMap::new();
+    for name in ["kubelet", "kubeadm", "kubectl", "kubernetes-cni", "cri-tools", "containerd", "containerd.io", "runc"] {
+        if let Some(p) = packages.iter().find(|p| p.name == name) {
+            kubernetes.insert(name.to_string(), p.version.clone());
+        }
+    }
+    if let Some(v) = root.read_string(Path::new("/etc/kubernetes-version"))? {
+        kubernetes.insert("kubernetes-version file".into(), v.trim().to_string());
+    }
+    for bin in ["/usr/bin/kubelet", "/usr/local/bin/kubelet", "/usr/local/bin/crictl", "/usr/local/bin/containerd"] {
+        if root.exists(Path::new(bin)) && !kubernetes.keys().any(|k| bin.ends_with(k.as_str())) {
+            kubernetes.insert(bin.to_string(), "present (not from a package)".into());
+        }
+    }
+    Ok(Report {
+        image: image.input.path.display().to_string(),
+        format: image.input.format.clone(),
+        virtual_size: image.input.virtual_size,
+        os_release: image.facts.os_release.clone(),
+        architecture: image.facts.arch.clone(),
+        partition_table: image.table.clone(),
+        filesystems: image.filesystems.clone(),
+        kernels: image.facts.kernels.clone(),
+        kubernetes,
+        kib_release: root.read_string(Path::new("/etc/kib-release"))?,
+        packages,
+    })
+}
+
+/// The report as text.
+pub fn text(r: &Report) -> String {
+    let mut s = String::new();
+    let os = r.os_release.get("PRETTY_NAME").cloned().unwrap_or_else(|| "unknown OS".into());
+    s.push_str(&format!("image:        {} ({}, {} bytes)\n", r.image, r.format, r.virtual_size));
+    s.push_str(&format!("os:           {os}\narchitecture: {}\n", r.architecture));
+    s.push_str(&format!("partitions:   {}\n", r.partition_table.kind_name()));
+    for p in &r.partition_table.partitions {
+        let fs = r.filesystems.iter().find(|f| f.partition == p.number);
+        s.push_str(&format!(
+            "  {:>3}  start {:>12}  size {:>12}  type {}{}\n",
+            p.number,
+            p.start,
+            p.size,
+            p.type_id,
+            fs.map(|f| format!("  {} on {}", f.fstype, f.mount_point)).unwrap_or_default()
+        ));
+    }
+    s.push_str(&format!("kernels:      {}\n", r.kernels.join(", ")));
+    for (k, v) in &r.kubernetes {
+        s.push_str(&format!("kubernetes:   {k} {v}\n"));
+    }
+    if let Some(k) = &r.kib_release {
+        s.push_str(&format!("kib-release:  {}\n", k.trim().replace('\n', "; ")));
+    }
+    s.push_str(&format!("packages:     {}\n", r.packages.len()));
+    for p in &r.packages {
+        s.push_str(&format!("  {} {} {}{}\n", p.name, p.version, p.architecture, if p.held { " (held)" } else { "" }));
+    }
+    s
+}
