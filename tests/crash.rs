@@ -54,23 +54,33 @@ fn killed_at_any_point_kib_leaves_nothing() {
     let input = base_image();
     let before = sha256(&input);
 
-    // One full run, to spread the kill points over its length.
-    let t = Instant::now();
-    assert!(start(tmp.path()).wait().unwrap().success());
-    let full = t.elapsed();
-    std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
-    assert_nothing_left(&tmp.path().join("work"));
+    // Two full runs, to spread the kill points over the length of the faster one (the first
+    // may be slower: cold caches, the network).
+    let mut full = Duration::MAX;
+    for _ in 0..2 {
+        let t = Instant::now();
+        assert!(start(tmp.path()).wait().unwrap().success());
+        full = full.min(t.elapsed());
+        std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+        assert_nothing_left(&tmp.path().join("work"));
+    }
 
+    // 20 SIGKILLs of a running kib, spread over 95% of a run. A run that finishes before its
+    // point (runs vary with the network) is a complete build: it is checked and the point tried
+    // again earlier.
     let points = 20;
-    let mut killed = 0;
-    for i in 0..points {
-        let at = full.mul_f64((i as f64 + 0.5) / points as f64);
+    let (mut killed, mut attempts) = (0, 0);
+    let mut scale = 0.95;
+    while killed < points {
+        attempts += 1;
+        assert!(attempts <= 40, "only {killed} of {points} kill points hit a running kib in 40 attempts");
+        let at = full.mul_f64(scale * (killed as f64 + 0.5) / points as f64);
         let mut child = start(tmp.path());
         std::thread::sleep(at);
         if child.try_wait().unwrap().is_some_and(|s| s.success()) {
-            // It finished before this point (runs vary with the network): a complete build.
             std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
             assert!(leftovers(&tmp.path().join("work")).is_empty());
+            scale *= 0.9;
             continue;
         }
         let _ = child.kill(); // SIGKILL
@@ -78,8 +88,7 @@ fn killed_at_any_point_kib_leaves_nothing() {
         killed += 1;
         assert_gone(tmp.path(), &format!("SIGKILL at {at:.2?} of {full:.2?}"));
     }
-    eprintln!("{killed} of {points} kill points hit a running kib");
-    assert!(killed >= 15, "only {killed} of {points} kill points hit a running kib");
+    eprintln!("{killed} SIGKILLs in {attempts} attempts over a {full:.2?} run");
     // The work directories SIGKILL leaves are what `kib cleanup` is for.
     let cleanup = kib().args(["cleanup", "--work-dir"]).arg(tmp.path().join("work")).output().unwrap();
     assert!(cleanup.status.success(), "{}", String::from_utf8_lossy(&cleanup.stderr));
