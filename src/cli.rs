@@ -119,6 +119,11 @@ pub struct CustomizeArgs {
     /// Base name of the output files; defaults to the manifest's metadata.name.
     #[arg(long)]
     pub name: Option<String>,
+    /// Grow the disk to this size before Phase 1, such as 20GiB (binary units; rounded up to a
+    /// MiB): the working copy, the GPT backup header, the root partition (the last one) and its
+    /// filesystem (ext4, xfs, btrfs). Overrides the manifest's disk.size. Never shrinks.
+    #[arg(long, value_name = "SIZE")]
+    pub disk_size: Option<String>,
     /// qcow2 compression; overrides the manifest's output.qcow2_compression (default none).
     #[arg(long, value_enum)]
     pub qcow2_compression: Option<Qcow2Compression>,

@@ -45,6 +45,10 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         bail!("output name `{name}` must be a plain file name");
     }
+    let disk_size = match &args.disk_size {
+        Some(s) => Some(manifest::parse_disk_size(s).map_err(|e| anyhow::anyhow!("--disk-size: {e}"))?),
+        None => manifest.disk_size,
+    };
     if !args.disk_image.exists() {
         bail!("disk image {} not found", args.disk_image.display());
     }
@@ -53,7 +57,14 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
 
     // Phase 0
-    let mut image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: !args.no_verify, work_base: args.work_dir.clone(), cache_dir: Some(fetcher.cache_dir.clone()), read_only: false })?;
+    let mut image = Image::open(&phase0::Options {
+        image: args.disk_image.clone(),
+        verify: !args.no_verify,
+        work_base: args.work_dir.clone(),
+        cache_dir: Some(fetcher.cache_dir.clone()),
+        read_only: false,
+        grow_to: disk_size,
+    })?;
     let phase0_s = t0.elapsed().as_secs_f64();
     let staging = Staging::create(&args.output_dir, Some(image.work_dir()))?;
     if fetcher.offline {
@@ -104,6 +115,7 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
         kernels: facts.kernels.clone(),
         partition_table: image.table.kind_name(),
         filesystems: image.filesystems.clone(),
+        disk_growth: image.growth.clone(),
         packages,
         steps,
         sysprep: sysprep_done,
@@ -174,7 +186,7 @@ pub fn check(args: &crate::cli::CheckArgs) -> Result<()> {
     if let Some(date) = bom.as_ref().and_then(|b| b["build_started"].as_str()) {
         phase1::set_build_date(date);
     }
-    let image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: false, work_base: args.work_dir.clone(), cache_dir: None, read_only: true })?;
+    let image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: false, work_base: args.work_dir.clone(), cache_dir: None, read_only: true, grow_to: None })?;
     let checks = crate::check::run(image.root(), &image.facts, manifest.as_ref(), bom.as_ref())?;
     image.close()?;
     let failed = checks.iter().filter(|c| !c.ok).count();

@@ -181,10 +181,16 @@ pub fn run(cmd: &mut Command, what: &str, timeout: Option<Duration>) -> Result<V
 #[allow(unsafe_code)]
 fn die_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+    let parent = rustix::process::getpid();
+    // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid are async-signal-safe and touch no memory of
+    // the parent.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // kib died between fork and prctl: the signal will never come, so do not start.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(std::io::Error::other("kib exited before the command started"));
+            }
             Ok(())
         });
     }

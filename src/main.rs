@@ -59,6 +59,7 @@ fn run(command: Command) -> Result<()> {
                 work_base: args.work_dir.clone(),
                 cache_dir: None,
                 read_only: true,
+                grow_to: None,
             })?;
             let report = kib::inspect::report(&image)?;
             image.close()?;

@@ -29,22 +29,36 @@ fn start(tmp: &Path) -> Child {
     customize_cmd(&base_image(), &tmp.join("crash.yaml"), tmp).arg("-q").stderr(std::process::Stdio::null()).spawn().unwrap()
 }
 
-/// Waits up to 10 s for the kernel to finish tearing down a killed run's namespace, then
-/// asserts nothing is left.
+/// Waits up to 60 s for the kernel to finish tearing down a killed run's namespace (a killed
+/// process stuck in disk I/O on a loaded host goes only when its I/O completes), then asserts
+/// nothing is left.
 fn assert_gone(tmp: &Path, what: &str) {
     let work = tmp.join("work");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (l, p) = (leftovers(&work), processes_rooted_in(&work));
         if l.is_empty() && p.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "{what}: left behind: {l:?} {p:?}");
+        let states: Vec<String> = p.iter().map(|cmd| process_state(cmd)).collect();
+        assert!(Instant::now() < deadline, "{what}: left behind after 60 s: {l:?} {p:?} (states {states:?})");
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = tmp.join("out");
     let files: Vec<_> = std::fs::read_dir(&out).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(files.is_empty(), "{what}: the output folder holds {files:?}");
+}
+
+/// The state letters (R, S, D, Z...) of the processes whose command line is `cmd`.
+fn process_state(cmd: &str) -> String {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ") == *cmd))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|s| s.rsplit_once(") ").map(|(_, rest)| rest.chars().next().unwrap_or('?').to_string()))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[test]

@@ -185,6 +185,8 @@ pub struct Manifest {
     pub steps: Vec<ResolvedStep>,
     pub output: Output,
     pub sysprep: Sysprep,
+    /// `disk.size` in bytes, rounded up to a whole MiB.
+    pub disk_size: Option<u64>,
 }
 
 /// Loads `path` and everything it includes, applies `overrides` (`--set`), and checks every
@@ -238,9 +240,30 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Manifest, ManifestError
         name,
         variables,
         steps: loader.steps,
+        disk_size: match top.disk.and_then(|d| d.size) {
+            Some(s) => Some(parse_disk_size(&s).map_err(|e| invalid(path, format!("disk.size: {e}")))?),
+            None => None,
+        },
         output: top.output.unwrap_or_default(),
         sysprep: top.sysprep.unwrap_or_default(),
     })
+}
+
+/// Parses a disk size such as `20GiB`, `20G` or `20480M` into bytes, rounded up to a whole MiB.
+/// Unit letters are binary (K, M, G, T = 1024^n, with or without `i`/`B`), as qemu-img reads
+/// them; a bare number is bytes.
+///
+/// Errors: not a size, or zero.
+pub fn parse_disk_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_size::Config::new()
+        .with_binary()
+        .parse_size(s.trim())
+        .map_err(|e| format!("`{s}` is not a size such as 20GiB ({e})"))?;
+    if bytes == 0 {
+        return Err(format!("`{s}` is zero"));
+    }
+    const MIB: u64 = 1 << 20;
+    bytes.div_ceil(MIB).checked_mul(MIB).ok_or_else(|| format!("`{s}` is too large"))
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> ManifestError {
@@ -270,8 +293,8 @@ impl Loader {
         if file.api_version != "kib/v1" {
             return Err(invalid(path, format!("apiVersion `{}` is not supported; use `kib/v1`", file.api_version)));
         }
-        if file.kind == Kind::Phase && (file.output.is_some() || file.sysprep.is_some()) {
-            return Err(invalid(path, "a `Phase` file cannot have `output` or `sysprep`; those belong to the ImageManifest"));
+        if file.kind == Kind::Phase && (file.output.is_some() || file.sysprep.is_some() || file.disk.is_some()) {
+            return Err(invalid(path, "a `Phase` file cannot have `output`, `sysprep` or `disk`; those belong to the ImageManifest"));
         }
         self.seen.insert(canonical.clone());
         self.stack.push(canonical);

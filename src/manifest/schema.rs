@@ -34,6 +34,8 @@ pub struct ManifestFile {
     pub output: Option<Output>,
     /// Only in an `ImageManifest`. Phase 2's clean-up of machine identity; on by default.
     pub sysprep: Option<Sysprep>,
+    /// Only in an `ImageManifest`. The built image's disk.
+    pub disk: Option<Disk>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +282,19 @@ pub struct ImageArchive {
     /// (dl.k8s.io's `kube-apiserver.tar` says `registry.k8s.io/kube-apiserver-amd64:vX`, kubeadm
     /// looks for `registry.k8s.io/kube-apiserver:vX`). The archive's own name is replaced.
     pub tag: Option<String>,
+}
+
+/// The built image's disk.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    /// The disk's virtual size, such as `20GiB` or `8G` (K, M, G, T are powers of 1024; `GB`
+    /// too, as qemu-img reads it), rounded up to a whole MiB. Before Phase 1, kib grows the
+    /// working copy to it, moves the GPT backup header to the new end, and grows the root
+    /// partition (which must be the last one on the disk) and its filesystem (ext2/3/4, xfs or
+    /// btrfs). Data never moves. Smaller than the input is an error: kib never shrinks a disk.
+    /// `--disk-size` overrides.
+    pub size: Option<String>,
 }
 
 /// Phase 2's artifacts.

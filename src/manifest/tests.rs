@@ -192,3 +192,13 @@ steps:
     let bad = write(d.path(), "b.yaml", "apiVersion: kib/v1\nkind: ImageManifest\nsteps:\n  - name: x\n    when: {variables: {nope: a}}\n    run: {script: x}\n");
     assert!(load(&bad, &[]).unwrap_err().to_string().contains("names `nope`, which no file declares"));
 }
+
+#[test]
+fn disk_sizes_are_binary_and_rounded_up_to_a_mib() {
+    assert_eq!(parse_disk_size("20GiB").unwrap(), 20 << 30);
+    assert_eq!(parse_disk_size("20G").unwrap(), 20 << 30);
+    assert_eq!(parse_disk_size("20 GB").unwrap(), 20 << 30);
+    assert_eq!(parse_disk_size("1000000").unwrap(), 1 << 20);
+    assert!(parse_disk_size("0").unwrap_err().contains("zero"));
+    assert!(parse_disk_size("big").unwrap_err().contains("not a size"));
+}

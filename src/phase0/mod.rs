@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod facts;
 pub mod fstab;
+pub mod grow;
 pub mod partition;
 pub mod probe;
 pub mod verify;
@@ -40,6 +41,9 @@ pub struct Options {
     /// working copy, and every filesystem is mounted read-only without journal replay. Its
     /// SHA-256 is computed only to verify it against a checksum list.
     pub read_only: bool,
+    /// Grow the disk to this many bytes before mounting the rest of the tree (see [`grow`]).
+    /// Not with `read_only`.
+    pub grow_to: Option<u64>,
 }
 
 /// The input image as the BOM records it.
@@ -79,9 +83,12 @@ pub struct Image {
     pub root_dir: PathBuf,
     /// The sparse raw working copy.
     pub disk: PathBuf,
+    /// What growing the disk did, when it was asked to.
+    pub growth: Option<grow::Growth>,
     root: Option<GuestRoot>,
     loops: Vec<LoopDev>,
     read_only: bool,
+    grow_to: Option<u64>,
     // Declared last: dropped after the Drop impl has unmounted.
     work: WorkDir,
 }
@@ -127,9 +134,11 @@ impl Image {
             filesystems: Vec::new(),
             root_dir,
             disk,
+            growth: None,
             root: None,
             loops: Vec::new(),
             read_only: opts.read_only,
+            grow_to: if opts.read_only { None } else { opts.grow_to },
             work,
         };
         let cache = opts.cache_dir.as_deref().map(verify::InputCache::new);
@@ -241,7 +250,64 @@ impl Image {
             }
             bail!("no Linux root filesystem found (none has /etc/os-release): {}", examined.join("; "));
         }
+        let parts = match self.grow_to {
+            Some(size) => self.grow_root(size, &parts).context("growing the disk")?,
+            None => parts,
+        };
         self.mount_fstab(&parts, &probes)
+    }
+
+    /// Grows the disk to `new_size` bytes with the root partition and its filesystem: the root is
+    /// unmounted and detached, the working copy and its table grown, then the root attached at its
+    /// new size, mounted again and its filesystem grown online. Returns the new partitions, in
+    /// the same order as `parts`.
+    fn grow_root(&mut self, new_size: u64, parts: &[Partition]) -> Result<Vec<Partition>> {
+        let old_size = std::fs::metadata(&self.disk)?.len();
+        let root_fs = self.filesystems[0].clone();
+        grow::check(&self.table, root_fs.partition, old_size, new_size)?;
+        if new_size == old_size {
+            return Ok(parts.to_vec());
+        }
+        let before = grow::partition(&self.table, root_fs.partition, old_size)?;
+        self.unmount()?;
+        self.filesystems.clear();
+        let table = grow::grow_table(&self.disk, &self.table, root_fs.partition, new_size)?;
+        let after = grow::partition(&table, root_fs.partition, new_size)?;
+        if after.start != before.start {
+            bail!("sfdisk moved partition {} from byte {} to {}; refusing to go on", after.number, before.start, after.start);
+        }
+        let dev = LoopDev::attach(&self.disk, after.start, after.size, false)?;
+        let offline = grow::grows_offline(&root_fs.fstype);
+        if offline {
+            grow::grow_filesystem(&root_fs.fstype, dev.path(), &self.root_dir)?;
+        }
+        rustix::mount::mount(dev.path(), &self.root_dir, root_fs.fstype.as_str(), MountFlags::empty(), None)
+            .with_context(|| format!("mounting the grown partition {} ({})", after.number, root_fs.fstype))?;
+        self.loops.push(dev);
+        self.root = Some(GuestRoot::open(&self.root_dir).context("opening the mounted root")?);
+        self.filesystems.push(root_fs.clone());
+        if !offline {
+            grow::grow_filesystem(&root_fs.fstype, self.loops[0].path(), &self.root_dir)?;
+        }
+        tracing::info!(
+            "grew the disk from {} to {} and partition {} ({}) from {} to {}",
+            grow::human(old_size),
+            grow::human(new_size),
+            after.number,
+            root_fs.fstype,
+            grow::human(before.size),
+            grow::human(after.size)
+        );
+        self.growth = Some(grow::Growth {
+            from_bytes: old_size,
+            to_bytes: new_size,
+            partition: after.number,
+            partition_from_bytes: before.size,
+            partition_to_bytes: after.size,
+            fstype: root_fs.fstype,
+        });
+        self.table = table;
+        Ok(parts.iter().map(|p| self.table.partitions.iter().find(|q| q.number == p.number).cloned().unwrap_or_else(|| after.clone())).collect())
     }
 
     /// Mounts what the image's /etc/fstab lists, below the root, shallowest first.

@@ -50,6 +50,9 @@ pub struct Bom {
     pub kernels: Vec<String>,
     pub partition_table: &'static str,
     pub filesystems: Vec<Filesystem>,
+    /// What `disk.size` / `--disk-size` grew, when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_growth: Option<crate::phase0::grow::Growth>,
     pub packages: Vec<Package>,
     pub steps: Vec<StepRecord>,
     pub sysprep: Vec<&'static str>,
