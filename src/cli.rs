@@ -101,7 +101,7 @@ pub struct CustomizeArgs {
     /// Where the images, bom.json and SHA256SUMS go. Created if missing.
     #[arg(short, long, value_name = "DIR", default_value = "out")]
     pub output_dir: PathBuf,
-    /// Output formats, comma-separated: raw, qcow2, vmdk, vhd, vhdx, raw.zst, raw.gz, gce. Overrides the manifest's
+    /// Output formats, comma-separated: raw, qcow2, vmdk, ova, vhd, vhdx, raw.zst, raw.gz, gce. Overrides the manifest's
     /// output.formats; the default is qcow2.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub format: Vec<String>,
@@ -124,6 +124,9 @@ pub struct CustomizeArgs {
     /// filesystem (ext4, xfs, btrfs). Overrides the manifest's disk.size. Never shrinks.
     #[arg(long, value_name = "SIZE")]
     pub disk_size: Option<String>,
+    /// How many format conversions run at once. Default: the number of CPUs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(usize))]
+    pub convert_jobs: Option<usize>,
     /// qcow2 compression; overrides the manifest's output.qcow2_compression (default none).
     #[arg(long, value_enum)]
     pub qcow2_compression: Option<Qcow2Compression>,

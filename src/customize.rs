@@ -45,10 +45,18 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         bail!("output name `{name}` must be a plain file name");
     }
-    let disk_size = match &args.disk_size {
+    let mut disk_size = match &args.disk_size {
         Some(s) => Some(manifest::parse_disk_size(s).map_err(|e| anyhow::anyhow!("--disk-size: {e}"))?),
         None => manifest.disk_size,
     };
+    if formats.contains(&Format::Vhd) && disk_size.is_none() && args.disk_image.is_file() {
+        // Azure takes only whole MiB: round an odd-sized disk up (disk sizes are already whole).
+        let size = phase0::workcopy::inspect(&args.disk_image)?.virtual_size;
+        if size % (1 << 20) != 0 {
+            tracing::info!("vhd: rounding the disk up from {size} bytes to a whole MiB");
+            disk_size = Some(size.div_ceil(1 << 20) << 20);
+        }
+    }
     if !args.disk_image.exists() {
         bail!("disk image {} not found", args.disk_image.display());
     }
@@ -98,7 +106,12 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     };
     phase2::trim(&image)?;
     image.unmount()?;
-    let artifacts = convert::convert_all(&image.disk, staging.dir(), &name, &formats, compression)?;
+    let plan = convert::Plan {
+        compression,
+        jobs: args.convert_jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        ovf: formats.contains(&Format::Ova).then(|| ovf_info(&image, &manifest, &packages, &started)),
+    };
+    let artifacts = convert::convert_all(&image.disk, staging.dir(), &name, &formats, &plan)?;
     let mut phase_seconds = IndexMap::new();
     phase_seconds.insert("phase0", round(phase0_s));
     phase_seconds.insert("phase1", round(phase1_s));
@@ -137,6 +150,20 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
         files.iter().map(|f| Path::new(&args.output_dir).join(f).display().to_string()).collect::<Vec<_>>().join(" ")
     );
     Ok(())
+}
+
+/// What the OVA's descriptor says: the image's OS and the versions of what was installed.
+fn ovf_info(image: &Image, manifest: &manifest::Manifest, packages: &[bom::Package], started: &str) -> crate::phase2::ova::OvfInfo {
+    let installed: IndexMap<String, String> = packages.iter().map(|p| (p.name.clone(), p.version.clone())).collect();
+    // A BIOS boot partition means the image boots with BIOS; else it needs EFI.
+    let bios = image.table.partitions.iter().any(|p| p.type_id == "21686148-6449-6E6F-744E-656564454649") || image.table.kind_name() == "mbr";
+    crate::phase2::ova::OvfInfo {
+        name: String::new(),
+        os_release: image.facts.os_release.clone(),
+        arch: image.facts.arch.clone(),
+        firmware: if bios { "bios" } else { "efi" },
+        properties: crate::phase2::ova::properties(&installed, &manifest.variables.0, &image.facts.os_release, &image.facts.arch, started),
+    }
 }
 
 /// Folders searched for shipped manifests: ./manifests, the repository's or installation's

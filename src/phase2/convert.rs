@@ -30,6 +30,9 @@ pub enum Format {
     RawGz,
     /// GCE: `disk.raw` inside a gzip-compressed GNU tar (`<name>.tar.gz`).
     Gce,
+    /// OVA (vSphere): OVF descriptor, `.mf` manifest and streamOptimized VMDK in a ustar
+    /// archive; see [`crate::phase2::ova`].
+    Ova,
 }
 
 impl Format {
@@ -38,6 +41,7 @@ impl Format {
         ("raw", Format::Raw),
         ("qcow2", Format::Qcow2),
         ("vmdk", Format::Vmdk),
+        ("ova", Format::Ova),
         ("vhd", Format::Vhd),
         ("vhdx", Format::Vhdx),
         ("raw.zst", Format::RawZst),
@@ -162,7 +166,7 @@ fn command(format: Format, compression: Qcow2Compression, disk: &Path, dest: &Pa
             Qcow2Compression::Zlib => qemu(&["-O", "qcow2", "-c"]),
             Qcow2Compression::Zstd => qemu(&["-O", "qcow2", "-c", "-o", "compression_type=zstd"]),
         },
-        Format::Vmdk => qemu(&["-O", "vmdk", "-o", "subformat=streamOptimized"]),
+        Format::Vmdk | Format::Ova => qemu(&["-O", "vmdk", "-o", "subformat=streamOptimized"]),
         Format::Vhdx => qemu(&["-O", "vhdx", "-o", "subformat=dynamic"]),
         Format::Vhd => qemu(&["-O", "vpc", "-o", "subformat=fixed,force_size=on"]),
         Format::RawZst => {
@@ -186,13 +190,39 @@ fn command(format: Format, compression: Qcow2Compression, disk: &Path, dest: &Pa
     }
 }
 
+/// How [`convert_all`] works.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub compression: Qcow2Compression,
+    /// How many conversions run at once (at least 1).
+    pub jobs: usize,
+    /// The OVF descriptor's data; needed for [`Format::Ova`].
+    pub ovf: Option<super::ova::OvfInfo>,
+}
+
+/// One unit of conversion work.
+#[derive(Debug, Clone, Copy)]
+enum Task {
+    One(Format),
+    /// The streamOptimized VMDK, then the OVA around it; `keep_vmdk` when vmdk was asked for too,
+    /// so it is converted once.
+    VmdkOva { keep_vmdk: bool },
+}
+
 /// Writes `<name>.<format>` for each format into `dir` (a [`Staging`] folder) from the raw
-/// `disk`, in parallel.
+/// `disk`, `plan.jobs` at a time, the slowest first (see DESIGN §6: streamOptimized VMDK and zlib
+/// qcow2 take tens of seconds, raw and uncompressed qcow2 about one). The OVA reuses the VMDK.
 /// Raw output comes last and is the working copy itself, renamed, when it lies on the same
-/// filesystem (so `disk` may be gone afterwards). Returns each artifact with its SHA-256.
-pub fn convert_all(disk: &Path, dir: &Path, name: &str, formats: &[Format], compression: Qcow2Compression) -> Result<Vec<Artifact>> {
+/// filesystem (so `disk` may be gone afterwards). Returns each artifact with its SHA-256, in the
+/// order of `formats`.
+///
+/// Errors: a vhd of a disk whose size is not a whole MiB, an ova without `plan.ovf`, or a failing
+/// conversion (its output is shown); the first error is returned after every running conversion
+/// ended.
+pub fn convert_all(disk: &Path, dir: &Path, name: &str, formats: &[Format], plan: &Plan) -> Result<Vec<Artifact>> {
+    let disk_meta = std::fs::metadata(disk).with_context(|| format!("reading {}", disk.display()))?;
     if formats.contains(&Format::Vhd) {
-        let size = std::fs::metadata(disk)?.len();
+        let size = disk_meta.len();
         if size % (1 << 20) != 0 {
             bail!("vhd (Azure) needs a virtual size that is a multiple of 1 MiB; this disk has {size} bytes");
         }
@@ -200,32 +230,76 @@ pub fn convert_all(disk: &Path, dir: &Path, name: &str, formats: &[Format], comp
     if formats.contains(&Format::Gce) && disk.file_name() != Some(std::ffi::OsStr::new("disk.raw")) {
         bail!("internal: the gce format needs the working copy to be named disk.raw");
     }
-    let mut written: Vec<(Format, PathBuf)> = Vec::new();
-    std::thread::scope(|s| -> Result<()> {
-        let jobs: Vec<_> = formats
-            .iter()
-            .filter(|f| **f != Format::Raw)
-            .map(|&f| {
-                s.spawn(move || -> Result<(Format, PathBuf)> {
-                    let dest = dir.join(f.file_name(name));
-                    let t = std::time::Instant::now();
-                    exec::run(&mut command(f, compression, disk, &dest), &format!("writing the {} image", f.name()), None)?;
-                    tracing::info!("converted to {} in {:.1}s", f.name(), t.elapsed().as_secs_f64());
-                    Ok((f, dest))
-                })
-            })
-            .collect();
-        let mut first_err = None;
-        for j in jobs {
-            match j.join().expect("conversion thread panicked") {
-                Ok(w) => written.push(w),
-                Err(e) => {
-                    first_err.get_or_insert(e);
+    if formats.contains(&Format::Ova) && plan.ovf.is_none() {
+        bail!("internal: the ova format needs the OVF descriptor's data");
+    }
+    let mut tasks: Vec<Task> = Vec::new();
+    if formats.contains(&Format::Ova) {
+        tasks.push(Task::VmdkOva { keep_vmdk: formats.contains(&Format::Vmdk) });
+    }
+    let slowness = |f: &Format| match f {
+        Format::Vmdk => 0,
+        Format::Qcow2 if plan.compression == Qcow2Compression::Zlib => 1,
+        Format::RawGz | Format::Gce => 2,
+        Format::Vhdx | Format::Vhd => 4,
+        _ => 3,
+    };
+    let mut singles: Vec<Format> = formats.iter().copied().filter(|f| !matches!(f, Format::Raw | Format::Ova) && !(*f == Format::Vmdk && formats.contains(&Format::Ova))).collect();
+    singles.sort_by_key(slowness);
+    tasks.extend(singles.into_iter().map(Task::One));
+
+    use std::os::unix::fs::MetadataExt;
+    let populated = disk_meta.blocks() * 512;
+    let run_task = |task: Task| -> Result<Vec<(Format, PathBuf)>> {
+        let t = std::time::Instant::now();
+        match task {
+            Task::One(f) => {
+                let dest = dir.join(f.file_name(name));
+                exec::run(&mut command(f, plan.compression, disk, &dest), &format!("writing the {} image", f.name()), None)?;
+                tracing::info!("converted to {} in {:.1}s", f.name(), t.elapsed().as_secs_f64());
+                Ok(vec![(f, dest)])
+            }
+            Task::VmdkOva { keep_vmdk } => {
+                let vmdk = if keep_vmdk { dir.join(Format::Vmdk.file_name(name)) } else { dir.join(format!(".{name}-ova-disk.vmdk")) };
+                exec::run(&mut command(Format::Vmdk, plan.compression, disk, &vmdk), "writing the streamOptimized vmdk for the ova", None)?;
+                tracing::info!("converted to vmdk in {:.1}s", t.elapsed().as_secs_f64());
+                let t = std::time::Instant::now();
+                let ova = dir.join(Format::Ova.file_name(name));
+                let mut info = plan.ovf.clone().unwrap_or_default();
+                info.name = name.to_string();
+                super::ova::write(&ova, &info, &vmdk, disk_meta.len(), populated).context("writing the ova")?;
+                tracing::info!("packed the ova in {:.1}s", t.elapsed().as_secs_f64());
+                let mut out = vec![(Format::Ova, ova)];
+                if keep_vmdk {
+                    out.push((Format::Vmdk, vmdk));
+                } else {
+                    std::fs::remove_file(&vmdk).with_context(|| format!("removing {}", vmdk.display()))?;
                 }
+                Ok(out)
             }
         }
-        first_err.map_or(Ok(()), Err)
-    })?;
+    };
+    let queue = std::sync::Mutex::new(std::collections::VecDeque::from(tasks));
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..plan.jobs.max(1) {
+            s.spawn(|| {
+                loop {
+                    let Some(task) = queue.lock().expect("queue lock").pop_front() else { break };
+                    let r = run_task(task);
+                    let failed = r.is_err();
+                    results.lock().expect("results lock").push(r);
+                    if failed {
+                        queue.lock().expect("queue lock").clear(); // start nothing new
+                    }
+                }
+            });
+        }
+    });
+    let mut written: Vec<(Format, PathBuf)> = Vec::new();
+    for r in results.into_inner().expect("results lock") {
+        written.extend(r?);
+    }
     if formats.contains(&Format::Raw) {
         let dest = dir.join(format!("{name}.raw"));
         let t = std::time::Instant::now();
@@ -277,7 +351,8 @@ mod tests {
         let out = d.path().join("out");
         std::fs::create_dir(&out).unwrap();
         let staging = Staging::create(&out, None).unwrap();
-        let arts = convert_all(&disk, staging.dir(), "node", &[Format::Qcow2, Format::Vmdk, Format::Raw], Qcow2Compression::Zstd).unwrap();
+        let plan = |compression, jobs| Plan { compression, jobs, ovf: None };
+        let arts = convert_all(&disk, staging.dir(), "node", &[Format::Qcow2, Format::Vmdk, Format::Raw], &plan(Qcow2Compression::Zstd, 2)).unwrap();
         staging.commit(&out, &["node.qcow2", "node.vmdk", "node.raw"]).unwrap();
         assert_eq!(arts.iter().map(|a| a.file.as_str()).collect::<Vec<_>>(), ["node.qcow2", "node.vmdk", "node.raw"]);
         assert_eq!(std::fs::read(out.join("node.raw")).unwrap(), data);
@@ -295,7 +370,7 @@ mod tests {
         std::fs::write(&wc, &data).unwrap();
         let staging = Staging::create(&out, None).unwrap();
         let all = [Format::Vhd, Format::Vhdx, Format::RawZst, Format::RawGz, Format::Gce];
-        let arts = convert_all(&wc, staging.dir(), "n", &all, Qcow2Compression::None).unwrap();
+        let arts = convert_all(&wc, staging.dir(), "n", &all, &plan(Qcow2Compression::None, 1)).unwrap();
         let names: Vec<String> = arts.iter().map(|a| a.file.clone()).collect();
         assert_eq!(names, ["n.vhd", "n.vhdx", "n.raw.zst", "n.raw.gz", "n.tar.gz"]);
         let sdir = staging.dir().to_path_buf();
@@ -314,7 +389,7 @@ mod tests {
 
         // A failing conversion leaves nothing behind.
         let staging = Staging::create(&out, None).unwrap();
-        let e = convert_all(&d.path().join("missing.raw"), staging.dir(), "bad", &[Format::Qcow2], Qcow2Compression::None);
+        let e = convert_all(&d.path().join("missing.raw"), staging.dir(), "bad", &[Format::Qcow2], &plan(Qcow2Compression::None, 2));
         assert!(e.is_err());
         drop(staging);
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3);

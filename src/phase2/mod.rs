@@ -2,6 +2,7 @@
 
 pub mod bom;
 pub mod convert;
+pub mod ova;
 pub mod sysprep;
 
 use std::path::Path;
