@@ -124,6 +124,11 @@ pub struct CustomizeArgs {
     /// filesystem (ext4, xfs, btrfs). Overrides the manifest's disk.size. Never shrinks.
     #[arg(long, value_name = "SIZE")]
     pub disk_size: Option<String>,
+    /// Rebuild pinned to an earlier build's bom.json: apt installs the versions it records and
+    /// every download must have the SHA-256 it records. A version or artifact that can no longer
+    /// be had stops the build with an error naming it.
+    #[arg(long, value_name = "BOM")]
+    pub lock: Option<PathBuf>,
     /// How many format conversions run at once. Default: the number of CPUs.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(usize))]
     pub convert_jobs: Option<usize>,

@@ -60,7 +60,12 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     if !args.disk_image.exists() {
         bail!("disk image {} not found", args.disk_image.display());
     }
-    let fetcher = fetcher(&args.fetch)?;
+    let mut fetcher = fetcher(&args.fetch)?;
+    if let Some(path) = &args.lock {
+        let lock = crate::lock::Lock::load(path)?;
+        tracing::info!("--lock {}: {} packages and {} downloads pinned", path.display(), lock.packages.len(), lock.downloads.len());
+        fetcher.lock = Some(std::sync::Arc::new(lock));
+    }
     phase2::ensure_output_dir(&args.output_dir)?;
     tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
 
@@ -75,6 +80,10 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     })?;
     let phase0_s = t0.elapsed().as_secs_f64();
     let staging = Staging::create(&args.output_dir, Some(image.work_dir()))?;
+    let unlocked = crate::phase1::unlocked_downloads(&manifest, &image.facts, &fetcher);
+    if !unlocked.is_empty() {
+        bail!("{} download(s) do not match the lock:\n  - {}", unlocked.len(), unlocked.join("\n  - "));
+    }
     if fetcher.offline {
         let missing = crate::phase1::missing_downloads(&manifest, &image.facts, &fetcher);
         if !missing.is_empty() {
@@ -129,6 +138,7 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
         partition_table: image.table.kind_name(),
         filesystems: image.filesystems.clone(),
         disk_growth: image.growth.clone(),
+        locked_from: args.lock.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
         packages,
         steps,
         sysprep: sysprep_done,

@@ -21,3 +21,4 @@ pub mod check;
 pub mod cleanup;
 pub mod out;
 pub mod inspect;
+pub mod lock;

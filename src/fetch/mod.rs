@@ -103,6 +103,8 @@ pub struct Fetcher {
     pub mirrors: MirrorMap,
     pub cache_dir: PathBuf,
     pub offline: bool,
+    /// `--lock`: every download must have the SHA-256 the locked BOM recorded.
+    pub lock: Option<std::sync::Arc<crate::lock::Lock>>,
     agent: ureq::Agent,
 }
 
@@ -120,7 +122,7 @@ impl Fetcher {
             .timeout_connect(Some(std::time::Duration::from_secs(30)))
             .http_status_as_error(true)
             .build();
-        Fetcher { mirrors, cache_dir: cache_dir.to_path_buf(), offline, agent: config.into() }
+        Fetcher { mirrors, cache_dir: cache_dir.to_path_buf(), offline, lock: None, agent: config.into() }
     }
 
     /// Where content with this SHA-256 lives in the cache.

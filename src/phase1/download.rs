@@ -14,8 +14,13 @@ use crate::hash::sha256_bytes;
 use crate::manifest::{parse_mode, DownloadStep, Sha256Spec};
 
 /// The SHA-256 `url` must have: the pinned one (for `arch`), or the one published at
-/// `sha256_url` (fetched through the mirror map, cached for offline builds).
+/// `sha256_url` (fetched through the mirror map, cached for offline builds). Under `--lock`,
+/// the one the locked BOM recorded (see [`crate::lock::Lock::sum_for`]).
 pub fn expected_sum(fetcher: &Fetcher, url: &str, sha256: Option<&Sha256Spec>, sha256_url: Option<&str>, arch: &str) -> Result<String> {
+    if let Some(lock) = &fetcher.lock {
+        let pinned = sha256.map(|s| s.for_arch(arch)).transpose().map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        return lock.sum_for(url, pinned.as_deref());
+    }
     match (sha256, sha256_url) {
         (Some(s), _) => s.for_arch(arch).map_err(|e| anyhow::anyhow!("{url}: {e}")),
         (None, Some(u)) => Ok(fetcher.published_sum(u, url)?),

@@ -88,7 +88,7 @@ pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifes
     let vars = step_vars(manifest, facts);
     let os_ids = facts.os_ids();
     let total = manifest.steps.len();
-    let mut state = apt::AptState::default();
+    let mut state = apt::AptState { lock: fetcher.lock.clone(), ..Default::default() };
     let mut records = Vec::with_capacity(total);
     for (i, step) in manifest.steps.iter().enumerate() {
         if let Some(sig) = crate::exec::interrupted() {
@@ -260,6 +260,35 @@ pub fn missing_downloads(manifest: &Manifest, facts: &Facts, fetcher: &Fetcher) 
         }
     }
     missing
+}
+
+/// Under `--lock`: every artifact of the steps that apply to this image whose URL the lock
+/// lacks or whose pin disagrees with it, as messages. Checked before the first step runs.
+pub fn unlocked_downloads(manifest: &Manifest, facts: &Facts, fetcher: &Fetcher) -> Vec<String> {
+    let Some(lock) = &fetcher.lock else { return Vec::new() };
+    let vars = step_vars(manifest, facts);
+    let os_ids = facts.os_ids();
+    let mut out = Vec::new();
+    for step in manifest.steps.iter().filter(|s| s.applies(&os_ids, &facts.arch, &vars)) {
+        let mut urls: Vec<(String, Option<String>)> = Vec::new();
+        for (url, sha, _) in artifacts(&step.action, &vars) {
+            match sha.map(|s| s.for_arch(&facts.arch)).transpose() {
+                Ok(pinned) => urls.push((url, pinned)),
+                Err(e) => out.push(format!("{url}: {e} (step `{}`)", step.name)),
+            }
+        }
+        if let Ok(Action::Repository(r)) = step.action.expand(&vars) {
+            if let (Some(url), None) = (r.key_url, r.key_sha256) {
+                urls.push((url, None));
+            }
+        }
+        for (url, pinned) in urls {
+            if let Err(e) = lock.sum_for(&url, pinned.as_deref()) {
+                out.push(format!("{e:#} (step `{}`)", step.name));
+            }
+        }
+    }
+    out
 }
 
 /// Every artifact an action downloads: URL, pinned SHA-256, checksum URL. Unpinned repository

@@ -27,9 +27,10 @@ pub fn apply(root: &GuestRoot, fetcher: &Fetcher, r: &RepositoryStep, record: &m
     let key = match (&r.key, &r.key_url) {
         (Some(k), _) => k.clone().into_bytes(),
         (None, Some(url)) => {
-            let fetched = match &r.key_sha256 {
-                Some(sum) => fetcher.fetch(url, sum)?,
-                None => {
+            let fetched = match (&r.key_sha256, &fetcher.lock) {
+                (pinned, Some(lock)) => fetcher.fetch(url, &lock.sum_for(url, pinned.as_deref())?)?,
+                (Some(sum), None) => fetcher.fetch(url, sum)?,
+                (None, None) => {
                     let f = fetcher.fetch_unpinned(url)?;
                     tracing::warn!("repository `{}`: key {} is not pinned (add key_sha256: {})", r.name, crate::fetch::redact(url), f.sha256);
                     f

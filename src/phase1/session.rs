@@ -161,6 +161,11 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// The image's root.
+    pub fn root(&self) -> &'a GuestRoot {
+        self.root
+    }
+
     /// A command that runs `argv` inside the chroot, in its own PID namespace, with the session's
     /// environment plus `env`.
     pub fn command(&self, argv: &[&str], env: &[(String, String)]) -> Command {

@@ -53,6 +53,9 @@ pub struct Bom {
     /// What `disk.size` / `--disk-size` grew, when given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_growth: Option<crate::phase0::grow::Growth>,
+    /// The bom.json a `--lock` build was pinned to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_from: Option<PathBuf>,
     pub packages: Vec<Package>,
     pub steps: Vec<StepRecord>,
     pub sysprep: Vec<&'static str>,
