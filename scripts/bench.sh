@@ -2,8 +2,10 @@
 # Benchmark harness: times whole `kib customize` runs with hyperfine on the cached base image.
 #   overhead   testdata/bench/overhead.yaml: kib's own cost (no package installs)
 #   node       manifests/k8s-node-debian.yaml: the real job (needs Debian's archive)
-#   formats    the overhead manifest with --format qcow2,vmdk,vhdx,raw (conversions in parallel)
-# Usage: sudo scripts/bench.sh [overhead|node|formats]... (default: overhead node)
+#   formats    the overhead manifest with --format qcow2,ova,vhd,gce,raw.zst (conversions in parallel)
+#   formats-serial  the same with --convert-jobs 1 (one conversion at a time)
+# Usage: sudo scripts/bench.sh [overhead|node|formats|formats-serial]... (default: overhead node)
+# Each conversion's own time is in kib's log ("converted to ... in ...s").
 # Results go to target/bench/<name>.json (hyperfine's export) and are printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +25,8 @@ for b in "${@:-overhead node}"; do
     case "$name" in
       overhead) cmd="$kib --manifest testdata/bench/overhead.yaml"; runs=10 ;;
       node) cmd="$kib --manifest manifests/k8s-node-debian.yaml --format qcow2"; runs=3 ;;
-      formats) cmd="$kib --manifest testdata/bench/overhead.yaml --format qcow2,vmdk,vhdx,raw"; runs=3 ;;
+      formats) cmd="$kib --manifest testdata/bench/overhead.yaml --format qcow2,ova,vhd,gce,raw.zst"; runs=3 ;;
+      formats-serial) cmd="$kib --manifest testdata/bench/overhead.yaml --format qcow2,ova,vhd,gce,raw.zst --convert-jobs 1"; runs=3 ;;
       *) echo "unknown benchmark $name" >&2; exit 2 ;;
     esac
     hyperfine --runs "$runs" --export-json "target/bench/$name.json" -n "$name" "$cmd"
