@@ -53,6 +53,10 @@ pub enum TableError {
     Overlap { a: u32, b: u32 },
     #[error("partition {number} ends (sector {last}) before it starts (sector {first})")]
     Inverted { number: u32, first: u64, last: u64 },
+    #[error("the MBR's chain of logical partitions is broken: {0}")]
+    CorruptMbr(String),
+    #[error("partition {number} starts at sector {lba}, on a partition table sector")]
+    OnTable { number: u32, lba: u64 },
     #[error("partition {number} (sectors {first}-{last}) lies outside the GPT's usable sectors {first_usable}-{last_usable}")]
     OutsideUsable { number: u32, first: u64, last: u64, first_usable: u64, last_usable: u64 },
 }
@@ -218,31 +222,110 @@ fn check_gpt_header(h: &gptman::GPTHeader, sector_size: u64, disk_size: u64) -> 
     Ok(())
 }
 
+/// The most logical partitions kib follows in an MBR's chain of extended boot records.
+pub const MAX_LOGICAL_PARTITIONS: usize = 256;
+
+/// One MBR partition entry: the partition's number, type, first sector and length in sectors.
+struct MbrEntry {
+    number: u32,
+    sys: u8,
+    start: u64,
+    sectors: u64,
+}
+
+/// Reads the MBR: the four primary entries through mbrman's header decoder, the logical
+/// partitions by following the extended boot records here. (mbrman's `MBR::read_from` panics
+/// when used entries start at sector 0, in `find_alignment`, and adds sector numbers in `u32`,
+/// which overflows on hostile tables.)
 fn read_mbr<R: Read + Seek>(f: &mut R) -> Result<Table, TableError> {
     f.seek(SeekFrom::Start(0))?;
-    let mbr = match mbrman::MBR::read_from(f, 512) {
-        Ok(m) => m,
+    let header = match mbrman::MBRHeader::read_from(f) {
+        Ok(h) => h,
         Err(_) => return Ok(Table { kind: TableKind::None, sector_size: 512, partitions: Vec::new() }),
     };
-    if mbr.iter().any(|(_, p)| p.is_used() && p.sys == 0xEE) {
+    if header.iter().any(|(_, p)| p.is_used() && p.sys == 0xEE) {
         return Err(TableError::MissingGpt("no valid GPT header at sector 1 nor at the end of the disk".into()));
     }
-    let sig = mbr.header.disk_signature;
-    let sig = u32::from_le_bytes(sig);
-    let partitions: Vec<Partition> = mbr
+    let mut entries: Vec<MbrEntry> = header
         .iter()
-        .filter(|(_, p)| p.is_used() && !matches!(p.sys, 0x05 | 0x0F | 0x85))
-        .map(|(i, p)| Partition {
-            number: i as u32,
-            start: u64::from(p.starting_lba) * 512,
-            size: u64::from(p.sectors) * 512,
-            type_id: format!("0x{:02x}", p.sys),
-            part_uuid: format!("{sig:08x}-{i:02x}"),
-            name: String::new(),
+        .map(|(i, p)| MbrEntry {
+            number: u32::try_from(i).unwrap_or(u32::MAX),
+            sys: p.sys,
+            start: u64::from(p.starting_lba),
+            sectors: u64::from(p.sectors),
         })
         .collect();
+    if let Some((_, ext)) = header.iter().find(|(_, p)| p.is_extended()) {
+        entries.extend(read_logical(f, u64::from(ext.starting_lba))?);
+    }
+    let sig = u32::from_le_bytes(header.disk_signature);
+    let mut partitions = Vec::new();
+    for e in entries.iter().filter(|e| e.sys != 0 && !is_extended(e.sys)) {
+        if e.start == 0 {
+            return Err(TableError::OnTable { number: e.number, lba: 0 });
+        }
+        partitions.push(Partition {
+            number: e.number,
+            start: e.start * 512,
+            size: e.sectors * 512,
+            type_id: format!("0x{:02x}", e.sys),
+            part_uuid: format!("{sig:08x}-{:02x}", e.number),
+            name: String::new(),
+        });
+    }
     let kind = if partitions.is_empty() { TableKind::None } else { TableKind::Mbr };
     Ok(Table { kind, sector_size: 512, partitions })
+}
+
+/// MBR partition types that hold logical partitions rather than a filesystem.
+fn is_extended(sys: u8) -> bool {
+    matches!(sys, 0x05 | 0x0F | 0x85 | 0xC5 | 0xD5)
+}
+
+/// Follows the chain of extended boot records from the extended partition's first sector:
+/// each holds one logical partition (its start relative to that EBR) and the next EBR (relative
+/// to the extended partition), numbered from 5. Sector numbers are `u32` on disk and added in
+/// `u64` here, so they cannot overflow.
+///
+/// Errors: I/O; an EBR missing after the first, a chain that does not move forward, a logical
+/// partition starting on its own EBR, or more than [`MAX_LOGICAL_PARTITIONS`].
+fn read_logical<R: Read + Seek>(f: &mut R, extended_start: u64) -> Result<Vec<MbrEntry>, TableError> {
+    let mut out = Vec::new();
+    let mut relative = 0u64;
+    loop {
+        let ebr = extended_start + relative;
+        let number = u32::try_from(5 + out.len()).unwrap_or(u32::MAX);
+        let mut sector = [0u8; 512];
+        f.seek(SeekFrom::Start(ebr * 512))?;
+        let readable = f.read_exact(&mut sector).is_ok();
+        if !readable || sector[510..] != [0x55, 0xAA] {
+            if relative == 0 {
+                break; // an empty extended partition needs no EBR
+            }
+            return Err(TableError::CorruptMbr(format!("no extended boot record at sector {ebr} (for partition {number})")));
+        }
+        let field = |at: usize| u64::from(u32::from_le_bytes([sector[at], sector[at + 1], sector[at + 2], sector[at + 3]]));
+        let (sys, start, sectors) = (sector[446 + 4], field(446 + 8), field(446 + 12));
+        if sys != 0 && start == 0 {
+            return Err(TableError::OnTable { number, lba: ebr });
+        }
+        out.push(MbrEntry { number, sys, start: ebr + start, sectors });
+        let next = field(462 + 8);
+        if next == 0 {
+            break;
+        }
+        if next <= relative {
+            return Err(TableError::CorruptMbr(format!(
+                "the extended boot record at sector {ebr} points back to sector {}",
+                extended_start + next
+            )));
+        }
+        if out.len() >= MAX_LOGICAL_PARTITIONS {
+            return Err(TableError::CorruptMbr(format!("more than {MAX_LOGICAL_PARTITIONS} logical partitions")));
+        }
+        relative = next;
+    }
+    Ok(out)
 }
 
 fn check(table: &Table, disk_size: u64) -> Result<(), TableError> {
@@ -454,6 +537,48 @@ mod tests {
         // Overlapping partitions in an intact table.
         let err = read_bytes(forged_gpt(|_, e| set_u64(e, 128 + 32, 100))).unwrap_err().to_string();
         assert!(err.contains("partitions 1 and 2 overlap"), "{err}");
+    }
+
+    /// Fuzz finding (fuzz/corpus/partition/regression-mbrman-find-alignment-panic): a used MBR
+    /// entry starting at sector 0 made mbrman's `MBR::read_from` panic in `find_alignment`.
+    #[test]
+    fn mbr_entry_at_sector_zero_is_an_error_not_a_panic() {
+        let mut b = vec![0u8; 1 << 20];
+        b[510..512].copy_from_slice(&[0x55, 0xAA]);
+        b[446 + 4] = 0x83; // used, starting_lba 0, 100 sectors
+        b[446 + 12..446 + 16].copy_from_slice(&100u32.to_le_bytes());
+        let err = read_bytes(b).unwrap_err().to_string();
+        assert!(err.contains("partition 1 starts at sector 0, on a partition table sector"), "{err}");
+    }
+
+    #[test]
+    fn logical_partitions_match_sfdisk_and_broken_chains_are_errors() {
+        let (_d, p) = image(
+            16,
+            "label: dos\nstart=8, size=120, type=5\nstart=16, size=16, type=83\nstart=40, size=16, type=82\nstart=2048, type=83\n",
+        );
+        let t = read(&p).unwrap();
+        let reference = sfdisk_json(&p);
+        let theirs: Vec<(u64, u64)> = reference["partitiontable"]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["type"] != "5")
+            .map(|p| (p["start"].as_u64().unwrap() * 512, p["size"].as_u64().unwrap() * 512))
+            .collect();
+        let ours: Vec<(u64, u64)> = t.partitions.iter().map(|p| (p.start, p.size)).collect();
+        assert_eq!(ours.len(), 3);
+        assert_eq!(ours.iter().collect::<std::collections::HashSet<_>>(), theirs.iter().collect());
+        assert_eq!(t.partitions.iter().map(|p| p.number).collect::<Vec<_>>(), [2, 5, 6]);
+        // The first EBR's "next" pointing back at itself: a loop, not a hang.
+        let mut b = std::fs::read(&p).unwrap();
+        let ebr = 8 * 512;
+        b[ebr + 462 + 8..ebr + 462 + 12].copy_from_slice(&0u32.to_le_bytes());
+        let second = (0..b.len() / 512).skip(9).find(|s| b[s * 512 + 510..s * 512 + 512] == [0x55, 0xAA]).unwrap();
+        b[second * 512 + 462 + 8..second * 512 + 462 + 12].copy_from_slice(&((second as u32) - 8).to_le_bytes());
+        b[ebr + 462 + 8..ebr + 462 + 12].copy_from_slice(&((second as u32) - 8).to_le_bytes());
+        let err = read_bytes(b).unwrap_err().to_string();
+        assert!(err.contains("chain of logical partitions is broken") && err.contains("points back"), "{err}");
     }
 
     #[test]
