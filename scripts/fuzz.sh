@@ -36,6 +36,9 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz.sh: cargo-fuzz installed in $(( $(date +%s) - start ))s" >&2
 fi
 
+# The committed fuzz/Cargo.lock must be current (cargo fuzz has no --locked of its own).
+cargo metadata --locked --format-version 1 >/dev/null
+
 export RUSTC_BOOTSTRAP=1
 build=(-a -s "$sanitizer")
 if [ -n "${KIB_FUZZ_TARGET_DIR:-}" ]; then
