@@ -163,15 +163,16 @@ enum GptError {
     Corrupt(String),
 }
 
+/// A GPT as read: its sector size in bytes, the header used and every entry (used or not).
+type Gpt = (u64, gptman::GPTHeader, Vec<gptman::GPTPartitionEntry>);
+
 /// Reads the GPT with `sector_size`-byte sectors: the primary header and its entries, or if
-/// either is unreadable, the backup's. Returns the sector size, the header used and every entry (used or not).
+/// either is unreadable, the backup's.
 ///
 /// gptman's `GPT::read_from` is not used: on an intact (CRC-correct) but hostile header it
 /// allocates and reads as many entries as the header says (up to 2³²), panics on entries of
 /// another size than 128 bytes, and panics when used entries start at sector 0. Only gptman's
 /// header and entry decoders run here, after [`check_gpt_header`] has bounded the array.
-type Gpt = (u64, gptman::GPTHeader, Vec<gptman::GPTPartitionEntry>);
-
 fn read_gpt<R: Read + Seek>(f: &mut R, sector_size: u64, disk_size: u64) -> Result<Gpt, GptError> {
     let mut at = |lba: u64| -> Result<Gpt, gptman::Error> {
         f.seek(SeekFrom::Start(lba * sector_size))?;
@@ -213,7 +214,7 @@ fn check_gpt_header(h: &gptman::GPTHeader, sector_size: u64, disk_size: u64) -> 
     }
     let array = u64::from(h.number_of_partition_entries) * u64::from(GPT_ENTRY_SIZE);
     let end = h.partition_entry_lba.checked_mul(sector_size).and_then(|start| start.checked_add(array));
-    if !end.is_some_and(|end| end <= disk_size) {
+    if end.is_none_or(|end| end > disk_size) {
         return Err(format!(
             "the partition entry array (sector {}, {array} bytes) lies past the end of the {disk_size}-byte disk",
             h.partition_entry_lba
