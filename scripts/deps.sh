@@ -20,6 +20,8 @@ done
 for pkg in xfsprogs btrfs-progs; do
   have_pkg "$pkg" || need+=("$pkg")
 done
+# g++: libfuzzer-sys compiles libFuzzer (C++) for scripts/fuzz.sh.
+have_pkg g++ || need+=(g++)
 # qemu-img: keep the preinstalled one (bookworm-backports' 10.x on these machines); install
 # Debian's only when there is none. Never install qemu-system-x86 here: it replaces qemu-utils.
 have_cmd qemu-img || need+=(qemu-utils)

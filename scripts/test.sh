@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's second command, and what CI runs: every test, as root.
 # Installs the host packages, builds (or reuses) the cached Debian 12 base image, then runs the
-# unit and integration tests. The integration tests attach loop devices and mount filesystems;
-# each cleans up after itself, even when it fails.
+# unit and integration tests, then fuzzes the parsers for a bounded time (scripts/fuzz.sh). The
+# integration tests attach loop devices and mount filesystems; each cleans up after itself, even
+# when it fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:$HOME/.cargo/bin:/root/.cargo/bin"
@@ -11,3 +12,10 @@ bash scripts/deps.sh
 KIB_BASE_IMAGE=$(bash scripts/make-base-image.sh | tail -n 1)
 export KIB_BASE_IMAGE
 cargo test --release --locked "$@"
+
+# Then fuzz the input parsers briefly: KIB_FUZZ_SECONDS per target (default 30; 0 skips). The
+# instrumented build is kept in /var/cache/kib/fuzz-target, like the base image, so only the
+# first run on a machine pays for it (see README, "Testing and fuzzing").
+if [ "${KIB_FUZZ_SECONDS:-30}" != 0 ]; then
+    KIB_FUZZ_TARGET_DIR=${KIB_FUZZ_TARGET_DIR:-/var/cache/kib/fuzz-target} bash scripts/fuzz.sh "${KIB_FUZZ_SECONDS:-30}"
+fi

@@ -181,7 +181,16 @@ impl Fetcher {
         let mut buf = vec![0u8; 1 << 20];
         let mut size = 0u64;
         loop {
-            let n = reader.read(&mut buf).map_err(|e| http(e.to_string()))?;
+            let n = match reader.read(&mut buf) {
+                Ok(n) => n,
+                // The connection closed early: say how much of what was announced arrived,
+                // rather than only the transport's "peer disconnected".
+                Err(_) if announced.is_some_and(|a| size < a) => {
+                    let announced = announced.unwrap_or_default();
+                    return Err(FetchError::Truncated { url: redact(url), from: redact(from), announced, received: size });
+                }
+                Err(e) => return Err(http(e.to_string())),
+            };
             if n == 0 {
                 break;
             }

@@ -4,7 +4,7 @@
 pub mod schema;
 pub mod vars;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -195,7 +195,21 @@ pub struct Manifest {
 /// Errors: unreadable files, YAML syntax or schema errors (with file, line, column and field),
 /// includes that are missing or cyclic, steps with no or several actions, undefined variables.
 pub fn load(path: &Path, overrides: &[String]) -> Result<Manifest, ManifestError> {
-    let mut loader = Loader { stack: Vec::new(), seen: HashSet::new(), files: Vec::new(), steps: Vec::new() };
+    resolve(Loader::new(Source::Files), path, overrides)
+}
+
+/// As [`load`], from text already in memory: `text` is the manifest and `origin` the path that
+/// errors, the BOM and `file.source` lookups name (it need not exist). Nothing is read from
+/// disk, so a manifest with a non-empty `include:` list is refused with
+/// [`ManifestError::Invalid`]; everything else (schema, steps, variables, `--set` overrides) is
+/// checked exactly as [`load`] checks it.
+///
+/// Errors: as [`load`], plus the refused `include:`.
+pub fn parse_str(text: &str, origin: &Path, overrides: &[String]) -> Result<Manifest, ManifestError> {
+    resolve(Loader::new(Source::Text { origin, text }), origin, overrides)
+}
+
+fn resolve(mut loader: Loader<'_>, path: &Path, overrides: &[String]) -> Result<Manifest, ManifestError> {
     let (top, vars) = loader.load_file(path)?;
     if top.kind != Kind::ImageManifest {
         return Err(invalid(path, "kind must be `ImageManifest` for the manifest you build (`Phase` files are included)"));
@@ -224,8 +238,9 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Manifest, ManifestError
     }
     for step in &loader.steps {
         if let Err(vars::Undefined(name)) = step.action.expand(&probe) {
-            let line = std::fs::read_to_string(&step.origin)
-                .ok()
+            let line = loader
+                .texts
+                .get(&step.origin)
                 .and_then(|t| t.lines().position(|l| l.contains(&format!("${{{name}")))).map_or(0, |i| i + 1);
             return Err(ManifestError::UndefinedVariable { path: step.origin.clone(), line, step: step.name.clone(), name });
         }
@@ -270,26 +285,68 @@ fn invalid(path: &Path, message: impl Into<String>) -> ManifestError {
     ManifestError::Invalid { path: path.to_path_buf(), message: message.into() }
 }
 
-struct Loader {
+/// Where the loader gets a file's text.
+enum Source<'a> {
+    /// From disk; includes are looked up with [`find_include`].
+    Files,
+    /// The one file `origin`, whose text is given; includes are refused.
+    Text { origin: &'a Path, text: &'a str },
+}
+
+struct Loader<'a> {
+    source: Source<'a>,
     stack: Vec<PathBuf>,
     seen: HashSet<PathBuf>,
     files: Vec<SourceFile>,
+    /// Each file's text, by the path its steps' `origin` names, for error line numbers.
+    texts: HashMap<PathBuf, String>,
     steps: Vec<ResolvedStep>,
 }
 
-impl Loader {
+impl<'a> Loader<'a> {
+    fn new(source: Source<'a>) -> Self {
+        Loader { source, stack: Vec::new(), seen: HashSet::new(), files: Vec::new(), texts: HashMap::new(), steps: Vec::new() }
+    }
+
+    /// The path by which cycles and repeated includes are recognized.
+    fn canonical(&self, path: &Path) -> Result<PathBuf, ManifestError> {
+        match self.source {
+            Source::Files => path.canonicalize().map_err(|source| ManifestError::Io { path: path.to_path_buf(), source }),
+            Source::Text { .. } => Ok(path.to_path_buf()),
+        }
+    }
+
+    fn read(&self, path: &Path) -> Result<String, ManifestError> {
+        match self.source {
+            Source::Files => std::fs::read_to_string(path).map_err(|source| ManifestError::Io { path: path.to_path_buf(), source }),
+            Source::Text { origin, text } if origin == path => Ok(text.to_string()),
+            Source::Text { .. } => Err(invalid(path, "only the manifest given as text can be read")),
+        }
+    }
+
+    fn find_include(&self, from: &Path, include: &str) -> Result<PathBuf, ManifestError> {
+        match self.source {
+            Source::Files => find_include(from, include),
+            Source::Text { .. } => Err(invalid(
+                from,
+                format!("include `{include}`: includes are not resolved when a manifest is parsed from text; load it from a file"),
+            )),
+        }
+    }
+
     /// Parses one file, then its includes (depth first), then appends its own steps. Returns the
     /// file and the variables it defines, includes' defaults first.
     fn load_file(&mut self, path: &Path) -> Result<(ManifestFile, IndexMap<String, String>), ManifestError> {
-        let canonical = path.canonicalize().map_err(|source| ManifestError::Io { path: path.to_path_buf(), source })?;
+        let canonical = self.canonical(path)?;
         if self.stack.contains(&canonical) {
             let mut chain = self.stack.clone();
             chain.push(canonical);
             return Err(ManifestError::IncludeCycle { chain });
         }
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io { path: path.to_path_buf(), source })?;
+        let text = self.read(path)?;
         self.files.push(SourceFile { path: path.to_path_buf(), sha256: hex::encode(Sha256::digest(text.as_bytes())) });
         let file = parse(path, &text)?;
+        self.texts.insert(path.to_path_buf(), text);
         if file.api_version != "kib/v1" {
             return Err(invalid(path, format!("apiVersion `{}` is not supported; use `kib/v1`", file.api_version)));
         }
@@ -300,8 +357,8 @@ impl Loader {
         self.stack.push(canonical);
         let mut variables = IndexMap::new();
         for include in &file.include {
-            let found = find_include(path, include)?;
-            let canonical = found.canonicalize().map_err(|source| ManifestError::Io { path: found.clone(), source })?;
+            let found = self.find_include(path, include)?;
+            let canonical = self.canonical(&found)?;
             if self.seen.contains(&canonical) && !self.stack.contains(&canonical) {
                 continue; // already included through another file: its steps run once
             }

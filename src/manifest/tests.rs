@@ -202,3 +202,26 @@ fn disk_sizes_are_binary_and_rounded_up_to_a_mib() {
     assert!(parse_disk_size("0").unwrap_err().contains("zero"));
     assert!(parse_disk_size("big").unwrap_err().contains("not a size"));
 }
+
+#[test]
+fn parse_str_checks_like_load_without_touching_disk() {
+    let origin = Path::new("/nonexistent/kib/node.yaml");
+    let text = TOP.replace("include: [phases/kernel.yaml]\n", "");
+    let m = parse_str(&text, origin, &["pause_image=mirror/pause".into()]).unwrap();
+    assert_eq!(m.path, origin);
+    assert_eq!(m.files.len(), 1);
+    assert_eq!(m.variables.0["pause_image"], "mirror/pause");
+    assert_eq!(m.steps.len(), 2);
+    // The same file from disk gives the same result.
+    let d = tempfile::tempdir().unwrap();
+    let p = write(d.path(), "node.yaml", &text);
+    assert_eq!(load(&p, &[]).unwrap().sha256, m.sha256);
+    // Errors keep the origin's name and the line.
+    let e = parse_str("apiVersion: kib/v1\nkind: ImageManifest\nsteps:\n  - name: x\n    bogus: 1\n", origin, &[]).unwrap_err();
+    assert!(e.to_string().starts_with("/nonexistent/kib/node.yaml:5:"), "{e}");
+    let e = parse_str("apiVersion: kib/v1\nkind: ImageManifest\nsteps:\n  - name: x\n    file: {path: /a, content: \"${nope}\"}\n", origin, &[]).unwrap_err();
+    assert!(e.to_string().contains("node.yaml:5: step `x`: undefined variable `${nope}`"), "{e}");
+    // Includes are refused, with the include named.
+    let e = parse_str(TOP, origin, &[]).unwrap_err().to_string();
+    assert!(e.contains("include `phases/kernel.yaml`") && e.contains("parsed from text"), "{e}");
+}

@@ -32,10 +32,56 @@ pub fn inspect(input: &Path) -> Result<InputFormat> {
     if let Some(d) = v.pointer("/format-specific/data/data-file").and_then(|d| d.as_str()) {
         bail!("{} uses an external data file ({d}); kib only takes self-contained images", input.display());
     }
-    Ok(InputFormat {
+    let format = InputFormat {
         format: v["format"].as_str().unwrap_or("raw").to_string(),
         virtual_size: v["virtual-size"].as_u64().context("qemu-img info gave no virtual-size")?,
-    })
+    };
+    if format.format != "raw" {
+        check_integrity(input, &format.format)?;
+    }
+    Ok(format)
+}
+
+/// How many `ERROR` lines of `qemu-img check` an error message quotes.
+const CHECK_LINES: usize = 3;
+
+/// Runs `qemu-img check` on a non-raw input (metadata only; fast even for large images).
+/// `qemu-img convert` reads clusters that lie past a truncated file's end, or behind a damaged
+/// L1/L2 table, as zeros without complaint, so without this check a damaged image would turn into
+/// a working copy with holes and fail later with a confusing mount or "no partition table" error.
+/// Leaked clusters (wasted space, no harm to data) are only logged.
+///
+/// Errors: qemu-img reports corruptions (exit code 2) or cannot complete the check (exit code 1).
+fn check_integrity(input: &Path, format: &str) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .args(["check", "--output=json", "-f", format])
+        .arg(input)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running qemu-img check")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("ERROR")).take(CHECK_LINES).collect();
+    let quoted = || if errors.is_empty() { stderr.trim().to_string() } else { errors.join("; ") };
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    match out.status.code() {
+        Some(0) | Some(63) => Ok(()), // 63: the format has no consistency check
+        Some(3) => {
+            tracing::warn!("{}: {} leaked cluster(s) (wasted space, no harm to data)", input.display(), report["leaks"].as_u64().unwrap_or(0));
+            Ok(())
+        }
+        Some(2) => bail!(
+            "{} is a damaged {format} image: qemu-img check found {} corruption(s) (a truncated file or a broken cluster table): {}",
+            input.display(),
+            report["corruptions"].as_u64().unwrap_or(0),
+            quoted()
+        ),
+        code => bail!(
+            "{} is a damaged {format} image: qemu-img check could not complete ({}): {}",
+            input.display(),
+            code.map_or_else(|| "killed by a signal".to_string(), |c| format!("exit code {c}")),
+            quoted()
+        ),
+    }
 }
 
 /// Writes the sparse raw working copy of `input` to `dest` and returns the input's SHA-256.
@@ -152,6 +198,34 @@ mod tests {
             .success());
         let e = inspect(&evil).unwrap_err().to_string();
         assert!(e.contains("has a backing file (/etc/hostname)"), "{e}");
+    }
+
+    /// A qcow2 of a small partitioned disk with data in several clusters.
+    fn small_qcow2(d: &Path) -> std::path::PathBuf {
+        let raw = d.join("d.raw");
+        std::fs::write(&raw, vec![0x5au8; 4 << 20]).unwrap();
+        let q = d.join("d.qcow2");
+        assert!(Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&raw).arg(&q).status().unwrap().success());
+        q
+    }
+
+    #[test]
+    fn damaged_qcow2_is_refused_before_conversion() {
+        let d = tempfile::tempdir().unwrap();
+        let q = small_qcow2(d.path());
+        assert_eq!(inspect(&q).unwrap().format, "qcow2");
+        // Truncated inside its data clusters: `qemu-img info` still reads the header.
+        let bytes = std::fs::read(&q).unwrap();
+        std::fs::write(&q, &bytes[..bytes.len() / 2]).unwrap();
+        let e = format!("{:#}", inspect(&q).unwrap_err());
+        assert!(e.contains("is a damaged qcow2 image: qemu-img check found") && e.contains("corruption"), "{e}");
+        // The L1 table's first entry pointing past the end of the file.
+        let mut bytes = std::fs::read(small_qcow2(d.path())).unwrap();
+        let l1 = u64::from_be_bytes(bytes[40..48].try_into().unwrap()) as usize;
+        bytes[l1..l1 + 8].copy_from_slice(&((1u64 << 63) | 0x7fff_0000).to_be_bytes());
+        std::fs::write(&q, &bytes).unwrap();
+        let e = format!("{:#}", inspect(&q).unwrap_err());
+        assert!(e.contains("is a damaged qcow2 image") && e.contains("ERROR"), "{e}");
     }
 
     #[test]
