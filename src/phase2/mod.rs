@@ -2,6 +2,8 @@
 
 pub mod bom;
 pub mod convert;
+pub mod license;
+pub mod sbom;
 pub mod sysprep;
 
 use std::path::Path;
