@@ -15,7 +15,8 @@
 //!   redacted by the fetcher: never the mirror) and sha256, and a generic purl
 //!   (`pkg:generic/crictl-v1.30.0-linux-amd64.tar.gz?checksum=sha256:…&download_url=…`),
 //! - every pre-loaded container image, with its digest and an OCI purl
-//!   (`pkg:oci/pause@sha256%3A…?repository_url=registry.k8s.io/pause&tag=3.9`).
+//!   (`pkg:oci/pause@sha256:…?repository_url=registry.k8s.io/pause&tag=3.9`; the purl spec leaves
+//!   `:` unencoded everywhere).
 //!
 //! Crates (checked on crates.io before adopting):
 //! - `cyclonedx-bom` (the CycloneDX organization's own Rust library, 0.8, current, used by
@@ -551,4 +552,187 @@ pub fn cyclonedx_json(input: &SbomInput) -> Result<Vec<u8>> {
     bom.output_as_json_v1_5(&mut out).map_err(|e| anyhow!("serializing the CycloneDX document: {e}"))?;
     out.push(b'\n');
     Ok(out)
+}
+
+#[cfg(test)]
+#[path = "../../tests/common/sbom_schema.rs"]
+mod sbom_schema;
+
+#[cfg(test)]
+mod tests {
+    use super::sbom_schema::{assert_schema_valid, schema_errors, SbomKind};
+    use super::*;
+    use crate::phase2::bom::parse_dpkg_status;
+    use crate::phase2::license::parse_copyright;
+
+    const SHA_A: &str = "7c3807c0f5c1b30110a2ff1e55da1d112a6d0096201f1beb81b269f582b5d1c5";
+    const SHA_B: &str = "0d6f0b8ab82a8b5b5dd46cd34acb1ab0c8ddba1ac96ac29b03d4c4a3b1b9a45f";
+
+    fn input() -> SbomInput {
+        let status = "Package: containerd\nStatus: hold ok installed\nArchitecture: amd64\nVersion: 1.6.20~ds1-1+b1\n\n\
+                      Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nSource: glibc\nVersion: 2.36-9+deb12u7\n\n\
+                      Package: libstdc++6\nStatus: install ok installed\nArchitecture: amd64\nSource: gcc-12 (12.2.0-14)\nVersion: 12.2.0-14\n\n\
+                      Package: tzdata\nStatus: install ok installed\nArchitecture: all\nVersion: 2024a-0+deb12u1\n";
+        let mut packages = parse_dpkg_status(status).unwrap();
+        let dep5 = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n";
+        packages[0].license = parse_copyright(&format!("{dep5}Files: *\nLicense: Apache-2.0\n\nFiles: vendor/*\nLicense: Expat\n"));
+        packages[1].license = parse_copyright(&format!("{dep5}Files: *\nLicense: LGPL-2.1+\n\nFiles: debian/*\nLicense: GPL-2+\n"));
+        packages[2].license = parse_copyright(&format!("{dep5}Files: *\nLicense: GPL-3+ with GCC-exception-3.1\n"));
+        packages[3].license = parse_copyright(&format!("{dep5}Files: *\nLicense: public-domain and SomethingElse\n"));
+        let os_release = [("PRETTY_NAME", "Debian GNU/Linux 12 (bookworm)"), ("NAME", "Debian GNU/Linux"), ("VERSION_ID", "12"), ("ID", "debian")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        SbomInput {
+            name: "k8s-node-debian".into(),
+            created: "2024-05-01T10:00:00Z".into(),
+            serial: uuid::Uuid::parse_str("8c4e1ba6-4f5b-4b5e-9d0e-3f2c1a7b9e10").unwrap(),
+            files: vec![SubjectFile { file: "k8s-node-debian.qcow2".into(), sha256: SHA_B.into() }],
+            os_release,
+            architecture: "amd64".into(),
+            packages,
+            downloads: vec![
+                Download { url: "https://dl.k8s.io/release/v1.30.0/bin/linux/amd64/kubectl".into(), sha256: SHA_A.into(), step: "kubectl".into() },
+                Download { url: "https://***@artifacts.example.com/crictl-v1.30.0-linux-amd64.tar.gz?x=1".into(), sha256: SHA_B.into(), step: "crictl".into() },
+            ],
+            images: vec![
+                ContainerImage { reference: "registry.k8s.io/pause:3.9".into(), digest: format!("sha256:{SHA_A}"), namespace: "k8s.io".into() },
+                ContainerImage { reference: "nginx:1.25".into(), digest: format!("sha256:{SHA_B}"), namespace: "k8s.io".into() },
+            ],
+        }
+    }
+
+    #[test]
+    fn purls_follow_the_purl_spec() {
+        let i = input();
+        assert_eq!(deb_purl(&i, &i.packages[0]).unwrap(), "pkg:deb/debian/containerd@1.6.20~ds1-1%2Bb1?arch=amd64&distro=debian-12");
+        assert_eq!(deb_purl(&i, &i.packages[2]).unwrap(), "pkg:deb/debian/libstdc%2B%2B6@12.2.0-14?arch=amd64&distro=debian-12&upstream=gcc-12");
+        assert_eq!(
+            image_purl(&i.images[0]).unwrap(),
+            format!("pkg:oci/pause@sha256:{SHA_A}?repository_url=registry.k8s.io/pause&tag=3.9")
+        );
+        assert_eq!(
+            image_purl(&i.images[1]).unwrap(),
+            format!("pkg:oci/nginx@sha256:{SHA_B}?repository_url=docker.io/library/nginx&tag=1.25")
+        );
+        let d = download_purl(&i.downloads[0]).unwrap();
+        assert_eq!(d, format!("pkg:generic/kubectl?checksum=sha256:{SHA_A}&download_url=https://dl.k8s.io/release/v1.30.0/bin/linux/amd64/kubectl"));
+        // Every purl reads back with the other purl implementation (the one cyclonedx-bom validates with).
+        for p in [deb_purl(&i, &i.packages[1]).unwrap(), image_purl(&i.images[0]).unwrap(), download_purl(&i.downloads[1]).unwrap()] {
+            let parsed = PackageUrl::from_str(&p).unwrap();
+            assert!(["deb", "oci", "generic"].contains(&parsed.ty()), "{p}");
+        }
+    }
+
+    #[test]
+    fn spdx_document_is_valid_and_complete() {
+        let i = input();
+        let doc: serde_json::Value = serde_json::from_slice(&spdx_json(&i).unwrap()).unwrap();
+        assert_schema_valid(&doc, SbomKind::Spdx23);
+        assert_eq!(doc["spdxVersion"], "SPDX-2.3");
+        assert_eq!(doc["documentNamespace"], "https://spdx.org/spdxdocs/kib-k8s-node-debian-8c4e1ba6-4f5b-4b5e-9d0e-3f2c1a7b9e10");
+        let pkgs = doc["packages"].as_array().unwrap();
+        // image, OS, 4 packages, 2 downloads, 2 images
+        assert_eq!(pkgs.len(), 10);
+        let ids: std::collections::HashSet<&str> = pkgs.iter().map(|p| p["SPDXID"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), pkgs.len(), "SPDX ids are not unique");
+        let by_name = |n: &str| pkgs.iter().find(|p| p["name"] == n).unwrap_or_else(|| panic!("{n} missing"));
+        let c = by_name("containerd");
+        assert_eq!(c["externalRefs"][0]["referenceLocator"], "pkg:deb/debian/containerd@1.6.20~ds1-1%2Bb1?arch=amd64&distro=debian-12");
+        assert_eq!(c["licenseDeclared"], "Apache-2.0 AND MIT");
+        assert_eq!(by_name("libc6")["licenseDeclared"], "LGPL-2.1-or-later AND GPL-2.0-or-later");
+        assert_eq!(by_name("libc6")["sourceInfo"], "built package from: glibc");
+        assert_eq!(by_name("libstdc++6")["licenseDeclared"], "GPL-3.0-or-later WITH GCC-exception-3.1");
+        assert_eq!(by_name("tzdata")["licenseDeclared"], "NOASSERTION");
+        assert_eq!(by_name("debian")["primaryPackagePurpose"], "OPERATING_SYSTEM");
+        let kubectl = by_name("kubectl");
+        assert_eq!(kubectl["downloadLocation"], "https://dl.k8s.io/release/v1.30.0/bin/linux/amd64/kubectl");
+        assert_eq!(kubectl["checksums"][0]["checksumValue"], SHA_A);
+        let crictl = by_name("crictl-v1.30.0-linux-amd64.tar.gz");
+        assert_eq!(crictl["primaryPackagePurpose"], "ARCHIVE");
+        let pause = by_name("registry.k8s.io/pause");
+        assert_eq!(pause["versionInfo"], "3.9");
+        assert_eq!(pause["checksums"][0]["checksumValue"], SHA_A);
+        let rels = doc["relationships"].as_array().unwrap();
+        assert_eq!(rels.iter().filter(|r| r["relationshipType"] == "DESCRIBES").count(), 1);
+        assert_eq!(rels.iter().filter(|r| r["relationshipType"] == "CONTAINS").count(), 9);
+    }
+
+    #[test]
+    fn cyclonedx_document_is_valid_and_complete() {
+        let i = input();
+        let bytes = cyclonedx_json(&i).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_schema_valid(&doc, SbomKind::CycloneDx15);
+        // The CycloneDX library reads it back and finds nothing to object to (purls, SPDX ids,
+        // expressions, hashes, URLs).
+        let back = CdxBom::parse_from_json_v1_5(bytes.as_slice()).unwrap();
+        let result = back.validate_version(cyclonedx_bom::models::bom::SpecVersion::V1_5);
+        assert!(result.passed(), "{result:?}");
+        assert_eq!(doc["specVersion"], "1.5");
+        assert_eq!(doc["serialNumber"], "urn:uuid:8c4e1ba6-4f5b-4b5e-9d0e-3f2c1a7b9e10");
+        assert_eq!(doc["metadata"]["component"]["name"], "k8s-node-debian");
+        let comps = doc["components"].as_array().unwrap();
+        assert_eq!(comps.len(), 9);
+        let by_name = |n: &str| comps.iter().find(|c| c["name"] == n).unwrap_or_else(|| panic!("{n} missing"));
+        assert_eq!(by_name("debian")["type"], "operating-system");
+        assert_eq!(by_name("debian")["version"], "12");
+        let c = by_name("containerd");
+        assert_eq!(c["purl"], "pkg:deb/debian/containerd@1.6.20~ds1-1%2Bb1?arch=amd64&distro=debian-12");
+        assert_eq!(c["bom-ref"], c["purl"]);
+        assert_eq!(c["licenses"][0]["expression"], "Apache-2.0 AND MIT");
+        assert_eq!(by_name("tzdata")["licenses"][0]["license"]["name"], "public-domain and SomethingElse");
+        let kubectl = by_name("kubectl");
+        assert_eq!(kubectl["hashes"][0]["alg"], "SHA-256");
+        assert_eq!(kubectl["hashes"][0]["content"], SHA_A);
+        assert_eq!(kubectl["externalReferences"][0]["url"], "https://dl.k8s.io/release/v1.30.0/bin/linux/amd64/kubectl");
+        let nginx = by_name("docker.io/library/nginx");
+        assert_eq!(nginx["type"], "container");
+        assert_eq!(nginx["purl"], format!("pkg:oci/nginx@sha256:{SHA_B}?repository_url=docker.io/library/nginx&tag=1.25"));
+    }
+
+    #[test]
+    fn a_lone_spdx_identifier_is_a_cyclonedx_license_id() {
+        let mut i = input();
+        i.packages[0].license = parse_copyright("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nLicense: GPL-2+\n");
+        let doc: serde_json::Value = serde_json::from_slice(&cyclonedx_json(&i).unwrap()).unwrap();
+        assert_schema_valid(&doc, SbomKind::CycloneDx15);
+        assert_eq!(doc["components"][1]["licenses"][0]["license"]["id"], "GPL-2.0-or-later");
+    }
+
+    #[test]
+    fn the_schemas_reject_broken_documents() {
+        let i = input();
+        let mut spdx: serde_json::Value = serde_json::from_slice(&spdx_json(&i).unwrap()).unwrap();
+        spdx["packages"][2]["externalRefs"][0]["referenceCategory"] = "PACKAGE MANAGER".into();
+        spdx.as_object_mut().unwrap().remove("creationInfo");
+        assert_eq!(schema_errors(&spdx, SbomKind::Spdx23).len(), 2, "{:?}", schema_errors(&spdx, SbomKind::Spdx23));
+        let mut cdx: serde_json::Value = serde_json::from_slice(&cyclonedx_json(&i).unwrap()).unwrap();
+        cdx["components"][1]["licenses"][0] = serde_json::json!({"license": {"id": "GPL-2+"}});
+        assert!(!schema_errors(&cdx, SbomKind::CycloneDx15).is_empty(), "a bad SPDX id in spdx.schema.json's enum passed");
+    }
+
+    #[test]
+    fn inspection_report_input_has_packages_only() {
+        let i = input();
+        let report = Report {
+            image: "/images/debian-12.qcow2".into(),
+            format: "qcow2".into(),
+            virtual_size: 1,
+            os_release: i.os_release.clone(),
+            architecture: "arm64".into(),
+            partition_table: crate::phase0::partition::Table { kind: crate::phase0::partition::TableKind::Gpt, sector_size: 512, partitions: Vec::new() },
+            filesystems: Vec::new(),
+            kernels: Vec::new(),
+            kubernetes: IndexMap::new(),
+            kib_release: None,
+            packages: i.packages.clone(),
+        };
+        let from = SbomInput::from_report(&report);
+        assert_eq!(from.name, "debian-12.qcow2");
+        assert_eq!(from.packages.len(), 4);
+        assert!(from.downloads.is_empty() && from.images.is_empty() && from.files.is_empty());
+        let doc: serde_json::Value = serde_json::from_slice(&spdx_json(&from).unwrap()).unwrap();
+        assert_schema_valid(&doc, SbomKind::Spdx23);
+    }
 }
