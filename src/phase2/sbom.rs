@@ -81,6 +81,34 @@ impl SbomFormat {
     }
 }
 
+/// Writes `<name>.spdx.json` and `<name>.cdx.json` into `dir` (the build's staging folder).
+/// Returns each file name with the SHA-256 (hex) of what was written, for `SHA256SUMS`.
+pub fn write_all(input: &SbomInput, dir: &std::path::Path, name: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for format in [SbomFormat::Spdx, SbomFormat::Cyclonedx] {
+        let file = format!("{name}.{}", format.suffix());
+        let bytes = format.render(input).with_context(|| format!("building {file}"))?;
+        let path = dir.join(&file);
+        std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+        out.push((file, crate::hash::sha256_bytes(&bytes)));
+    }
+    Ok(out)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, renamed over it, so
+/// a reader never sees half a document and a failure leaves no file.
+pub fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(bytes).with_context(|| format!("writing {}", tmp.path().display()))?;
+    tmp.persist(path).map_err(|e| anyhow!("writing {}: {}", path.display(), e.error))?;
+    Ok(())
+}
+
 /// A downloaded artifact, as the SBOMs list it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Download {
