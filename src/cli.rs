@@ -37,7 +37,7 @@ pub enum Command {
     Check(CheckArgs),
     /// Show what an image holds, read-only: os-release and architecture, the partition table and
     /// filesystems, kernels, Kubernetes components, installed packages. Any image, kib's or not.
-    /// Needs root.
+    /// With --sbom, an SPDX or CycloneDX SBOM of it instead. Needs root.
     Inspect(InspectArgs),
     /// Remove what crashed or killed runs left: work directories whose kib process is gone, and
     /// loop devices backed by files in them. Reports what it removed. Needs root.
@@ -181,8 +181,17 @@ pub struct InspectArgs {
     /// The image (raw is attached directly, read-only; other formats are copied first).
     pub image: PathBuf,
     /// `text` (default) or `json`.
-    #[arg(long, default_value = "text")]
+    #[arg(long, default_value = "text", conflicts_with = "sbom")]
     pub output: String,
+    /// Print an SBOM of the image instead of the report: `spdx` (SPDX 2.3 JSON) or `cyclonedx`
+    /// (CycloneDX 1.5 JSON). It lists the OS and every installed package with its purl and,
+    /// where its copyright file declares one, its licence; downloads and pre-loaded images are
+    /// listed only in the SBOMs `kib customize` writes.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub sbom: Option<crate::phase2::sbom::SbomFormat>,
+    /// Write the SBOM to FILE (atomically) instead of standard output.
+    #[arg(long, value_name = "FILE", requires = "sbom")]
+    pub sbom_output: Option<PathBuf>,
     /// Where the work directory is created (only used for non-raw images).
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,

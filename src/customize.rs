@@ -146,11 +146,12 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     };
     let bom_json = serde_json::to_vec_pretty(&bom)?;
     std::fs::write(staging.dir().join("bom.json"), &bom_json)?;
-    let bom_sum = crate::hash::sha256_bytes(&bom_json);
-    let sums = phase2::sha256sums(artifacts.iter().map(|a| (a.file.as_str(), a.sha256.as_str())).chain([("bom.json", bom_sum.as_str())]));
+    let mut written = vec![("bom.json".to_string(), crate::hash::sha256_bytes(&bom_json))];
+    written.extend(phase2::sbom::write_all(&phase2::sbom::SbomInput::from_bom(&bom, &name), staging.dir(), &name)?);
+    let sums = phase2::sha256sums(artifacts.iter().map(|a| (a.file.as_str(), a.sha256.as_str())).chain(written.iter().map(|(f, s)| (f.as_str(), s.as_str()))));
     std::fs::write(staging.dir().join("SHA256SUMS"), sums)?;
-    let mut files: Vec<&str> = artifacts.iter().map(|a| a.file.as_str()).collect();
-    files.extend(["bom.json", "SHA256SUMS"]);
+    let mut files: Vec<&str> = artifacts.iter().map(|a| a.file.as_str()).chain(written.iter().map(|(f, _)| f.as_str())).collect();
+    files.push("SHA256SUMS");
     staging.commit(&args.output_dir, &files)?;
     image.close()?;
     let phase2_s = t2.elapsed().as_secs_f64();

@@ -87,6 +87,24 @@ impl GuestRoot {
         Ok(self.read(guest)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
+    /// Reads at most `max` bytes of a regular file, following symlinks inside the root.
+    /// `Ok(None)` when it is missing or is not a regular file (a FIFO or device in a hostile
+    /// image is never opened for a blocking read: the open is non-blocking and the type is
+    /// checked on the opened descriptor). For metadata files that are small in any sane image.
+    pub fn read_regular_capped(&self, guest: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
+        let fd = match self.open_in(guest, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::NOENT.raw_os_error() || c == rustix::io::Errno::NOTDIR.raw_os_error()) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if rfs::fstat(&fd)?.st_mode & libc_s_ifmt() != 0o100000 {
+            return Ok(None);
+        }
+        let mut buf = Vec::new();
+        File::from(fd).take(max).read_to_end(&mut buf)?;
+        Ok(Some(buf))
+    }
+
     /// Whether the path exists, following symlinks inside the root.
     pub fn exists(&self, guest: &Path) -> bool {
         self.open_in(guest, OFlags::PATH, Mode::empty()).is_ok()

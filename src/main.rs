@@ -63,7 +63,13 @@ fn run(command: Command) -> Result<()> {
             })?;
             let report = kib::inspect::report(&image)?;
             image.close()?;
-            if args.output == "json" {
+            if let Some(format) = args.sbom {
+                let doc = format.render(&kib::phase2::sbom::SbomInput::from_report(&report))?;
+                match &args.sbom_output {
+                    Some(path) => kib::phase2::sbom::write_file(path, &doc)?,
+                    None => kib::out::line(String::from_utf8_lossy(&doc).trim_end()),
+                }
+            } else if args.output == "json" {
                 kib::out::line(serde_json::to_string_pretty(&report)?);
             } else {
                 kib::out::line(kib::inspect::text(&report).trim_end());

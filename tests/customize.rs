@@ -1,6 +1,8 @@
 //! `kib customize` end to end on the real Debian 12 base image, as root.
 
 mod common;
+#[path = "common/sbom_schema.rs"]
+mod sbom_schema;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
@@ -31,13 +33,13 @@ fn node_manifest_builds_a_kubernetes_node_image() {
     // The artifacts and their checksums.
     let mut names: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
-    assert_eq!(names, ["SHA256SUMS", "bom.json", "k8s-node-debian.qcow2", "k8s-node-debian.raw"]);
+    assert_eq!(names, ["SHA256SUMS", "bom.json", "k8s-node-debian.cdx.json", "k8s-node-debian.qcow2", "k8s-node-debian.raw", "k8s-node-debian.spdx.json"]);
     let sums = std::fs::read_to_string(out.join("SHA256SUMS")).unwrap();
     for line in sums.lines() {
         let (sum, file) = line.split_once("  ").unwrap();
         assert_eq!(sha256(&out.join(file)), sum, "{file}");
     }
-    assert_eq!(sums.lines().count(), 3);
+    assert_eq!(sums.lines().count(), 5);
     let raw = out.join("k8s-node-debian.raw");
     let qcow2 = out.join("k8s-node-debian.qcow2");
     let info: serde_json::Value =
@@ -133,6 +135,27 @@ fn node_manifest_builds_a_kubernetes_node_image() {
         assert!(bom["phase_seconds"][phase].as_f64().unwrap() > 0.0);
     }
     assert_eq!(bom["artifacts"].as_array().unwrap().len(), 2);
+    let licensed = bom_pkgs.iter().filter(|p| p["license"]["spdx"].is_string()).count();
+    assert!(licensed > 50, "only {licensed} packages have an SPDX licence in bom.json");
+
+    // The SBOMs: schema-valid, every package with its purl, containerd's licence.
+    let spdx: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("k8s-node-debian.spdx.json")).unwrap()).unwrap();
+    sbom_schema::assert_schema_valid(&spdx, sbom_schema::SbomKind::Spdx23);
+    let cdx: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("k8s-node-debian.cdx.json")).unwrap()).unwrap();
+    sbom_schema::assert_schema_valid(&cdx, sbom_schema::SbomKind::CycloneDx15);
+    let version = containerd["version"].as_str().unwrap();
+    let purl = format!("pkg:deb/debian/containerd@{}?arch=amd64&distro=debian-12", version.replace('+', "%2B"));
+    let spdx_pkgs = spdx["packages"].as_array().unwrap();
+    let spdx_purls: Vec<&str> = spdx_pkgs.iter().filter_map(|p| p["externalRefs"][0]["referenceLocator"].as_str()).collect();
+    assert_eq!(spdx_purls.len(), installed.len());
+    assert!(spdx_purls.contains(&purl.as_str()), "{purl} not in the SPDX document");
+    let spdx_containerd = spdx_pkgs.iter().find(|p| p["name"] == "containerd").unwrap();
+    assert_eq!(spdx_containerd["licenseDeclared"], containerd["license"]["spdx"]);
+    assert!(spdx_containerd["licenseDeclared"].as_str().unwrap().contains("Apache-2.0"), "{spdx_containerd}");
+    let cdx_containerd = cdx["components"].as_array().unwrap().iter().find(|c| c["name"] == "containerd").unwrap();
+    assert_eq!(cdx_containerd["purl"], purl.as_str());
+    assert!(cdx_containerd["licenses"][0].is_object(), "{cdx_containerd}");
+    assert_eq!(cdx["components"].as_array().unwrap().len(), installed.len() + 1, "packages and the OS");
     drop(img);
     drop(input);
     assert!(leftovers(tmp.path()).is_empty(), "{:?}", leftovers(tmp.path()));
@@ -196,6 +219,26 @@ fn inspect_lists_what_a_plain_base_image_holds() {
     let text = kib().args(["inspect", "--work-dir"]).arg(tmp.path()).arg(&base).output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("os:           Debian GNU/Linux 12 (bookworm)") && text.contains("  openssh-server "), "{text}");
+    assert_eq!(sha256(&base), before);
+    assert_nothing_left(tmp.path());
+
+    // An auditor's SBOM of an image they did not build: schema-valid, every package with its purl.
+    let sbom_file = tmp.path().join("base.spdx.json");
+    let run = kib().args(["inspect", "--sbom", "spdx", "--sbom-output"]).arg(&sbom_file).arg("--work-dir").arg(tmp.path()).arg(&base).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let spdx: serde_json::Value = serde_json::from_slice(&std::fs::read(&sbom_file).unwrap()).unwrap();
+    sbom_schema::assert_schema_valid(&spdx, sbom_schema::SbomKind::Spdx23);
+    let pkgs = spdx["packages"].as_array().unwrap();
+    let listed: Vec<&str> = pkgs.iter().filter(|p| p["externalRefs"][0]["referenceLocator"].as_str().is_some_and(|u| u.starts_with("pkg:deb/debian/"))).map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(listed, names, "the SPDX document lists other packages than the report");
+    let ssh = pkgs.iter().find(|p| p["name"] == "openssh-server").unwrap();
+    assert!(ssh["externalRefs"][0]["referenceLocator"].as_str().unwrap().contains("upstream=openssh"), "{ssh}");
+    assert!(pkgs.iter().any(|p| p["licenseDeclared"] != "NOASSERTION" && p["name"] != "debian"), "no licence found in the base image");
+    let cdx = kib().args(["inspect", "--sbom", "cyclonedx", "--work-dir"]).arg(tmp.path()).arg(&base).output().unwrap();
+    assert!(cdx.status.success(), "{}", String::from_utf8_lossy(&cdx.stderr));
+    let cdx: serde_json::Value = serde_json::from_slice(&cdx.stdout).unwrap();
+    sbom_schema::assert_schema_valid(&cdx, sbom_schema::SbomKind::CycloneDx15);
+    assert_eq!(cdx["components"].as_array().unwrap().len(), names.len() + 1);
     assert_eq!(sha256(&base), before);
     assert_nothing_left(tmp.path());
 }

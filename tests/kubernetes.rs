@@ -4,6 +4,8 @@
 //! apt repository of small fixture packages, fixture binaries and tarballs, fixture images).
 
 mod common;
+#[path = "common/sbom_schema.rs"]
+mod sbom_schema;
 
 #[path = "../src/fetch/testserver.rs"]
 mod testserver;
@@ -148,6 +150,7 @@ fn k8s_1_30_from_release_binaries_through_the_mirror() {
     let downloads: Vec<String> =
         bom["steps"].as_array().unwrap().iter().flat_map(|s| s["downloads"].as_array().cloned().unwrap_or_default()).map(|d| d["url"].as_str().unwrap().to_string()).collect();
     assert!(downloads.contains(&"https://dl.k8s.io/release/v1.30.0/bin/linux/amd64/kubelet".to_string()), "{downloads:?}");
+    assert_sboms(&tmp.path().join("out"), &bom);
     check(&raw, tmp.path(), "http");
 }
 
@@ -188,4 +191,36 @@ fn offline_with_an_empty_cache_names_every_missing_artifact() {
     }
     assert!(err.contains("kib fetch --manifest"), "{err}");
     assert_nothing_left(&tmp.path().join("work"));
+}
+
+/// The build's SBOMs are schema-valid and list every download (upstream URL, never the mirror,
+/// with its sha256) and every pre-loaded image (with its digest) that bom.json records.
+fn assert_sboms(out: &Path, bom: &serde_json::Value) {
+    let spdx: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("k8s-1.30-node.spdx.json")).unwrap()).unwrap();
+    sbom_schema::assert_schema_valid(&spdx, sbom_schema::SbomKind::Spdx23);
+    let cdx: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("k8s-1.30-node.cdx.json")).unwrap()).unwrap();
+    sbom_schema::assert_schema_valid(&cdx, sbom_schema::SbomKind::CycloneDx15);
+    let text = serde_json::to_string(&spdx).unwrap() + &serde_json::to_string(&cdx).unwrap();
+    assert!(!text.contains("127.0.0.1"), "a mirror URL reached an SBOM");
+    let steps = bom["steps"].as_array().unwrap();
+    let spdx_pkgs = spdx["packages"].as_array().unwrap();
+    let cdx_comps = cdx["components"].as_array().unwrap();
+    let mut seen = 0;
+    for d in steps.iter().flat_map(|s| s["downloads"].as_array().cloned().unwrap_or_default()) {
+        let p = spdx_pkgs.iter().find(|p| p["downloadLocation"] == d["url"]).unwrap_or_else(|| panic!("{} not in the SPDX document", d["url"]));
+        assert_eq!(p["checksums"][0]["checksumValue"], d["sha256"]);
+        let c = cdx_comps.iter().find(|c| c["externalReferences"][0]["url"] == d["url"]).unwrap_or_else(|| panic!("{} not in the CycloneDX document", d["url"]));
+        assert_eq!(c["hashes"][0]["content"], d["sha256"]);
+        seen += 1;
+    }
+    assert!(seen > 0, "no downloads recorded");
+    for i in steps.iter().flat_map(|s| s["images"].as_array().cloned().unwrap_or_default()) {
+        let digest = i["digest"].as_str().unwrap();
+        let c = cdx_comps
+            .iter()
+            .find(|c| c["type"] == "container" && c["purl"].as_str().is_some_and(|p| p.contains(digest)))
+            .unwrap_or_else(|| panic!("{} not in the CycloneDX document", i["name"]));
+        assert!(c["purl"].as_str().unwrap().starts_with("pkg:oci/"), "{c}");
+        assert!(spdx_pkgs.iter().any(|p| p["checksums"][0]["checksumValue"].as_str() == digest.strip_prefix("sha256:")), "{digest} not in the SPDX document");
+    }
 }

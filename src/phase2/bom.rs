@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use indexmap::IndexMap;
 
 use crate::guest::GuestRoot;
+use crate::phase2::license;
 use crate::manifest::{Manifest, SourceFile};
 use crate::phase0::{Filesystem, InputRecord};
 use crate::phase1::StepRecord;
@@ -22,6 +23,10 @@ pub struct Package {
     pub source: Option<String>,
     /// Held at this version (`apt-mark hold`).
     pub held: bool,
+    /// The licence its machine-readable `/usr/share/doc/<name>/copyright` declares; absent when
+    /// that file is missing or free-form. See [`crate::phase2::license`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub license: Option<license::PackageLicense>,
 }
 
 /// An artifact kib wrote to the output folder.
@@ -85,13 +90,17 @@ impl ManifestRecord {
     }
 }
 
-/// Reads the installed packages from the image's dpkg status database. Empty when the image has
-/// no dpkg.
+/// Reads the installed packages from the image's dpkg status database, each with the licence
+/// its copyright file declares (one small read per package). Empty when the image has no dpkg.
 pub fn packages(root: &GuestRoot) -> Result<Vec<Package>> {
     let Some(text) = root.read_string(Path::new("/var/lib/dpkg/status")).context("reading /var/lib/dpkg/status")? else {
         return Ok(Vec::new());
     };
-    parse_dpkg_status(&text)
+    let mut packages = parse_dpkg_status(&text)?;
+    for p in &mut packages {
+        p.license = license::read(root, &p.name);
+    }
+    Ok(packages)
 }
 
 /// Parses a dpkg status file, keeping packages whose status is `installed`, sorted by name.
@@ -112,6 +121,7 @@ pub fn parse_dpkg_status(text: &str) -> Result<Vec<Package>> {
             architecture: p.get_single("Architecture").unwrap_or("").to_string(),
             source,
             held: words.first() == Some(&"hold"),
+            license: None,
         });
     }
     out.sort_by(|a, b| (&a.name, &a.architecture).cmp(&(&b.name, &b.architecture)));

@@ -2,7 +2,9 @@
 
 pub mod bom;
 pub mod convert;
+pub mod license;
 pub mod ova;
+pub mod sbom;
 pub mod sysprep;
 
 use std::path::Path;
