@@ -84,6 +84,39 @@ fn new_mounts(before: &BTreeSet<(PathBuf, String)>, tmp: &Path) -> Vec<(PathBuf,
     mount_snapshot().difference(before).filter(|(mp, fstype)| fstype == "binfmt_misc" || !mp.starts_with(&others) || mp.starts_with(tmp)).cloned().collect()
 }
 
+/// Keeps a mount of binfmt_misc alive, in a mount namespace of its own, for the test's
+/// duration. The kernel drops every handler when the last binfmt_misc mount goes; a host with
+/// binfmt_misc mounted (systemd's automount) keeps handlers after the process that registered
+/// them exits. Holding a mount makes this host behave like that, so the test checks that kib
+/// removes what it registered instead of relying on the kernel to, and handlers the test
+/// registers survive between its commands.
+struct BinfmtHolder(std::process::Child);
+
+impl BinfmtHolder {
+    fn start() -> BinfmtHolder {
+        use std::io::BufRead;
+        let script = format!("[ -e {BINFMT}/register ] || mount -t binfmt_misc binfmt_misc {BINFMT} || exit 1\necho ready\nexec sleep 3600");
+        let mut child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let holder = BinfmtHolder(child);
+        assert_eq!(line.trim(), "ready", "could not mount binfmt_misc");
+        holder
+    }
+}
+
+impl Drop for BinfmtHolder {
+    fn drop(&mut self) {
+        // Our own child (unshare exec'd sh, which exec'd sleep: one pid).
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Puts binfmt_misc handlers back as they were: re-enables the ones a test disabled, removes
 /// the ones it registered. Runs on Drop, so a failing assertion restores the host too.
 #[derive(Default)]
@@ -182,6 +215,7 @@ fn dpkg_packages(root: &Mounted) -> Vec<kib::phase2::bom::Package> {
 #[test]
 fn arm64_node_image_on_an_amd64_host() {
     let _l = lock();
+    let _holder = BinfmtHolder::start();
     let tmp = tempfile::tempdir().unwrap();
     let binfmt_before = binfmt_snapshot();
     let mounts_before = mount_snapshot();
@@ -279,6 +313,7 @@ fn arm64_node_image_on_an_amd64_host() {
 #[test]
 fn binfmt_handler_paths_and_cleanup() {
     let _l = lock();
+    let holder = BinfmtHolder::start();
     let tmp = tempfile::tempdir().unwrap();
     let manifest = tmp.path().join("uname.yaml");
     std::fs::write(
@@ -346,4 +381,5 @@ fn binfmt_handler_paths_and_cleanup() {
     drop(host);
     let restored = binfmt_snapshot();
     assert!(!restored.contains_key(stand_in));
+    drop(holder);
 }

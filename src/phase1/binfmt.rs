@@ -16,9 +16,18 @@
 //!    `qemu-binfmt-conf.sh` values when that file is missing. binfmt_misc tries the most
 //!    recently registered handler first, so kib's wins over a host handler without F.
 //!
-//! [`Emulation::close`] (or, best effort, Drop) removes only the handler kib registered. One
-//! left by a SIGKILLed run is removed by `kib cleanup` once the pid in its name is no longer a
-//! running kib ([`remove_stale`]).
+//! [`Emulation::close`] (or, best effort, Drop) removes only the handler kib registered.
+//!
+//! Lifetime, as measured on this project's hosts (Linux 6.18): handlers belong to the
+//! binfmt_misc superblock, which lives as long as some mount of binfmt_misc does. On a host that
+//! has it mounted (systemd's automount), a handler left by a SIGKILLed run stays registered, and
+//! `kib cleanup` removes it once the pid in its name is no longer a running kib
+//! ([`remove_stale`]). On a host without that mount, the only mount is the one kib made in its
+//! private namespace, and the kernel drops kib's handler with it, however kib ends.
+//!
+//! Safety: a handler whose magic matched the host's own binaries would send every program on
+//! the host (the interpreter included) to qemu, so kib refuses to register one that matches the
+//! interpreter's own ELF header.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -332,6 +341,11 @@ impl Emulation {
         let ours = Handler { name: name.clone(), enabled: true, interpreter: String::new(), flags: String::new(), offset: def.offset, magic: def.magic.clone(), mask: def.mask.clone() };
         if !ours.matches(&header) {
             bail!("the binfmt definition for qemu-{cpu} ({}) does not match the image's /bin/sh: is the image really {image_arch}?", def.source);
+        }
+        let mut interp_header = vec![0u8; 64];
+        let n = std::fs::File::open(&interpreter).and_then(|mut f| f.read(&mut interp_header)).with_context(|| format!("reading {}", interpreter.display()))?;
+        if ours.matches(&interp_header[..n]) {
+            bail!("the binfmt definition for qemu-{cpu} ({}) matches the host's own programs ({}): registering it would break every program on this host", def.source, interpreter.display());
         }
         // A handler of this name can only be a dead run's whose pid was reused: replace it.
         if dir.join(&name).exists() {
