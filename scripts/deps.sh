@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what kib needs to build, run and test on Debian 12: the host tools it calls
 # (qemu-img, blkid, losetup, unshare, fstrim, sfdisk, mkfs), what the base-image script uses
-# (mmdebstrap, mtools, dosfstools) and libclang for loopdev-3's bindgen. Idempotent and quiet
-# when everything is there already.
+# (mmdebstrap, mtools, dosfstools), qemu-user-static and arch-test for foreign-architecture
+# images (an arm64 base image and arm64 builds on an amd64 host; kib registers the binfmt_misc
+# handler itself, so binfmt-support is not needed) and libclang for loopdev-3's bindgen.
+# Idempotent and quiet when everything is there already.
 set -euo pipefail
 
 [ "$(id -u)" = 0 ] || { echo "deps.sh: run as root (apt-get install)" >&2; exit 1; }
@@ -13,7 +15,7 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok install
 
 # The last seven build the test fixture mirror (testdata/mirror/make-fixtures.sh).
 for pkg in mmdebstrap fdisk dosfstools mtools e2fsprogs util-linux mount libclang-dev pkg-config ca-certificates \
-           dpkg-dev apt-utils gnupg gpgv umoci skopeo python3; do
+           qemu-user-static arch-test dpkg-dev apt-utils gnupg gpgv umoci skopeo python3; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 # Disk growth (disk.size) grows xfs and btrfs roots with their own tools.

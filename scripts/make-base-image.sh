@@ -3,13 +3,19 @@
 # (mmdebstrap into a directory, then filesystems written straight into image files: no VM, no mount).
 #
 # The result is shaped like Debian's own "genericcloud" image:
-#   raw, sparse, 2 GiB, GPT:
+#   raw, sparse, 2 GiB, GPT (amd64; arm64 has no BIOS boot partition, boots from EFI/BOOT/BOOTAA64.EFI and has root
+#   partition type "Linux root (ARM-64)", with the serial console on ttyAMA0):
 #     partition 14  BIOS boot   (1 MiB .. 4 MiB)       grub-pc's core.img is embedded here
 #     partition 15  ESP, vfat   (4 MiB .. 128 MiB)     /EFI/BOOT/BOOTX64.EFI (grub, no shim)
 #     partition  1  ext4 root   (128 MiB .. end)       type "Linux root (x86-64)"
 #   /etc/fstab mounts / and /boot/efi by UUID; kernel command line has console=tty0 console=ttyS0,115200.
 #
-# Usage: make-base-image.sh [--arch amd64] [--output-dir DIR] [--force] [--verify]
+# Usage: make-base-image.sh [--arch amd64|arm64] [--output-dir DIR] [--force] [--verify]
+#
+# A foreign --arch (arm64 on an amd64 host) runs the image's packages under qemu-user (Debian's qemu-user-static)
+# through binfmt_misc: the host's enabled handler (qemu-aarch64 from qemu-user-static) when there is one, otherwise a
+# handler this script registers with the F flag under the name kib-mkbase-qemu-<cpu> and removes when it ends. That
+# build takes about 15-20 minutes here (everything the packages run in the chroot is emulated).
 #
 # The image and its SHA256SUMS are cached in the output directory (default /var/cache/kib/base). A stamp file
 # records the sha256 of this script (and the image's hash, size, mtime and inode); when the image, a matching
@@ -42,11 +48,11 @@ die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 
 usage() {
     cat <<EOF
-Usage: $PROG [--arch amd64] [--output-dir DIR] [--force] [--verify]
+Usage: $PROG [--arch amd64|arm64] [--output-dir DIR] [--force] [--verify]
 
 Build a Debian 12 (bookworm) genericcloud-style raw disk image with mmdebstrap.
 
-  --arch ARCH        target architecture (default: amd64; arm64 is planned, not implemented)
+  --arch ARCH        target architecture: amd64 (default) or arm64 (through qemu-user-static on other hosts)
   --output-dir DIR   where the image, SHA256SUMS and stamp go (default: /var/cache/kib/base)
   --force            rebuild even when a valid cached image exists
   --verify           re-hash a cached image against SHA256SUMS even when its size, mtime and inode are unchanged
@@ -85,12 +91,25 @@ case "$ARCH" in
         GRUB_EFI_TARGET="x86_64-efi"
         EFI_BOOT_NAME="BOOTX64.EFI"
         EFI_GRUB_NAME="grubx64.efi"
+        QEMU_CPU="x86_64"
+        # GRUB's own serial terminal (BIOS and EFI), as in Debian's image.
+        GRUB_TERMINAL="console serial"
         ;;
     arm64)
-        die "--arch arm64 is not implemented yet (it would use linux-image-cloud-arm64 and grub-efi-arm64, with no BIOS boot partition)"
+        KERNEL_PKG="linux-image-cloud-arm64"
+        BOOT_PKGS=(grub-efi-arm64)
+        BIOS_BOOT=0                                              # UEFI only
+        ROOT_PARTTYPE="B921B045-1DF0-41C3-AF44-4C6F280D3FAE"     # Linux root (ARM-64)
+        GRUB_EFI_TARGET="arm64-efi"
+        EFI_BOOT_NAME="BOOTAA64.EFI"
+        EFI_GRUB_NAME="grubaa64.efi"
+        QEMU_CPU="aarch64"
+        # The PL011 UART of arm64 virtual machines; the firmware's console already goes there, so GRUB uses it.
+        KERNEL_CMDLINE="console=tty0 console=ttyAMA0,115200 earlycon consoleblank=0"
+        GRUB_TERMINAL="console"
         ;;
     *)
-        die "unsupported --arch '$ARCH' (supported: amd64)"
+        die "unsupported --arch '$ARCH' (supported: amd64, arm64)"
         ;;
 esac
 
@@ -183,6 +202,11 @@ ensure_tools() {
     for cmd in "${!need[@]}"; do
         command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
     done
+    # A foreign architecture runs under qemu-user; mmdebstrap checks for it with arch-test.
+    if [[ "$ARCH" != "$(dpkg --print-architecture)" ]]; then
+        need[arch-test]=arch-test
+        need[qemu-$QEMU_CPU-static]=qemu-user-static
+    fi
     # mmdebstrap needs the archive keyring to verify bookworm.
     [[ -f /usr/share/keyrings/debian-archive-keyring.gpg ]] || missing+=(debian-archive-keyring)
     [[ ${#missing[@]} -eq 0 ]] && return 0
@@ -244,11 +268,57 @@ cleanup() {
             rm -rf --one-file-system "$WORK"
         fi
     fi
+    remove_binfmt
     if [[ $rc -ne 0 ]]; then
         log "FAILED (exit $rc)"
     fi
     exit "$rc"
 }
+# --- foreign architecture: a binfmt_misc handler for qemu-user ----------------------------------------------------
+BINFMT_DIR=/proc/sys/fs/binfmt_misc
+BINFMT_OURS=""        # the handler this script registered, removed by cleanup
+# When ARCH is not the host's, make sure the kernel runs its ELF binaries through qemu-user: use the host's enabled
+# qemu-<cpu> handler (Debian's qemu-user-static registers it with flags PF), else register Debian's static
+# interpreter with the F flag (the kernel opens it now, so nothing is copied into the tree) under a name of our own.
+# The magic and mask come from Debian's /usr/share/binfmts/qemu-<cpu>. This runs in the script's private mount
+# namespace, so a binfmt_misc mount made here goes away with it; a registration is global and is removed on exit.
+ensure_binfmt() {
+    local host_arch
+    host_arch="$(dpkg --print-architecture)"
+    [[ "$ARCH" != "$host_arch" ]] || return 0
+    local def="/usr/share/binfmts/qemu-$QEMU_CPU" interp="/usr/bin/qemu-$QEMU_CPU-static"
+    [[ -f "$def" && -x "$interp" ]] ||
+        die "building an $ARCH image on this $host_arch host needs qemu-user: apt-get install qemu-user-static ($def or $interp is missing)"
+    if [[ ! -e "$BINFMT_DIR/register" ]]; then
+        mount -t binfmt_misc binfmt_misc "$BINFMT_DIR" || die "cannot mount binfmt_misc at $BINFMT_DIR"
+    fi
+    [[ "$(cat "$BINFMT_DIR/status")" == enabled ]] || die "binfmt_misc is disabled ($BINFMT_DIR/status)"
+    local name
+    for name in "qemu-$QEMU_CPU" "kib-qemu-$QEMU_CPU" "kib-mkbase-qemu-$QEMU_CPU"; do
+        if [[ -f "$BINFMT_DIR/$name" ]] && head -n 1 "$BINFMT_DIR/$name" | grep -qx enabled; then
+            log "using the host's binfmt handler $name ($(sed -n 's/^interpreter //p' "$BINFMT_DIR/$name"), flags $(sed -n 's/^flags: //p' "$BINFMT_DIR/$name"))"
+            return 0
+        fi
+    done
+    local magic mask offset
+    magic="$(sed -n 's/^magic //p' "$def")"
+    mask="$(sed -n 's/^mask //p' "$def")"
+    offset="$(sed -n 's/^offset //p' "$def")"
+    [[ -n "$magic" && -n "$mask" ]] || die "no magic/mask in $def"
+    name="kib-mkbase-qemu-$QEMU_CPU"
+    printf ':%s:M:%s:%s:%s:%s:F' "$name" "${offset:-0}" "$magic" "$mask" "$interp" >"$BINFMT_DIR/register" ||
+        die "cannot register the binfmt handler $name"
+    BINFMT_OURS="$name"
+    log "registered binfmt handler $name ($interp, flags F)"
+}
+remove_binfmt() {
+    [[ -n "$BINFMT_OURS" ]] || return 0
+    if [[ -f "$BINFMT_DIR/$BINFMT_OURS" ]]; then
+        echo -1 >"$BINFMT_DIR/$BINFMT_OURS" || log "warning: could not remove binfmt handler $BINFMT_OURS"
+    fi
+    BINFMT_OURS=""
+}
+
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -342,6 +412,16 @@ echo "RESUME=none" >"$WORK/initramfs-conf.d/resume"
 printf '%s\n' "# Root filesystem type, for the fsck hook when the root device cannot be probed (e.g. in a chroot)." \
     "FSTYPE=ext4" >"$WORK/initramfs-conf.d/fstype"
 
+EXTRA_HOOKS=()
+if [[ "$BIOS_BOOT" -eq 1 ]]; then
+    # shellcheck disable=SC2016
+    EXTRA_HOOKS+=(--customize-hook='chroot "$1" debconf-set-selections <<EOF
+grub-pc grub-pc/install_devices multiselect
+grub-pc grub-pc/install_devices_empty boolean true
+EOF')
+fi
+
+ensure_binfmt
 log "mmdebstrap $SUITE ($ARCH) into $ROOT"
 mkdir -p "$ROOT"
 # shellcheck disable=SC2016 # the hooks are run by mmdebstrap with the chroot path as $1
@@ -353,10 +433,7 @@ run_child mmdebstrap \
     --aptopt='Acquire::Languages "none"' \
     --setup-hook="mkdir -p \"\$1/etc/initramfs-tools/conf.d\" && cp '$WORK'/initramfs-conf.d/* \"\$1/etc/initramfs-tools/conf.d/\"" \
     --setup-hook="install -m 0644 '$WORK/fstab' \"\$1/etc/fstab\"" \
-    --customize-hook='chroot "$1" debconf-set-selections <<EOF
-grub-pc grub-pc/install_devices multiselect
-grub-pc grub-pc/install_devices_empty boolean true
-EOF' \
+    "${EXTRA_HOOKS[@]}" \
     --customize-hook='rm -f "$1"/etc/apt/apt.conf.d/99mmdebstrap' \
     "$SUITE" "$ROOT" \
     "deb $MIRROR $SUITE main" \
@@ -404,7 +481,7 @@ mkdir -p "$ROOT/etc/default/grub.d"
 cat >"$ROOT/etc/default/grub.d/10_cloud.cfg" <<EOF
 # Written by $PROG: serial console for cloud VMs.
 GRUB_CMDLINE_LINUX_DEFAULT="$KERNEL_CMDLINE"
-GRUB_TERMINAL="console serial"
+GRUB_TERMINAL="$GRUB_TERMINAL"
 GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
 GRUB_DISABLE_OS_PROBER=true
 EOF
@@ -450,9 +527,9 @@ cat >"$ROOT/boot/grub/grub.cfg" <<EOF
 # Written by $PROG. Run update-grub on the booted system to regenerate it from /etc/default/grub.
 set default=0
 set timeout=1
-serial --unit=0 --speed=115200
-terminal_input console serial
-terminal_output console serial
+$(if [[ "$GRUB_TERMINAL" == *serial* ]]; then echo "serial --unit=0 --speed=115200"; fi)
+terminal_input $GRUB_TERMINAL
+terminal_output $GRUB_TERMINAL
 insmod part_gpt
 insmod ext2
 search --no-floppy --fs-uuid --set=root $ROOT_UUID
@@ -571,7 +648,11 @@ fi
 # --- 8. checksum, stamp, atomic rename -----------------------------------------------------------------------------
 log "checksumming"
 IMAGE_SHA="$(sha256_of "$DISK")"
-printf '%s  %s\n' "$IMAGE_SHA" "$IMAGE_NAME" >"$WORK/SHA256SUMS"
+# SHA256SUMS lists every image in the output directory (amd64 and arm64): keep the other lines.
+if [[ -f "$SUMS" ]]; then
+    awk -v n="$IMAGE_NAME" '!($2 == n || $2 == "*" n)' "$SUMS" >"$WORK/SHA256SUMS"
+fi
+printf '%s  %s\n' "$IMAGE_SHA" "$IMAGE_NAME" >>"$WORK/SHA256SUMS"
 printf '%s\nimage=%s %s\n' "$STAMP_CONTENT" "$IMAGE_SHA" "$(file_identity "$DISK")" >"$WORK/stamp"
 rm -f "$STAMP"                       # an old stamp must never vouch for a half-replaced image
 mv -f "$DISK" "$IMAGE"

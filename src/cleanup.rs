@@ -15,10 +15,12 @@ pub struct Report {
     pub loop_devices: Vec<String>,
     pub work_dirs: Vec<PathBuf>,
     pub skipped_live: Vec<PathBuf>,
+    /// binfmt_misc handlers (`kib-qemu-<cpu>-<pid>`) of runs that no longer exist, removed.
+    pub binfmt_handlers: Vec<String>,
 }
 
 /// Whether `pid` is a running kib process.
-fn live_kib(pid: i32) -> bool {
+pub fn live_kib(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
         let argv0 = c.split(|b| *b == 0).next().unwrap_or_default();
         String::from_utf8_lossy(argv0).rsplit('/').next().is_some_and(|n| n.starts_with("kib"))
@@ -45,9 +47,12 @@ fn loops_backed_under(dir: &Path) -> Vec<(String, PathBuf)> {
 
 /// Cleans the work directories under `work_base` whose owner is no longer running: detaches
 /// the loop devices backed by files in them, then removes them (never while something is
-/// mounted there).
+/// mounted there). Also removes the binfmt_misc handlers a killed foreign-architecture build
+/// registered (`kib-qemu-<cpu>-<pid>` whose pid is no running kib); the host's own handlers are
+/// never touched. Must run in kib's private mount namespace (binfmt_misc may get mounted).
 pub fn run(work_base: &Path) -> Result<Report> {
     let mut report = Report::default();
+    report.binfmt_handlers = crate::phase1::binfmt::remove_stale(live_kib).context("removing stale binfmt_misc handlers")?;
     let entries = match std::fs::read_dir(work_base) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::fetch::{Fetcher, MirrorMap};
 use crate::manifest;
 use crate::phase0::{self, Image};
-use crate::phase1::{self, session::Session};
+use crate::phase1::{self, binfmt::Emulation, session::Session};
 use crate::phase2::bom::{self, Bom, ManifestRecord};
 use crate::phase2::convert::{self, Format, Qcow2Compression, Staging};
 use crate::phase2::{self, sysprep};
@@ -101,7 +101,10 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     // Phase 1
     let t1 = Instant::now();
     let facts = image.facts.clone();
-    let (steps, sysprep_done, packages, phase1_s, t2) = {
+    let (steps, sysprep_done, packages, phase1_s, t2, emulation) = {
+        // A foreign image (arm64 on amd64) runs its programs through qemu-user: make sure a
+        // binfmt_misc handler is there for the whole session; one kib registers is removed after.
+        let emu = Emulation::ensure(image.root(), &facts.arch).context("preparing to run the image's programs on this host")?;
         let mut session = Session::open(image.root(), facts.debian_family(), fetcher.mirrors.clone())?;
         let steps = phase1::run_steps(&mut session, image.root(), &manifest, &facts, &fetcher)?;
         let phase1_s = t1.elapsed().as_secs_f64();
@@ -110,8 +113,10 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
         // Phase 2 starts inside the session: sysprep runs `cloud-init clean` in the chroot.
         let sysprep_done = if manifest.sysprep.enabled { sysprep::run(image.root(), &session, &manifest.sysprep.skip)? } else { Vec::new() };
         session.close()?;
+        let emulation = emu.record().cloned();
+        emu.close()?;
         let packages = bom::packages(image.root())?;
-        (steps, sysprep_done, packages, phase1_s, t2)
+        (steps, sysprep_done, packages, phase1_s, t2, emulation)
     };
     phase2::trim(&image)?;
     image.unmount()?;
@@ -134,6 +139,7 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
         manifest: ManifestRecord::new(&manifest),
         os_release: facts.os_release.clone(),
         architecture: facts.arch.clone(),
+        emulation,
         kernels: facts.kernels.clone(),
         partition_table: image.table.kind_name(),
         filesystems: image.filesystems.clone(),

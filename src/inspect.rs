@@ -18,7 +18,11 @@ pub struct Report {
     /// Virtual size in bytes.
     pub virtual_size: u64,
     pub os_release: IndexMap<String, String>,
+    /// The image's architecture, from the ELF header of its /bin/sh.
     pub architecture: String,
+    /// The architecture its dpkg database records for dpkg itself; differs from
+    /// `architecture` only in a broken image (kib warns). `None` without dpkg.
+    pub dpkg_architecture: Option<String>,
     pub partition_table: Table,
     pub filesystems: Vec<Filesystem>,
     pub kernels: Vec<String>,
@@ -53,6 +57,7 @@ pub fn report(image: &Image) -> Result<Report> {
         virtual_size: image.input.virtual_size,
         os_release: image.facts.os_release.clone(),
         architecture: image.facts.arch.clone(),
+        dpkg_architecture: image.facts.dpkg_arch.clone(),
         partition_table: image.table.clone(),
         filesystems: image.filesystems.clone(),
         kernels: image.facts.kernels.clone(),
@@ -67,7 +72,11 @@ pub fn text(r: &Report) -> String {
     let mut s = String::new();
     let os = r.os_release.get("PRETTY_NAME").cloned().unwrap_or_else(|| "unknown OS".into());
     s.push_str(&format!("image:        {} ({}, {} bytes)\n", r.image, r.format, r.virtual_size));
-    s.push_str(&format!("os:           {os}\narchitecture: {}\n", r.architecture));
+    let dpkg_note = match &r.dpkg_architecture {
+        Some(d) if *d != r.architecture => format!(" (but dpkg says {d})"),
+        _ => String::new(),
+    };
+    s.push_str(&format!("os:           {os}\narchitecture: {}{dpkg_note}\n", r.architecture));
     s.push_str(&format!("partitions:   {}\n", r.partition_table.kind_name()));
     for p in &r.partition_table.partitions {
         let fs = r.filesystems.iter().find(|f| f.partition == p.number);

@@ -80,7 +80,12 @@ fn run(command: Command) -> Result<()> {
             if !rustix::process::geteuid().is_root() {
                 bail!("kib cleanup must run as root: it detaches loop devices");
             }
+            // binfmt_misc may have to be mounted to find stale handlers: in kib's own namespace.
+            mounts::enter_private_namespace()?;
             let r = kib::cleanup::run(&args.work_dir)?;
+            for h in &r.binfmt_handlers {
+                kib::out::line(format!("removed binfmt_misc handler {h}"));
+            }
             for d in &r.loop_devices {
                 kib::out::line(format!("detached loop device {d}"));
             }
@@ -90,7 +95,7 @@ fn run(command: Command) -> Result<()> {
             for d in &r.skipped_live {
                 kib::out::line(format!("kept {} (its kib process is running)", d.display()));
             }
-            if r.loop_devices.is_empty() && r.work_dirs.is_empty() {
+            if r.loop_devices.is_empty() && r.work_dirs.is_empty() && r.binfmt_handlers.is_empty() {
                 kib::out::line(format!("nothing to clean up in {}", args.work_dir.display()));
             }
             Ok(())

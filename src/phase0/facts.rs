@@ -12,8 +12,12 @@ pub struct Facts {
     /// os-release key/value pairs, in file order.
     pub os_release: IndexMap<String, String>,
     /// Debian-style architecture: `amd64`, `arm64`, `armhf`, `i386`, `riscv64`, `ppc64el`,
-    /// `s390x`; from the ELF header of the image's /bin/sh.
+    /// `s390x`; from the ELF header of the image's /bin/sh (or, when the image has no ELF
+    /// shell, from its dpkg database). Empty when neither tells.
     pub arch: String,
+    /// The architecture the image's dpkg database records for the `dpkg` package (or
+    /// `base-files`), i.e. the image's native Debian architecture. `None` without dpkg.
+    pub dpkg_arch: Option<String>,
     /// Kernel versions: the names of the folders in /lib/modules (falling back to
     /// /usr/lib/modules), sorted.
     pub kernels: Vec<String>,
@@ -27,6 +31,19 @@ impl Facts {
             ids.extend(like.split_whitespace().map(str::to_string));
         }
         ids
+    }
+
+    /// Cross-checks the two sources of the architecture: the ELF header of the image's shell
+    /// and its dpkg database. `Err` with both values when they disagree (a broken or mixed
+    /// image, whose packages kib would install for the wrong architecture).
+    pub fn check_arch(&self) -> Result<(), String> {
+        match &self.dpkg_arch {
+            Some(d) if !self.arch.is_empty() && *d != self.arch => Err(format!(
+                "the image's binaries are {} (ELF header of its /bin/sh) but its dpkg database says {d} (Architecture of the installed dpkg/base-files package)",
+                self.arch
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Whether the image is Debian or derived from it.
@@ -110,11 +127,45 @@ pub fn collect(root: &GuestRoot, os_release: IndexMap<String, String>) -> std::i
             }
         }
     }
+    let dpkg_arch = dpkg_arch(root)?;
+    if arch.is_empty() {
+        if let Some(d) = &dpkg_arch {
+            arch = d.clone();
+        }
+    }
     let mut kernels: Vec<String> = root.read_dir(Path::new("/lib/modules"))?.into_iter().map(|n| n.to_string_lossy().into_owned()).collect();
     if kernels.is_empty() {
         kernels = root.read_dir(Path::new("/usr/lib/modules"))?.into_iter().map(|n| n.to_string_lossy().into_owned()).collect();
     }
-    Ok(Facts { os_release, arch, kernels })
+    Ok(Facts { os_release, arch, dpkg_arch, kernels })
+}
+
+/// The Architecture of the installed `dpkg` package (else `base-files`) in the image's
+/// /var/lib/dpkg/status, read through [`GuestRoot`]. `Ok(None)` when the image has no dpkg
+/// database or neither package; an unparsable database is an error.
+pub fn dpkg_arch(root: &GuestRoot) -> std::io::Result<Option<String>> {
+    let Some(text) = root.read_string(Path::new("/var/lib/dpkg/status"))? else {
+        return Ok(None);
+    };
+    Ok(dpkg_arch_of(&text))
+}
+
+/// [`dpkg_arch`] on the text of a dpkg status file.
+pub fn dpkg_arch_of(status: &str) -> Option<String> {
+    let paragraphs = deb822_fast::borrowed::parse_borrowed(status).ok()?;
+    let mut found: [Option<String>; 2] = [None, None];
+    for p in paragraphs {
+        let slot = match p.get_single("Package") {
+            Some("dpkg") => 0,
+            Some("base-files") => 1,
+            _ => continue,
+        };
+        if p.get_single("Status").is_some_and(|s| s.ends_with(" installed")) {
+            found[slot] = p.get_single("Architecture").map(str::to_string);
+        }
+    }
+    let [dpkg, base_files] = found;
+    dpkg.or(base_files)
 }
 
 #[cfg(test)]
@@ -143,5 +194,22 @@ mod tests {
         // The host's own shell, as a cross-check.
         let host = std::fs::read("/bin/sh").unwrap();
         assert_eq!(elf_arch(&host), Some(if cfg!(target_arch = "x86_64") { "amd64" } else { "arm64" }));
+    }
+
+    #[test]
+    fn dpkg_architecture_and_cross_check() {
+        let status = "Package: libc6\nStatus: install ok installed\nArchitecture: amd64\n\n\
+                      Package: base-files\nStatus: install ok installed\nArchitecture: arm64\n\n\
+                      Package: dpkg\nStatus: install ok installed\nArchitecture: arm64\n";
+        assert_eq!(dpkg_arch_of(status).as_deref(), Some("arm64"));
+        assert_eq!(dpkg_arch_of("Package: base-files\nStatus: install ok installed\nArchitecture: riscv64\n").as_deref(), Some("riscv64"));
+        assert_eq!(dpkg_arch_of("Package: dpkg\nStatus: deinstall ok config-files\nArchitecture: i386\n"), None);
+        let mut f = Facts { arch: "arm64".into(), dpkg_arch: Some("arm64".into()), ..Default::default() };
+        assert!(f.check_arch().is_ok());
+        f.dpkg_arch = Some("amd64".into());
+        let e = f.check_arch().unwrap_err();
+        assert!(e.contains("arm64") && e.contains("amd64"), "{e}");
+        f.dpkg_arch = None;
+        assert!(f.check_arch().is_ok());
     }
 }

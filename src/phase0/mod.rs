@@ -175,6 +175,13 @@ impl Image {
         tracing::info!("working copy ready ({}, {} bytes) in {:.1?}", format.format, format.virtual_size, t.elapsed());
         image.table = partition::read(&image.disk).with_context(|| format!("reading the partition table of {}", input.display()))?;
         image.mount_tree().with_context(|| format!("mounting the filesystems of {}", input.display()))?;
+        if let Err(e) = image.facts.check_arch() {
+            if opts.read_only {
+                tracing::warn!("{}: {e}", input.display());
+            } else {
+                bail!("{}: {e}; kib would install packages for the wrong architecture, so it stops here", input.display());
+            }
+        }
         tracing::info!(
             "phase 0 done in {:.1?}: {} {} ({}), root on partition {}",
             t.elapsed(),

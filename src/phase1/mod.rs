@@ -2,6 +2,7 @@
 //! the image's own programs running in a [`session::Session`].
 
 pub mod apt;
+pub mod binfmt;
 pub mod download;
 pub mod images;
 pub mod repository;

@@ -51,7 +51,13 @@ pub struct Bom {
     pub input: InputRecord,
     pub manifest: ManifestRecord,
     pub os_release: IndexMap<String, String>,
+    /// The image's architecture (Debian name: `amd64`, `arm64`), from its binaries and
+    /// cross-checked with its dpkg database; not the host's.
     pub architecture: String,
+    /// How the image's programs ran when its architecture is not the host's: the binfmt_misc
+    /// handler and qemu-user interpreter used. Absent for a native build.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emulation: Option<crate::phase1::binfmt::EmulationRecord>,
     pub kernels: Vec<String>,
     pub partition_table: &'static str,
     pub filesystems: Vec<Filesystem>,
