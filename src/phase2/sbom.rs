@@ -749,6 +749,7 @@ mod tests {
             virtual_size: 1,
             os_release: i.os_release.clone(),
             architecture: "arm64".into(),
+            dpkg_architecture: Some("arm64".into()),
             partition_table: crate::phase0::partition::Table { kind: crate::phase0::partition::TableKind::Gpt, sector_size: 512, partitions: Vec::new() },
             filesystems: Vec::new(),
             kernels: Vec::new(),
