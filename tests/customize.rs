@@ -223,7 +223,8 @@ fn inspect_lists_what_a_plain_base_image_holds() {
     assert_nothing_left(tmp.path());
 
     // An auditor's SBOM of an image they did not build: schema-valid, every package with its purl.
-    let sbom_file = tmp.path().join("base.spdx.json");
+    let sbom_dir = tempfile::tempdir().unwrap();
+    let sbom_file = sbom_dir.path().join("base.spdx.json");
     let run = kib().args(["inspect", "--sbom", "spdx", "--sbom-output"]).arg(&sbom_file).arg("--work-dir").arg(tmp.path()).arg(&base).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let spdx: serde_json::Value = serde_json::from_slice(&std::fs::read(&sbom_file).unwrap()).unwrap();

@@ -102,9 +102,13 @@ pub fn to_spdx(declared: &[String]) -> Option<String> {
     for d in declared {
         match field_to_spdx(d)? {
             Mapped::PublicDomain => {}
+            // A field's expression is a conjunction at its top level (`A AND (B OR C)`): its
+            // terms are merged with the other paragraphs' so that each appears once.
             Mapped::Expr(e) => {
-                if !parts.contains(&e) {
-                    parts.push(e);
+                for term in e.split(" AND ") {
+                    if !parts.iter().any(|p| p == term) {
+                        parts.push(term.to_string());
+                    }
                 }
             }
         }
@@ -112,7 +116,7 @@ pub fn to_spdx(declared: &[String]) -> Option<String> {
     if parts.is_empty() {
         return None;
     }
-    let expr = if parts.len() == 1 { parts.remove(0) } else { parts.iter().map(|p| if p.contains(" OR ") { format!("({p})") } else { p.clone() }).collect::<Vec<_>>().join(" AND ") };
+    let expr = if parts.len() == 1 { parts.remove(0) } else { parts.iter().map(|p| if p.contains(" OR ") && !p.starts_with('(') { format!("({p})") } else { p.clone() }).collect::<Vec<_>>().join(" AND ") };
     // The final word belongs to the spdx crate's parser: only what it accepts is emitted.
     spdx::Expression::parse(&expr).ok()?;
     Some(expr)
@@ -228,6 +232,11 @@ fn term_to_spdx(term: &str) -> Option<Mapped> {
     if lower == "mpl-2" {
         return valid("MPL-2.0");
     }
+    // Debian's `Go` is the Go project's licence (golang.org/LICENSE), which is the BSD 3-clause
+    // text word for word; SPDX lists it under that identifier and has no `Go` of its own.
+    if lower == "go" {
+        return valid("BSD-3-Clause");
+    }
     // Anything else counts only if it is already a current SPDX identifier, spelled as SPDX
     // spells it, apart from case (`Zlib`, `ISC`, `BSL-1.0`, `curl`, `CC0-1.0`).
     if term.ends_with('+') {
@@ -272,6 +281,11 @@ mod tests {
         assert_eq!(map(&["LGPL-3+ or GPL-2+", "MIT"]).as_deref(), Some("(LGPL-3.0-or-later OR GPL-2.0-or-later) AND MIT"));
         assert_eq!(map(&["GPL-2+ with Autoconf exception"]).as_deref(), Some("GPL-2.0-or-later WITH Autoconf-exception-2.0"));
         assert_eq!(map(&["BSD-3-clause or GPL-2, and Expat"]).as_deref(), Some("(BSD-3-Clause OR GPL-2.0-only) AND MIT"));
+        // containerd's copyright file in bookworm (1.6.20~ds1-1+deb12u3).
+        assert_eq!(
+            map(&["Apache-2.0", "Apache-2.0 and Go", "BSD-2-Clause", "CC-BY-SA-4.0", "Go"]).as_deref(),
+            Some("Apache-2.0 AND BSD-3-Clause AND BSD-2-Clause AND CC-BY-SA-4.0")
+        );
     }
 
     #[test]
