@@ -4,6 +4,7 @@
 #   node       manifests/k8s-node-debian.yaml: the real job (needs Debian's archive)
 #   formats    the overhead manifest with --format qcow2,ova,vhd,gce,raw.zst (conversions in parallel)
 #   formats-serial  the same with --convert-jobs 1 (one conversion at a time)
+#   node-arm64 manifests/k8s-node-debian.yaml on the arm64 base image (qemu-user), to compare with node
 # Usage: sudo scripts/bench.sh [overhead|node|formats|formats-serial]... (default: overhead node)
 # Each conversion's own time is in kib's log ("converted to ... in ...s").
 # Results go to target/bench/<name>.json (hyperfine's export) and are printed.
@@ -22,13 +23,17 @@ kib="./target/release/kib -q customize --disk-image $image --output-dir $out"
 $kib --manifest testdata/bench/overhead.yaml >/dev/null
 for b in "${@:-overhead node}"; do
   for name in $b; do
+    warmup=0
     case "$name" in
       overhead) cmd="$kib --manifest testdata/bench/overhead.yaml"; runs=10 ;;
       node) cmd="$kib --manifest manifests/k8s-node-debian.yaml --format qcow2"; runs=3 ;;
       formats) cmd="$kib --manifest testdata/bench/overhead.yaml --format qcow2,ova,vhd,gce,raw.zst"; runs=3 ;;
+      node-arm64)
+        arm64=$(bash scripts/make-base-image.sh --arch arm64 | tail -n 1)
+        cmd="./target/release/kib -q customize --disk-image $arm64 --output-dir $out --manifest manifests/k8s-node-debian.yaml --format qcow2"; runs=3; warmup=1 ;;
       formats-serial) cmd="$kib --manifest testdata/bench/overhead.yaml --format qcow2,ova,vhd,gce,raw.zst --convert-jobs 1"; runs=3 ;;
       *) echo "unknown benchmark $name" >&2; exit 2 ;;
     esac
-    hyperfine --runs "$runs" --export-json "target/bench/$name.json" -n "$name" "$cmd"
+    hyperfine --runs "$runs" --warmup "$warmup" --export-json "target/bench/$name.json" -n "$name" "$cmd"
   done
 done
