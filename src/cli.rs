@@ -23,9 +23,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run all three phases: attach and mount the image, run the manifest's steps in a chroot,
-    /// then sysprep, write the BOM and convert to the output formats. Needs root.
+    /// Run the three phases: attach and mount the image, run the manifest's steps in a chroot,
+    /// then sysprep, write the BOM and convert to the output formats (--phases runs some of
+    /// them). Needs root.
     Customize(CustomizeArgs),
+    /// Open a shell, or run one command, inside an image: Phase 0 on a working copy, then the
+    /// chroot session the steps use. The input is never modified; --save keeps the result as a
+    /// raw disk for `kib customize --phases 2`. Exits with the command's status. Needs root.
+    Shell(ShellArgs),
     /// Load a manifest with its includes and variables, check it, and list its steps. Touches
     /// no image and needs no root.
     Validate(ValidateArgs),
@@ -135,6 +140,42 @@ pub struct CustomizeArgs {
     /// qcow2 compression; overrides the manifest's output.qcow2_compression (default none).
     #[arg(long, value_enum)]
     pub qcow2_compression: Option<Qcow2Compression>,
+    /// The phases to run, comma-separated and consecutive: 0 (verify the input against its
+    /// checksum list, grow the disk), 1 (the manifest's steps in the chroot), 2 (sysprep, BOM,
+    /// SBOMs, fstrim, conversion). Every run attaches and mounts the image. Without 2 the result
+    /// is the working copy as the steps left it, `<name>.raw`, with a bom.json of what was done;
+    /// `--phases 2` (or `1,2`) on that raw continues the build, and its BOM carries the earlier
+    /// run's steps and input.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "0,1,2", value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub phases: Vec<u8>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The disk image: raw, qcow2, or anything qemu-img reads. It is never modified: the shell
+    /// works on a working copy.
+    #[arg(long, value_name = "PATH")]
+    pub disk_image: PathBuf,
+    /// Write the working copy, as the shell or command left it, to FILE (a sparse raw disk)
+    /// when it exits with status 0. It is not sysprepped: `kib customize --phases 2
+    /// --disk-image FILE` finishes it.
+    #[arg(long, value_name = "FILE")]
+    pub save: Option<PathBuf>,
+    /// Grow the disk first, as customize's --disk-size does (such as 20GiB).
+    #[arg(long, value_name = "SIZE")]
+    pub disk_size: Option<String>,
+    /// Do not check the image against the SHA256SUMS or sha256sum.txt beside it.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Where the per-run work directory (holding the raw working copy) is created.
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    pub work_dir: PathBuf,
+    /// kib's cache folder, for the checksums of inputs already read in full.
+    #[arg(long, value_name = "DIR", default_value = "/var/cache/kib")]
+    pub cache_dir: PathBuf,
+    /// The command to run in the image, after `--`; default: root's login shell.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -30,10 +30,20 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
         (None, None) => bail!("give --manifest or --release-channel"),
     };
     let manifest = manifest::load(&manifest_path, &args.set)?;
+    let phases = Phases::parse(&args.phases)?;
     let format_names = if args.format.is_empty() { manifest.output.formats.clone() } else { args.format.clone() };
     let mut formats = Format::parse_list(&format_names)?;
     if formats.is_empty() {
         formats.push(Format::Qcow2);
+    }
+    if !phases.has(2) {
+        if !args.format.is_empty() {
+            bail!("--format chooses Phase 2's outputs; without Phase 2 (--phases {}) the result is the working copy, <name>.raw", phases);
+        }
+        formats = vec![Format::Raw];
+    }
+    if !phases.has(1) && args.lock.is_some() {
+        bail!("--lock pins what Phase 1 installs, and --phases {phases} leaves Phase 1 out");
     }
     let compression = match (args.qcow2_compression, &manifest.output.qcow2_compression) {
         (Some(c), _) => c,
@@ -49,10 +59,20 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
         Some(s) => Some(manifest::parse_disk_size(s).map_err(|e| anyhow::anyhow!("--disk-size: {e}"))?),
         None => manifest.disk_size,
     };
+    if !phases.has(0) && disk_size.is_some() {
+        if args.disk_size.is_some() {
+            bail!("--disk-size grows the disk in Phase 0, and --phases {phases} leaves Phase 0 out");
+        }
+        tracing::info!("{}: disk.size is not applied: Phase 0, which grows the disk, is left out", manifest.path.display());
+        disk_size = None;
+    }
     if formats.contains(&Format::Vhd) && disk_size.is_none() && args.disk_image.is_file() {
         // Azure takes only whole MiB: round an odd-sized disk up (disk sizes are already whole).
         let size = phase0::workcopy::inspect(&args.disk_image)?.virtual_size;
         if size % (1 << 20) != 0 {
+            if !phases.has(0) {
+                bail!("vhd needs a disk of whole MiB and this one has {size} bytes; growing it is Phase 0's, which --phases {phases} leaves out");
+            }
             tracing::info!("vhd: rounding the disk up from {size} bytes to a whole MiB");
             disk_size = Some(size.div_ceil(1 << 20) << 20);
         }
@@ -72,19 +92,20 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     // Phase 0
     let mut image = Image::open(&phase0::Options {
         image: args.disk_image.clone(),
-        verify: !args.no_verify,
+        verify: phases.has(0) && !args.no_verify,
         work_base: args.work_dir.clone(),
         cache_dir: Some(fetcher.cache_dir.clone()),
         read_only: false,
         grow_to: disk_size,
     })?;
     let phase0_s = t0.elapsed().as_secs_f64();
+    let based_on = BasedOn::find(&args.disk_image, &image.input.sha256);
     let staging = Staging::create(&args.output_dir, Some(image.work_dir()))?;
     let unlocked = crate::phase1::unlocked_downloads(&manifest, &image.facts, &fetcher);
     if !unlocked.is_empty() {
         bail!("{} download(s) do not match the lock:\n  - {}", unlocked.len(), unlocked.join("\n  - "));
     }
-    if fetcher.offline {
+    if fetcher.offline && phases.has(1) {
         let missing = crate::phase1::missing_downloads(&manifest, &image.facts, &fetcher);
         if !missing.is_empty() {
             bail!(
@@ -101,24 +122,47 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     // Phase 1
     let t1 = Instant::now();
     let facts = image.facts.clone();
-    let (steps, sysprep_done, packages, phase1_s, t2, emulation) = {
-        // A foreign image (arm64 on amd64) runs its programs through qemu-user: make sure a
-        // binfmt_misc handler is there for the whole session; one kib registers is removed after.
-        let emu = Emulation::ensure(image.root(), &facts.arch).context("preparing to run the image's programs on this host")?;
-        let mut session = Session::open(image.root(), facts.debian_family(), fetcher.mirrors.clone())?;
-        let steps = phase1::run_steps(&mut session, image.root(), &manifest, &facts, &fetcher)?;
+    let sysprep_wanted = phases.has(2) && manifest.sysprep.enabled;
+    let (mut steps, sysprep_done, packages, phase1_s, t2, emulation) = {
+        let (mut session, mut emu) = (None, None);
+        if phases.has(1) || sysprep_wanted {
+            // A foreign image (arm64 on amd64) runs its programs through qemu-user: make sure a
+            // binfmt_misc handler is there for the whole session; one kib registers is removed after.
+            emu = Some(Emulation::ensure(image.root(), &facts.arch).context("preparing to run the image's programs on this host")?);
+            session = Some(Session::open(image.root(), facts.debian_family(), fetcher.mirrors.clone())?);
+        }
+        let steps = match &mut session {
+            Some(session) if phases.has(1) => phase1::run_steps(session, image.root(), &manifest, &facts, &fetcher)?,
+            _ => {
+                tracing::info!("Phase 1 is left out (--phases {phases}): the manifest's {} steps do not run", manifest.steps.len());
+                Vec::new()
+            }
+        };
         let phase1_s = t1.elapsed().as_secs_f64();
-        tracing::info!("phase 1 done in {phase1_s:.1}s");
+        if phases.has(1) {
+            tracing::info!("phase 1 done in {phase1_s:.1}s");
+        }
         let t2 = Instant::now();
         // Phase 2 starts inside the session: sysprep runs `cloud-init clean` in the chroot.
-        let sysprep_done = if manifest.sysprep.enabled { sysprep::run(image.root(), &session, &manifest.sysprep.skip)? } else { Vec::new() };
-        session.close()?;
-        let emulation = emu.record().cloned();
-        emu.close()?;
+        let sysprep_done = match &session {
+            Some(session) if sysprep_wanted => sysprep::run(image.root(), session, &manifest.sysprep.skip)?,
+            _ => Vec::new(),
+        };
+        if let Some(mut session) = session {
+            session.close()?;
+        }
+        let emulation = emu.as_ref().and_then(|e| e.record().cloned());
+        if let Some(emu) = emu {
+            emu.close()?;
+        }
         let packages = bom::packages(image.root())?;
         (steps, sysprep_done, packages, phase1_s, t2, emulation)
     };
-    phase2::trim(&image)?;
+    if phases.has(2) {
+        phase2::trim(&image)?;
+    } else {
+        tracing::info!("Phase 2 is left out (--phases {phases}): no sysprep; the result is the working copy as the steps left it");
+    }
     image.unmount()?;
     let plan = convert::Plan {
         compression,
@@ -130,10 +174,17 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     phase_seconds.insert("phase0", round(phase0_s));
     phase_seconds.insert("phase1", round(phase1_s));
     phase_seconds.insert("phase2", round(t2.elapsed().as_secs_f64()));
+    if let Some(b) = &based_on {
+        tracing::info!("the input was made by the kib build in {} ({} steps, phases {}): its steps open this BOM", b.record.bom.display(), b.steps.len(), b.record.phases.iter().map(u8::to_string).collect::<Vec<_>>().join(","));
+    }
+    let (based_on, earlier_steps) = based_on.map_or((None, Vec::new()), |b| (Some(b.record), b.steps));
+    steps.splice(0..0, earlier_steps);
     let bom = Bom {
         bom_version: 1,
         kib_version: env!("CARGO_PKG_VERSION"),
         build_started: started,
+        phases: phases.list(),
+        based_on,
         phase_seconds,
         input: image.input.clone(),
         manifest: ManifestRecord::new(&manifest),
@@ -153,7 +204,9 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
     let bom_json = serde_json::to_vec_pretty(&bom)?;
     std::fs::write(staging.dir().join("bom.json"), &bom_json)?;
     let mut written = vec![("bom.json".to_string(), crate::hash::sha256_bytes(&bom_json))];
-    written.extend(phase2::sbom::write_all(&phase2::sbom::SbomInput::from_bom(&bom, &name), staging.dir(), &name)?);
+    if phases.has(2) {
+        written.extend(phase2::sbom::write_all(&phase2::sbom::SbomInput::from_bom(&bom, &name), staging.dir(), &name)?);
+    }
     let sums = phase2::sha256sums(artifacts.iter().map(|a| (a.file.as_str(), a.sha256.as_str())).chain(written.iter().map(|(f, s)| (f.as_str(), s.as_str()))));
     std::fs::write(staging.dir().join("SHA256SUMS"), sums)?;
     let mut files: Vec<&str> = artifacts.iter().map(|a| a.file.as_str()).chain(written.iter().map(|(f, _)| f.as_str())).collect();
@@ -167,6 +220,86 @@ pub fn run(args: &CustomizeArgs) -> Result<()> {
         files.iter().map(|f| Path::new(&args.output_dir).join(f).display().to_string()).collect::<Vec<_>>().join(" ")
     );
     Ok(())
+}
+
+/// The phases a run does (`--phases`): any non-empty set of 0, 1 and 2. Attaching and mounting
+/// happen in every run; what `--phases` leaves out is Phase 0's verification and growth, Phase 1's
+/// steps, or Phase 2's sysprep, fstrim, SBOMs and conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phases([bool; 3]);
+
+impl Phases {
+    /// From `--phases` values (each 0, 1 or 2; clap checks the range).
+    ///
+    /// Errors: an empty list.
+    pub fn parse(list: &[u8]) -> Result<Phases> {
+        let mut p = [false; 3];
+        for &n in list {
+            match p.get_mut(usize::from(n)) {
+                Some(slot) => *slot = true,
+                None => bail!("--phases: there is no phase {n}; the phases are 0, 1 and 2"),
+            }
+        }
+        if p == [false; 3] {
+            bail!("--phases: name at least one of 0, 1 and 2");
+        }
+        Ok(Phases(p))
+    }
+
+    pub fn has(self, n: usize) -> bool {
+        self.0.get(n).copied().unwrap_or(false)
+    }
+
+    /// The phases, in order: `[0, 1, 2]`.
+    pub fn list(self) -> Vec<u8> {
+        (0u8..3).filter(|&n| self.has(usize::from(n))).collect()
+    }
+}
+
+impl std::fmt::Display for Phases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.list().iter().map(u8::to_string).collect::<Vec<_>>().join(","))
+    }
+}
+
+/// The earlier kib build that made this run's input, found by its `bom.json` beside the input
+/// listing an artifact with the input's SHA-256 (as a `--phases 0,1` run leaves it).
+struct BasedOn {
+    record: bom::BasedOn,
+    steps: Vec<phase1::StepRecord>,
+}
+
+impl BasedOn {
+    /// `None` when there is no `bom.json` beside `input`, it cannot be read, or it lists no
+    /// artifact with `sha256` (it belongs to another image); the reason is logged at debug level.
+    fn find(input: &Path, sha256: &str) -> Option<BasedOn> {
+        let path = input.with_file_name("bom.json");
+        let text = std::fs::read(&path).ok()?;
+        let parsed: Result<bom::EarlierBom, _> = serde_json::from_slice(&text);
+        let earlier = match parsed {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!("{} is not a bom.json kib can continue from: {e}", path.display());
+                return None;
+            }
+        };
+        if sha256.is_empty() || !earlier.artifacts.iter().any(|a| a.sha256 == sha256) {
+            tracing::debug!("{} does not list the input's SHA-256 {sha256}: not its build", path.display());
+            return None;
+        }
+        Some(BasedOn {
+            record: bom::BasedOn {
+                bom: std::path::absolute(&path).unwrap_or(path),
+                bom_sha256: crate::hash::sha256_bytes(&text),
+                build_started: earlier.build_started,
+                phases: earlier.phases,
+                input: earlier.input,
+                manifest: earlier.manifest,
+                steps: earlier.steps.len(),
+            },
+            steps: earlier.steps,
+        })
+    }
 }
 
 /// What the OVA's descriptor says: the image's OS and the versions of what was installed.

@@ -176,6 +176,31 @@ pub fn run(cmd: &mut Command, what: &str, timeout: Option<Duration>) -> Result<V
     }
 }
 
+/// Runs `cmd` with kib's standard input, output and error (a terminal, for an interactive
+/// shell) and returns its exit status. It stays in kib's process group, the terminal's
+/// foreground group, so that it can read the terminal; an interactive shell with job control
+/// moves itself into a group of its own and takes the terminal, so a Ctrl-C at its prompt never
+/// reaches kib. A Ctrl-C or SIGTERM that does reach kib kills the command (for chroot commands,
+/// its whole PID namespace) and returns [`ExecError::Interrupted`].
+///
+/// Errors: the program cannot start, or kib is interrupted.
+pub fn interactive(cmd: &mut Command, what: &str) -> Result<ExitStatus, ExecError> {
+    die_with_parent(cmd);
+    cmd.stdin(Stdio::inherit()).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn { what: what.into(), source })?;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|source| ExecError::Spawn { what: what.into(), source })? {
+            return Ok(status);
+        }
+        if let Some(signal) = interrupted() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ExecError::Interrupted { what: what.into(), signal });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Makes the child get SIGKILL when the thread that started it (and so kib) dies, however it
 /// dies. For chroot commands, `unshare --kill-child` passes it on to the whole PID namespace.
 #[allow(unsafe_code)]

@@ -22,3 +22,4 @@ pub mod cleanup;
 pub mod out;
 pub mod inspect;
 pub mod lock;
+pub mod shell;

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match run(cli.command) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             match exec::interrupted() {
@@ -41,8 +41,19 @@ fn mounting_as_root(subcommand: &str) -> Result<()> {
     Ok(())
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Shell(args) => {
+            mounting_as_root("shell")?;
+            return kib::shell::run(&args);
+        }
+        command => run_to_end(command).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn run_to_end(command: Command) -> Result<()> {
+    match command {
+        Command::Shell(_) => unreachable!("handled by run"),
         Command::Customize(args) => {
             mounting_as_root("customize")?;
             customize::run(&args)

@@ -84,7 +84,7 @@ pub enum FetchError {
 }
 
 /// A verified file in the cache.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Fetched {
     /// The URL as the manifest names it (credentials removed).
     pub url: String,
@@ -94,6 +94,7 @@ pub struct Fetched {
     pub sha256: String,
     /// Size in bytes.
     pub size: u64,
+    /// The file in the cache; not recorded (empty when read back from a bom.json).
     #[serde(skip)]
     pub path: PathBuf,
 }

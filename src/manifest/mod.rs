@@ -234,7 +234,7 @@ fn resolve(mut loader: Loader<'_>, path: &Path, overrides: &[String]) -> Result<
     // Check every reference now, with placeholders for the facts Phase 0 provides.
     let mut probe = variables.clone();
     for b in vars::BUILTIN {
-        probe.0.entry((*b).to_string()).or_insert_with(String::new);
+        probe.0.entry((*b).to_string()).or_default();
     }
     for step in &loader.steps {
         if let Err(vars::Undefined(name)) = step.action.expand(&probe) {

@@ -17,7 +17,7 @@ use crate::guest::GuestRoot;
 use crate::manifest::ImagesStep;
 
 /// An image now in containerd's store.
-#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct LoadedImage {
     /// Its reference, such as `registry.k8s.io/pause:3.9`.
     pub name: String,

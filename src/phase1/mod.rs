@@ -22,7 +22,7 @@ use crate::phase0::facts::Facts;
 use session::Session;
 
 /// A file a step wrote, for the BOM.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct FileRecord {
     /// Image path.
     pub path: String,
@@ -35,23 +35,24 @@ pub struct FileRecord {
     pub owner: String,
 }
 
-/// What a step did, for the BOM.
-#[derive(Debug, Clone, serde::Serialize)]
+/// What a step did, for the BOM. Read back from an earlier bom.json when a build continues
+/// from a `--phases 0,1` run's image.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct StepRecord {
     pub name: String,
-    pub kind: &'static str,
+    pub kind: String,
     /// The YAML file that defines it.
     pub origin: PathBuf,
     /// `ok`, or `skipped` when its `when` did not match the image.
-    pub status: &'static str,
+    pub status: String,
     /// Wall time in seconds.
     pub duration_seconds: f64,
     pub files: Vec<FileRecord>,
     /// What a `download`, `repository` or `images` step fetched: URL, where from, SHA-256, size.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub downloads: Vec<Fetched>,
     /// Container images an `images` step loaded: name and digest.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<images::LoadedImage>,
 }
 
@@ -96,10 +97,10 @@ pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifes
             bail!("interrupted by signal {sig} before step {}/{total} `{}`", i + 1, step.name);
         }
         let kind = step.action.kind();
-        let mut record = StepRecord { name: step.name.clone(), kind, origin: step.origin.clone(), status: "ok", duration_seconds: 0.0, files: Vec::new(), downloads: Vec::new(), images: Vec::new() };
+        let mut record = StepRecord { name: step.name.clone(), kind: kind.to_string(), origin: step.origin.clone(), status: "ok".into(), duration_seconds: 0.0, files: Vec::new(), downloads: Vec::new(), images: Vec::new() };
         if !step.applies(&os_ids, &facts.arch, &vars) {
             tracing::info!("step {}/{total} `{}` ({kind}) skipped: its `when` does not match this image", i + 1, step.name);
-            record.status = "skipped";
+            record.status = "skipped".into();
             records.push(record);
             continue;
         }
@@ -112,8 +113,8 @@ pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifes
         if let Err(e) = result {
             let e = if format!("{e:#}").contains("No space left on device") {
                 e.context(
-                    "no space left in the image: its filesystem is full. Start from a larger base image \
-                     (growing the disk with `disk.size` is not implemented yet)",
+                    "no space left in the image: its filesystem is full. Grow the disk before the steps run \
+                     with `disk: {size: 20GiB}` in the manifest or `--disk-size 20GiB`",
                 )
             } else {
                 e

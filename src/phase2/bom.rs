@@ -46,6 +46,13 @@ pub struct Bom {
     pub kib_version: &'static str,
     /// When the build started, RFC 3339 UTC.
     pub build_started: String,
+    /// The phases this run did (`--phases`): `[0, 1, 2]` for a complete build.
+    pub phases: Vec<u8>,
+    /// The kib build that made the input image, when its bom.json lies beside the input and
+    /// lists the input's SHA-256 among its artifacts (a `--phases 0,1` run, continued here). Its
+    /// steps open `steps`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub based_on: Option<BasedOn>,
     /// Wall time of each phase, in seconds.
     pub phase_seconds: IndexMap<&'static str, f64>,
     pub input: InputRecord,
@@ -71,6 +78,45 @@ pub struct Bom {
     pub steps: Vec<StepRecord>,
     pub sysprep: Vec<&'static str>,
     pub artifacts: Vec<Artifact>,
+}
+
+/// The earlier build a BOM continues (see [`Bom::based_on`]).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BasedOn {
+    /// Its bom.json, and that file's SHA-256.
+    pub bom: PathBuf,
+    pub bom_sha256: String,
+    pub build_started: String,
+    pub phases: Vec<u8>,
+    /// Its input and manifest records, as it wrote them.
+    pub input: serde_json::Value,
+    pub manifest: serde_json::Value,
+    /// How many of `steps` are its.
+    pub steps: usize,
+}
+
+/// What kib reads back from an earlier bom.json to continue its build.
+#[derive(Debug, serde::Deserialize)]
+pub struct EarlierBom {
+    pub build_started: String,
+    /// BOMs written before `--phases` existed were complete builds.
+    #[serde(default = "all_phases")]
+    pub phases: Vec<u8>,
+    pub input: serde_json::Value,
+    pub manifest: serde_json::Value,
+    pub steps: Vec<StepRecord>,
+    pub artifacts: Vec<ArtifactSum>,
+}
+
+/// An artifact's file and SHA-256, as an earlier bom.json lists it.
+#[derive(Debug, serde::Deserialize)]
+pub struct ArtifactSum {
+    pub file: String,
+    pub sha256: String,
+}
+
+fn all_phases() -> Vec<u8> {
+    vec![0, 1, 2]
 }
 
 /// The manifest as the BOM records it. Variables are recorded because they decide what was
