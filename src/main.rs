@@ -45,7 +45,7 @@ fn run(command: Command) -> Result<ExitCode> {
     match command {
         Command::Shell(args) => {
             mounting_as_root("shell")?;
-            return kib::shell::run(&args);
+            kib::shell::run(&args)
         }
         command => run_to_end(command).map(|()| ExitCode::SUCCESS),
     }
