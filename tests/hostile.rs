@@ -66,9 +66,10 @@ fn escaping_tarball(path: &Path, host: &Path) {
 
 #[test]
 fn hostile_symlinks_cannot_reach_the_host() {
-    // Not under /tmp: sysprep empties the image's /tmp, and the links' inside counterparts live at
-    // the image path that equals the bait folder's host path.
-    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // The links' inside counterparts live at the image path that equals the bait folder's host
+    // path, so that path must be one that sysprep leaves alone: not under /tmp or /var/tmp (where
+    // the checkout, and so CARGO_TARGET_TMPDIR, may be), nor /run (a tmpfs during the session).
+    let tmp = tempfile::Builder::new().prefix("kib-hostile-test-").tempdir_in("/var/lib").unwrap();
     let host = tmp.path().join("host");
     let tree = tmp.path().join("hostile.raw.tree");
     std::fs::create_dir_all(tree.join("bin")).unwrap();
