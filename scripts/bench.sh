@@ -5,6 +5,8 @@
 #   formats    the overhead manifest with --format qcow2,ova,vhd,gce,raw.zst (conversions in parallel)
 #   formats-serial  the same with --convert-jobs 1 (one conversion at a time)
 #   node-arm64 manifests/k8s-node-debian.yaml on the arm64 base image (qemu-user), to compare with node
+#   conversions  one node build into the five formats, one conversion at a time, printing each one's
+#              time from kib's log (target/bench/conversions.txt)
 # Usage: sudo scripts/bench.sh [overhead|node|formats|formats-serial]... (default: overhead node)
 # Each conversion's own time is in kib's log ("converted to ... in ...s").
 # Results go to target/bench/<name>.json (hyperfine's export) and are printed.
@@ -24,6 +26,12 @@ $kib --manifest testdata/bench/overhead.yaml >/dev/null
 for b in "${@:-overhead node}"; do
   for name in $b; do
     warmup=0
+    if [ "$name" = conversions ]; then
+      ./target/release/kib customize --disk-image "$image" --output-dir "$out" --manifest manifests/k8s-node-debian.yaml \
+        --format qcow2,ova,vhd,gce,raw.zst --qcow2-compression zstd --convert-jobs 1 2>&1 \
+        | grep -E 'converted to|packed the ova|done in' | sed 's/^.*INFO[^a-z]*//' | tee target/bench/conversions.txt
+      continue
+    fi
     case "$name" in
       overhead) cmd="$kib --manifest testdata/bench/overhead.yaml"; runs=10 ;;
       node) cmd="$kib --manifest manifests/k8s-node-debian.yaml --format qcow2"; runs=3 ;;
