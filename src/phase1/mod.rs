@@ -114,7 +114,7 @@ pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifes
             let e = if format!("{e:#}").contains("No space left on device") {
                 e.context(
                     "no space left in the image: its filesystem is full. Grow the disk before the steps run \
-                     with `disk: {size: 20GiB}` in the manifest or `--disk-size 20GiB`",
+                     with the manifest's disk.size (`disk: {size: 20GiB}`) or `--disk-size 20GiB`",
                 )
             } else {
                 e
