@@ -14,7 +14,7 @@ KIB_BASE_IMAGE=$(bash scripts/make-base-image.sh | tail -n 1)
 export KIB_BASE_IMAGE
 KIB_BASE_IMAGE_ARM64=$(bash scripts/make-base-image.sh --arch arm64 | tail -n 1)
 export KIB_BASE_IMAGE_ARM64
-cargo test --release --locked "$@"
+cargo test --release --locked --no-fail-fast "$@"
 
 # Then fuzz the input parsers briefly: KIB_FUZZ_SECONDS per target (default 30; 0 skips). The
 # instrumented build is kept in /var/cache/kib/fuzz-target, like the base image, so only the
