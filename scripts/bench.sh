@@ -29,7 +29,8 @@ for b in "${@:-overhead node}"; do
     if [ "$name" = conversions ]; then
       ./target/release/kib customize --disk-image "$image" --output-dir "$out" --manifest manifests/k8s-node-debian.yaml \
         --format qcow2,ova,vhd,gce,raw.zst --qcow2-compression zstd --convert-jobs 1 2>&1 \
-        | grep -E 'converted to|packed the ova|done in' | sed 's/^.*INFO[^a-z]*//' | tee target/bench/conversions.txt
+        | sed 's/\x1b\[[0-9;]*m//g' | grep -E 'converted to|packed the ova|phase [012] done in|done in .*\(phase' \
+        | sed 's/^.*INFO *//' | tee target/bench/conversions.txt
       continue
     fi
     case "$name" in
