@@ -432,3 +432,18 @@ pub fn fetch_all(args: &crate::cli::FetchArgs) -> Result<()> {
 fn round(s: f64) -> f64 {
     (s * 1000.0).round() / 1000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_parse_any_non_empty_set() {
+        assert_eq!(Phases::parse(&[0, 1, 2]).unwrap().list(), [0, 1, 2]);
+        assert_eq!(Phases::parse(&[2, 0, 2]).unwrap().to_string(), "0,2");
+        let p = Phases::parse(&[1]).unwrap();
+        assert!(p.has(1) && !p.has(0) && !p.has(2) && !p.has(7));
+        assert!(Phases::parse(&[]).unwrap_err().to_string().contains("at least one"));
+        assert!(Phases::parse(&[3]).unwrap_err().to_string().contains("no phase 3"));
+    }
+}
