@@ -2,7 +2,7 @@
 //! chroot session the steps use. For finding out by hand what a step should do, and for images
 //! customized by hand: `--save` keeps the result as a raw disk for `kib customize --phases 2`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use crate::cli::ShellArgs;
 use crate::phase0::{self, Image};
 use crate::phase1::{binfmt::Emulation, session::Session};
-use crate::phase2::convert::{self, Format, Qcow2Compression, Staging};
+use crate::phase2::convert::{self, Staging};
 
 /// The command run when none is given: root's login shell from the image's /etc/passwd when the
 /// image has it, else `/bin/sh`. The shell is a login shell (`-l`), so the image's profile is read.
@@ -85,12 +85,13 @@ pub fn run(args: &ShellArgs) -> Result<ExitCode> {
 }
 
 /// The working copy, written as a sparse raw file at `dest` through a staging folder, so that
-/// `dest` appears complete or not at all.
-fn save_raw(disk: &Path, work: &Path, dir: &Path, dest: &PathBuf) -> Result<()> {
+/// `dest` appears complete or not at all (a copy across filesystems is made in the staging
+/// folder, then renamed).
+fn save_raw(disk: &Path, work: &Path, dir: &Path, dest: &Path) -> Result<()> {
     let staging = Staging::create(dir, Some(work))?;
-    let plan = convert::Plan { compression: Qcow2Compression::None, jobs: 1, ovf: None };
-    convert::convert_all(disk, staging.dir(), "saved", &[Format::Raw], &plan)?;
-    std::fs::rename(staging.dir().join(Format::Raw.file_name("saved")), dest).with_context(|| format!("moving the image to {}", dest.display()))?;
+    let staged = staging.dir().join("saved.raw");
+    convert::move_raw(disk, &staged)?;
+    std::fs::rename(&staged, dest).with_context(|| format!("moving the image to {}", dest.display()))?;
     Ok(())
 }
 

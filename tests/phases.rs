@@ -24,20 +24,7 @@ output: {formats: [raw]}
 
 /// `kib customize` of `img` into `out`, with the work directory and cache in `tmp`.
 fn customize(img: &Path, manifest: &Path, tmp: &Path, out: &Path, extra: &[&str]) -> (bool, String) {
-    let run = kib()
-        .args(["customize", "--disk-image"])
-        .arg(img)
-        .arg("--manifest")
-        .arg(manifest)
-        .arg("--output-dir")
-        .arg(out)
-        .arg("--work-dir")
-        .arg(tmp.join("work"))
-        .arg("--cache-dir")
-        .arg(tmp.join("cache"))
-        .args(extra)
-        .output()
-        .unwrap();
+    let run = customize_cmd_to(img, manifest, tmp, out).args(extra).output().unwrap();
     (run.status.success(), String::from_utf8_lossy(&run.stderr).into_owned())
 }
 

@@ -190,6 +190,17 @@ fn command(format: Format, compression: Qcow2Compression, disk: &Path, dest: &Pa
     }
 }
 
+/// Moves the raw working copy `disk` to `dest`: a rename on the same filesystem, else a sparse
+/// copy with qemu-img (`disk` then stays). `dest` is replaced if it exists.
+///
+/// Errors: the copy fails (its output is shown).
+pub fn move_raw(disk: &Path, dest: &Path) -> Result<()> {
+    if std::fs::rename(disk, dest).is_err() {
+        exec::run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw"]).arg(disk).arg(dest), "qemu-img convert to raw", None)?;
+    }
+    Ok(())
+}
+
 /// How [`convert_all`] works.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -303,9 +314,7 @@ pub fn convert_all(disk: &Path, dir: &Path, name: &str, formats: &[Format], plan
     if formats.contains(&Format::Raw) {
         let dest = dir.join(format!("{name}.raw"));
         let t = std::time::Instant::now();
-        if std::fs::rename(disk, &dest).is_err() {
-            exec::run(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw"]).arg(disk).arg(&dest), "qemu-img convert to raw", None)?;
-        }
+        move_raw(disk, &dest)?;
         tracing::info!("raw image ready in {:.1}s", t.elapsed().as_secs_f64());
         written.push((Format::Raw, dest));
     }

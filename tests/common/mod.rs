@@ -114,6 +114,11 @@ pub fn tiny_image(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
 /// A `kib customize` command with the output, work and cache folders inside `tmp`
 /// (`out`, `work`, `cache`).
 pub fn customize_cmd(img: &Path, manifest: &Path, tmp: &Path) -> Command {
+    customize_cmd_to(img, manifest, tmp, &tmp.join("out"))
+}
+
+/// [`customize_cmd`] with the output folder `out` instead of `tmp/out`.
+pub fn customize_cmd_to(img: &Path, manifest: &Path, tmp: &Path, out: &Path) -> Command {
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("kib"));
     c.current_dir(repo())
         .args(["customize", "--disk-image"])
@@ -121,7 +126,7 @@ pub fn customize_cmd(img: &Path, manifest: &Path, tmp: &Path) -> Command {
         .arg("--manifest")
         .arg(manifest)
         .arg("--output-dir")
-        .arg(tmp.join("out"))
+        .arg(out)
         .arg("--work-dir")
         .arg(tmp.join("work"))
         .arg("--cache-dir")
