@@ -95,7 +95,7 @@ esac
 # --- Debian dependencies ------------------------------------------------------------------
 ensure_deps() {
     local missing=() pkg
-    for pkg in rpm createrepo-c gnupg python3 coreutils; do
+    for pkg in rpm createrepo-c gnupg gpgv python3 coreutils; do
         if [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true) != "install ok installed" ]]; then
             missing+=("$pkg")
         fi
@@ -627,6 +627,33 @@ make_repo() {
     cp "$KEYS/$pub.asc" "$dir/repodata/repomd.xml.key"
 }
 
+# check_sigs KEYNAME WANT RPM...: rpmkeys --checksig against only KEYNAME's public key, in a
+# throw-away rpmdb; WANT is "ok" (every package must verify) or "bad" (none may).
+check_sigs() {
+    local key=$1 want=$2 db f out
+    shift 2
+    db=$(mktemp -d "$WORK/rpmdb.XXXXXX")
+    rpmkeys --dbpath "$db" --import "$KEYS/$key.asc"
+    for f in "$@"; do
+        if out=$(rpmkeys --dbpath "$db" --checksig "$f" 2>&1); then
+            [[ $want == ok ]] || die "$f verifies with the $key key but must not: $out"
+        else
+            [[ $want == bad ]] || die "$f does not verify with the $key key: $out"
+        fi
+    done
+    rm -rf -- "$db"
+}
+
+# check_repomd DIR KEYNAME: repomd.xml.asc must verify with KEYNAME's key (gpgv).
+check_repomd() {
+    local dir=$1 key=$2 ring
+    ring=$(mktemp "$WORK/ring.XXXXXX")
+    gpg --batch --quiet --dearmor <"$KEYS/$key.asc" >"$ring"
+    gpgv --quiet --keyring "$ring" "$dir/repodata/repomd.xml.asc" "$dir/repodata/repomd.xml" 2>/dev/null ||
+        die "$dir/repodata/repomd.xml.asc does not verify with the $key key"
+    rm -f -- "$ring"
+}
+
 # build_table TABLE ARCH UNSIGNED_DIR: builds every source package of TABLE (lines as above,
 # grouped by source, in order) for ARCH in parallel (2 jobs).
 build_table() {
@@ -764,7 +791,9 @@ build_distro() {
             cp -- "$f" "$base/Packages/$letter/"
         done
         sign distro "$base"/Packages/*/*.rpm
+        check_sigs distro ok "$base"/Packages/*/*.rpm
         make_repo "$base" distro distro
+        check_repomd "$base" distro
     done
     cp "$KEYS/distro.asc" "$tmp/rocky/pub/rocky/RPM-GPG-KEY-kib-fixture-distro"
 
@@ -772,7 +801,9 @@ build_distro() {
     mkdir -p "$base"
     cp -r -- "$tmp/unsigned-suse/pool"/* "$base/"
     sign distro "$base"/*/*.rpm
+    check_sigs distro ok "$base"/*/*.rpm
     make_repo "$base" distro distro
+    check_repomd "$base" distro
 
     # What make-el-image.sh installs into the image's rpmdb, by variant (paths relative to here).
     local name
@@ -875,8 +906,13 @@ build_k8s() {
         done
         sign k8s "$tmp/$rel"/*/*.rpm
         sign rogue "$tmp/$bad"/*/*.rpm
+        check_sigs k8s ok "$tmp/$rel"/*/*.rpm
+        check_sigs k8s bad "$tmp/$bad"/*/*.rpm
+        check_sigs rogue ok "$tmp/$bad"/*/*.rpm
         make_repo "$tmp/$rel" k8s k8s
         make_repo "$tmp/$bad" rogue k8s
+        check_repomd "$tmp/$rel" k8s
+        check_repomd "$tmp/$bad" rogue
     done
     rm -rf -- "$tmp/unsigned"
     find "$tmp" -mindepth 1 -exec touch -h -d "@$EPOCH_TIME" {} +
