@@ -13,9 +13,11 @@ need=()
 have_cmd() { command -v "$1" >/dev/null 2>&1; }
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 
-# The last seven build the test fixture mirror (testdata/mirror/make-fixtures.sh).
+# dpkg-dev .. python3 build the test fixture mirror (testdata/mirror/make-fixtures.sh); rpm and
+# createrepo-c its RPM side (make-rpm-fixtures.sh: rpmbuild, rpmsign, rpmkeys, createrepo_c), which
+# testdata/el/make-el-image.sh's fixture images use too.
 for pkg in mmdebstrap fdisk dosfstools mtools e2fsprogs util-linux mount libclang-dev pkg-config ca-certificates \
-           qemu-user-static arch-test dpkg-dev apt-utils gnupg gpgv umoci skopeo python3; do
+           qemu-user-static arch-test dpkg-dev apt-utils gnupg gpgv umoci skopeo python3 rpm createrepo-c openssl; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 # Disk growth (disk.size) grows xfs and btrfs roots with their own tools.

@@ -3,14 +3,17 @@
 #
 # Builds kib's offline TEST FIXTURE mirror under OUTDIR: stand-ins for pkgs.k8s.io's flat
 # Debian repositories, dl.k8s.io's release files, the GitHub release downloads of cri-tools
-# and the CNI plugins, and container image archives for registry.k8s.io images. Nothing in
-# it is real Kubernetes: every program is a tiny shell script that prints its version, every
-# package and image says it is a kib test fixture. Made from Debian 12 packages and tools
-# only, offline. See README.md beside this script.
+# and the CNI plugins, and container image archives for registry.k8s.io images; and, through
+# make-rpm-fixtures.sh beside it, pkgs.k8s.io's RPM repositories and Rocky Linux / SUSE
+# repository stand-ins (set KIB_FIXTURES_RPM=0 to leave those out). Nothing in it is real
+# Kubernetes: every program is a tiny shell script that prints its version, every package and
+# image says it is a kib test fixture. Made from Debian 12 packages and tools only, offline.
+# See README.md beside this script.
 #
 # VERSION (default 1.30.0) is a Kubernetes version X.Y.Z; several may be given.
 # Runs as root; installs its missing Debian dependencies with apt-get. Wipes and rebuilds
-# OUTDIR/{pkgs,dl,github,images} and OUTDIR/FIXTURES.json, and nothing else in OUTDIR.
+# OUTDIR/{pkgs,dl,github,images,badsig,rocky,suse}, OUTDIR/FIXTURES.json and
+# OUTDIR/RPM-FIXTURES.json, and nothing else in OUTDIR.
 # SOURCE_DATE_EPOCH (default 2024-01-01) fixes every timestamp: all files except the ones
 # that depend on the throw-away signing key (Release.key, InRelease, Release.gpg) come out
 # byte-identical from one run to the next.
@@ -80,7 +83,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-rm -rf -- "$OUTDIR/pkgs" "$OUTDIR/dl" "$OUTDIR/github" "$OUTDIR/images" "$OUTDIR/FIXTURES.json"
+rm -rf -- "$OUTDIR/pkgs" "$OUTDIR/dl" "$OUTDIR/github" "$OUTDIR/images" "$OUTDIR/FIXTURES.json" \
+    "$OUTDIR/badsig" "$OUTDIR/rocky" "$OUTDIR/suse" "$OUTDIR/RPM-FIXTURES.json"
 RECORDS="$WORK/records.tsv"
 : >"$RECORDS"
 
@@ -385,6 +389,12 @@ image_fixture images/etcd-3.5.15-0.tar registry.k8s.io/etcd:3.5.15-0 "$IMAGE_ARC
 image_fixture images/coredns-v1.11.3.tar registry.k8s.io/coredns/coredns:v1.11.3 "$IMAGE_ARCH" \
     "docker-archive of registry.k8s.io/coredns/coredns:v1.11.3" /coredns
 
+# --- 5. RPM repositories (make-rpm-fixtures.sh, cached under /var/cache/kib/el) -------------
+if [[ ${KIB_FIXTURES_RPM:-1} != 0 ]]; then
+    log "RPM repositories"
+    bash "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/make-rpm-fixtures.sh" "$OUTDIR" "${VERSIONS[@]}"
+fi
+
 # --- FIXTURES.json ----------------------------------------------------------------------------
 log "FIXTURES.json"
 KEY_SHA=$(sha256_of "$OUTDIR/pkgs/core:/stable:/v${MINORS[0]}/deb/Release.key")
@@ -415,8 +425,21 @@ for rel, stands_for, kind in rows(records):
                   "kind": kind, "stands_for": stands_for})
 files.sort(key=lambda f: f["path"])
 
+# The RPM side (make-rpm-fixtures.sh) lists its own files in RPM-FIXTURES.json.
+rpm = None
+rpm_json = os.path.join(outdir, "RPM-FIXTURES.json")
+if os.path.exists(rpm_json):
+    with open(rpm_json) as f:
+        rpm = json.load(f)
+    for entry in rpm.pop("files"):
+        if entry["path"] in seen:
+            sys.exit(f"make-fixtures: {entry['path']} recorded twice")
+        seen.add(entry["path"])
+        files.append(entry)
+    files.sort(key=lambda f: f["path"])
+
 # Every file under the folders this script owns must be listed.
-for top in ("pkgs", "dl", "github", "images"):
+for top in ("pkgs", "dl", "github", "images", "badsig", "rocky", "suse"):
     for d, _, names in os.walk(os.path.join(outdir, top)):
         for n in names:
             rel = os.path.relpath(os.path.join(d, n), outdir)
@@ -459,8 +482,10 @@ doc = {
         "https://pkgs.k8s.io": "pkgs",
         "https://dl.k8s.io": "dl",
         "https://github.com": "github",
+        **({"https://dl.rockylinux.org": "rocky", "https://updates.suse.com": "suse"} if rpm else {}),
     },
     "apt": apt,
+    "rpm": rpm,
     "images": images,
     "files": files,
 }
