@@ -1,11 +1,14 @@
-//! Foreign architectures: the arm64 Debian 12 base image (scripts/make-base-image.sh --arch
-//! arm64, env KIB_BASE_IMAGE_ARM64) customized on this amd64 host with no VM, its programs run
-//! through qemu-user and binfmt_misc.
+//! Foreign architectures: kib's arm64 test fixture (testdata/arm64/make-image.sh, env
+//! KIB_BASE_IMAGE_ARM64: a Debian 12 arm64 minbase tree plus systemd and ca-certificates on a
+//! GPT disk, not a bootable image) customized on this amd64 host with no VM, its programs run
+//! through qemu-user and binfmt_misc. The node manifest's apt, run, systemd and images steps all
+//! execute the image's own arm64 programs (apt, dpkg and maintainer scripts, systemctl,
+//! containerd and ctr) under emulation.
 //!
-//! The fixtures are named as such: `kib-fixture-true` is the arm64 base image's own
-//! /usr/bin/true (a real aarch64 ELF file), served by a local mirror on 127.0.0.1 under a
-//! `${arch}` URL, and `kib.example/fixture/true-arm64:1` is a one-layer arm64 docker-archive
-//! holding it, made here with umoci and skopeo.
+//! The fixtures are named as such: `kib-fixture-true` is the arm64 image's own /usr/bin/true
+//! (a real aarch64 ELF file), served by a local mirror on 127.0.0.1 under a `${arch}` URL, and
+//! `kib.example/fixture/true-arm64:1` is a one-layer arm64 docker-archive holding it, made here
+//! with umoci and skopeo.
 //!
 //! These tests change the host's binfmt_misc handlers (they disable a host handler, or register
 //! a stand-in one) and always put them back through Drop guards; they take a lock so that they
@@ -33,12 +36,14 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
     BINFMT_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The arm64 base image that `scripts/make-base-image.sh --arch arm64` builds and caches.
+/// The arm64 test fixture that `testdata/arm64/make-image.sh` builds and caches (any arm64
+/// Debian disk image with systemd will do, such as `scripts/make-base-image.sh --arch arm64`'s
+/// cloud image).
 fn arm64_image() -> PathBuf {
     let p = std::env::var_os("KIB_BASE_IMAGE_ARM64")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/kib/base/debian-12-genericcloud-arm64.raw"));
-    assert!(p.exists(), "arm64 base image {} missing: run scripts/make-base-image.sh --arch arm64 (scripts/test.sh does)", p.display());
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kib/fixtures/arm64/kib-fixture-debian-12-minbase-arm64.raw"));
+    assert!(p.exists(), "arm64 test fixture {} missing: run testdata/arm64/make-image.sh (scripts/test.sh does)", p.display());
     p
 }
 
@@ -162,12 +167,12 @@ fn debian_like_registration(name: &str) -> String {
     kib::phase1::binfmt::registration(name, &def, Path::new("/usr/bin/qemu-aarch64-static"), "F")
 }
 
-/// Copies the arm64 base image's /usr/bin/true (a real aarch64 ELF executable) out as a fixture.
+/// Copies the arm64 image's /usr/bin/true (a real aarch64 ELF executable) out as a fixture.
 fn aarch64_true(tmp: &Path) -> Vec<u8> {
     let m = Mounted::partition(&arm64_image(), 1, &tmp.join("arm64-root"));
     let bytes = std::fs::read(m.path("/usr/bin/true")).unwrap();
     drop(m);
-    assert_eq!(kib::phase0::facts::elf_arch(&bytes), Some("arm64"), "the arm64 base image's /usr/bin/true is not an aarch64 ELF file");
+    assert_eq!(kib::phase0::facts::elf_arch(&bytes), Some("arm64"), "the arm64 image's /usr/bin/true is not an aarch64 ELF file");
     bytes
 }
 
@@ -303,6 +308,13 @@ fn arm64_node_image_on_an_amd64_host() {
     assert_eq!(kib::phase0::facts::elf_arch(&downloaded), Some("arm64"));
     assert_eq!(kib::hash::sha256_bytes(&downloaded), true_sum);
     assert_eq!(root.read("/etc/kib-fixture-arch"), "aarch64\narm64\n", "uname -m and dpkg in the chroot");
+    // The `systemd` steps ran the image's arm64 systemctl: apt's timers masked, containerd enabled.
+    for unit in ["apt-daily.timer", "apt-daily-upgrade.timer", "unattended-upgrades.service"] {
+        let link = std::fs::read_link(root.path(&format!("/etc/systemd/system/{unit}"))).unwrap_or_else(|e| panic!("{unit} is not masked: {e}"));
+        assert_eq!(link, Path::new("/dev/null"), "{unit}");
+    }
+    let wants = std::fs::read_link(root.path("/etc/systemd/system/multi-user.target.wants/containerd.service")).expect("containerd.service is not enabled");
+    assert!(wants.ends_with("containerd.service"), "{}", wants.display());
     assert!(server.requests.lock().unwrap().iter().any(|r| r.contains("/fixture/linux/arm64/kib-fixture-true")));
     // containerd's store holds the image (its content store is in the image).
     assert!(root.path("/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256").is_dir());
