@@ -395,3 +395,96 @@ fn binfmt_handler_paths_and_cleanup() {
     assert!(!restored.contains_key(stand_in));
     drop(holder);
 }
+
+/// Runs `qemu_binfmt_find aarch64 ROOT` from scripts/lib/qemu-binfmt.sh (what the image
+/// scripts use to find qemu-user) and returns its findings, or its error.
+fn qemu_binfmt_find(root: &Path) -> Result<BTreeMap<String, String>, String> {
+    let script = r#"log() { :; }; die() { echo "$*" >&2; exit 1; }
+source "$1"
+if qemu_binfmt_find aarch64 "$2"; then
+  printf 'source=%s\noffset=%s\nmagic=%s\nmask=%s\ninterp=%s\n' "$QEMU_BINFMT_SOURCE" "$QEMU_BINFMT_OFFSET" "$QEMU_BINFMT_MAGIC" "$QEMU_BINFMT_MASK" "$QEMU_BINFMT_INTERP"
+else
+  echo "$QEMU_BINFMT_ERROR" >&2; exit 1
+fi"#;
+    let out = Command::new("bash").args(["-c", script, "find"]).arg(repo().join("scripts/lib/qemu-binfmt.sh")).arg(root).output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+}
+
+/// The image scripts accept both layouts of Debian's qemu-user packages (shared/DESIGN.md §6):
+/// Debian 12's qemu-user-static 7.2, and qemu 10 (bookworm-backports, Debian 13), which has no
+/// /usr/share/binfmts and whose binfmt.d definition names a `*-binfmt-P` wrapper of a static
+/// /usr/bin/qemu-aarch64. The trees are made here with the files and symlinks those packages
+/// hold (the conf line is qemu-user 10.0.2's, verbatim); the interpreters point at this host's
+/// static qemu-aarch64.
+#[test]
+fn image_scripts_find_qemu_user_in_both_layouts() {
+    use std::os::unix::fs::symlink;
+    let host_qemu = Path::new("/usr/bin/qemu-aarch64-static");
+    assert!(host_qemu.is_file(), "{} missing: scripts/deps.sh installs qemu-user-static", host_qemu.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = kib::phase1::binfmt::definition("aarch64").unwrap();
+    let esc = |b: &[u8]| b.iter().map(|x| format!("\\x{x:02x}")).collect::<String>();
+    let check = |found: &BTreeMap<String, String>, what: &str| {
+        assert_eq!(found["offset"], "0", "{what}");
+        assert_eq!(found["magic"], esc(&expected.magic), "{what}");
+        assert_eq!(found["mask"], esc(&expected.mask), "{what}");
+        assert!(!found["interp"].ends_with("-binfmt-P"), "{what}: a -binfmt-P name would make qemu expect the P flag's arguments: {found:?}");
+    };
+
+    // qemu 10: qemu-user (static /usr/bin/qemu-aarch64, its binfmt.d file, the -binfmt-P
+    // symlink) and qemu-user-binfmt (/usr/lib/binfmt.d symlink); no qemu-aarch64-static.
+    let new = tmp.path().join("qemu10");
+    for d in ["usr/bin", "usr/libexec/qemu-binfmt", "usr/share/qemu/binfmt.d", "usr/lib/binfmt.d"] {
+        std::fs::create_dir_all(new.join(d)).unwrap();
+    }
+    std::fs::write(
+        new.join("usr/share/qemu/binfmt.d/qemu-aarch64.conf"),
+        ":qemu-aarch64:M::\\x7f\\x45\\x4c\\x46\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00:\
+         \\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff:/usr/libexec/qemu-binfmt/aarch64-binfmt-P:OPF\n",
+    )
+    .unwrap();
+    symlink("../../share/qemu/binfmt.d/qemu-aarch64.conf", new.join("usr/lib/binfmt.d/qemu-aarch64.conf")).unwrap();
+    symlink(host_qemu, new.join("usr/bin/qemu-aarch64")).unwrap();
+    symlink("../../bin/qemu-aarch64", new.join("usr/libexec/qemu-binfmt/aarch64-binfmt-P")).unwrap();
+    let found = qemu_binfmt_find(&new).unwrap();
+    check(&found, "qemu 10");
+    assert_eq!(Path::new(&found["source"]), new.join("usr/lib/binfmt.d/qemu-aarch64.conf"));
+    assert_eq!(Path::new(&found["interp"]), host_qemu.canonicalize().unwrap());
+    // qemu-user alone (no qemu-user-binfmt): its own binfmt.d file.
+    std::fs::remove_file(new.join("usr/lib/binfmt.d/qemu-aarch64.conf")).unwrap();
+    let found = qemu_binfmt_find(&new).unwrap();
+    check(&found, "qemu-user without qemu-user-binfmt");
+    assert_eq!(Path::new(&found["source"]), new.join("usr/share/qemu/binfmt.d/qemu-aarch64.conf"));
+
+    // Debian 12's qemu-user-static as binfmt-support sees it: /usr/share/binfmts only.
+    let old = tmp.path().join("qemu7");
+    std::fs::create_dir_all(old.join("usr/share/binfmts")).unwrap();
+    std::fs::create_dir_all(old.join("usr/bin")).unwrap();
+    std::fs::write(
+        old.join("usr/share/binfmts/qemu-aarch64"),
+        "package qemu-user-static\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\n\
+         magic \\x7f\\x45\\x4c\\x46\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00\noffset 0\n\
+         mask \\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff\n\
+         credentials no\nfix_binary yes\npreserve yes\n",
+    )
+    .unwrap();
+    symlink(host_qemu, old.join("usr/bin/qemu-aarch64-static")).unwrap();
+    let found = qemu_binfmt_find(&old).unwrap();
+    check(&found, "qemu-user-static 7.2");
+    assert_eq!(Path::new(&found["source"]), old.join("usr/share/binfmts/qemu-aarch64"));
+
+    // A dynamically linked qemu-aarch64 (Debian 12's qemu-user) cannot run in a chroot: refused.
+    let dynamic = tmp.path().join("dynamic");
+    std::fs::create_dir_all(dynamic.join("usr/bin")).unwrap();
+    std::fs::create_dir_all(dynamic.join("usr/share/binfmts")).unwrap();
+    std::fs::copy(old.join("usr/share/binfmts/qemu-aarch64"), dynamic.join("usr/share/binfmts/qemu-aarch64")).unwrap();
+    std::fs::copy("/usr/bin/env", dynamic.join("usr/bin/qemu-aarch64")).unwrap();
+    let err = qemu_binfmt_find(&dynamic).unwrap_err();
+    assert!(err.contains("no statically linked qemu-aarch64 interpreter"), "{err}");
+    // Nothing at all.
+    let err = qemu_binfmt_find(&tmp.path().join("empty")).unwrap_err();
+    assert!(err.contains("no binfmt definition for qemu-aarch64"), "{err}");
+}
