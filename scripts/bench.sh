@@ -4,7 +4,10 @@
 #   node       manifests/k8s-node-debian.yaml: the real job (needs Debian's archive)
 #   formats    the overhead manifest with --format qcow2,ova,vhd,gce,raw.zst (conversions in parallel)
 #   formats-serial  the same with --convert-jobs 1 (one conversion at a time)
-#   node-arm64 manifests/k8s-node-debian.yaml on the arm64 base image (qemu-user), to compare with node
+#   node-arm64 manifests/k8s-node-debian.yaml on the arm64 test fixture (testdata/arm64/make-image.sh), under
+#              qemu-user: the cost of emulation, to compare with node. The fixture is a minbase tree, not a cloud
+#              image: apt also installs the dependencies a cloud image already has, and sysprep has no cloud-init
+#              to clean, so this is not the time of the same job on Debian's arm64 cloud image
 #   conversions  one node build into the five formats, one conversion at a time, printing each one's
 #              time from kib's log (target/bench/conversions.txt)
 # Usage: sudo scripts/bench.sh [overhead|node|formats|formats-serial]... (default: overhead node)
@@ -38,7 +41,7 @@ for b in "${@:-overhead node}"; do
       node) cmd="$kib --manifest manifests/k8s-node-debian.yaml --format qcow2"; runs=3 ;;
       formats) cmd="$kib --manifest testdata/bench/overhead.yaml --format qcow2,ova,vhd,gce,raw.zst"; runs=3 ;;
       node-arm64)
-        arm64=$(bash scripts/make-base-image.sh --arch arm64 | tail -n 1)
+        arm64=$(bash testdata/arm64/make-image.sh | tail -n 1)
         cmd="./target/release/kib -q customize --disk-image $arm64 --output-dir $out --manifest manifests/k8s-node-debian.yaml --format qcow2"; runs=3; warmup=1 ;;
       formats-serial) cmd="$kib --manifest testdata/bench/overhead.yaml --format qcow2,ova,vhd,gce,raw.zst --convert-jobs 1"; runs=3 ;;
       *) echo "unknown benchmark $name" >&2; exit 2 ;;

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The README's second command, and what CI runs: every test, as root.
-# Installs the host packages, builds (or reuses) the cached Debian 12 base images (amd64, and
-# arm64 for the foreign-architecture test: about 20 minutes under qemu-user the first time,
-# cached in /var/cache/kib/base afterwards), then runs the unit and integration tests, then
+# Installs the host packages, builds (or reuses) the cached Debian 12 amd64 base image
+# (scripts/make-base-image.sh, /var/cache/kib/base) and the arm64 test fixture for the
+# foreign-architecture test (testdata/arm64/make-image.sh: a minbase arm64 tree on a GPT disk,
+# not a bootable image; a few minutes under qemu-user the first time, cached in
+# /var/cache/kib/fixtures/arm64 afterwards), then runs the unit and integration tests, then
 # fuzzes the parsers for a bounded time (scripts/fuzz.sh). The integration tests attach loop
 # devices and mount filesystems; each cleans up after itself, even when it fails.
 set -euo pipefail
@@ -12,7 +14,7 @@ export PATH="$PATH:$HOME/.cargo/bin:/root/.cargo/bin"
 bash scripts/deps.sh
 KIB_BASE_IMAGE=$(bash scripts/make-base-image.sh | tail -n 1)
 export KIB_BASE_IMAGE
-KIB_BASE_IMAGE_ARM64=$(bash scripts/make-base-image.sh --arch arm64 | tail -n 1)
+KIB_BASE_IMAGE_ARM64=$(bash testdata/arm64/make-image.sh | tail -n 1)
 export KIB_BASE_IMAGE_ARM64
 cargo test --release --locked --no-fail-fast "$@"
 

@@ -1,11 +1,14 @@
-//! Foreign architectures: the arm64 Debian 12 base image (scripts/make-base-image.sh --arch
-//! arm64, env KIB_BASE_IMAGE_ARM64) customized on this amd64 host with no VM, its programs run
-//! through qemu-user and binfmt_misc.
+//! Foreign architectures: kib's arm64 test fixture (testdata/arm64/make-image.sh, env
+//! KIB_BASE_IMAGE_ARM64: a Debian 12 arm64 minbase tree plus systemd and ca-certificates on a
+//! GPT disk, not a bootable image) customized on this amd64 host with no VM, its programs run
+//! through qemu-user and binfmt_misc. The node manifest's apt, run, systemd and images steps all
+//! execute the image's own arm64 programs (apt, dpkg and maintainer scripts, systemctl,
+//! containerd and ctr) under emulation.
 //!
-//! The fixtures are named as such: `kib-fixture-true` is the arm64 base image's own
-//! /usr/bin/true (a real aarch64 ELF file), served by a local mirror on 127.0.0.1 under a
-//! `${arch}` URL, and `kib.example/fixture/true-arm64:1` is a one-layer arm64 docker-archive
-//! holding it, made here with umoci and skopeo.
+//! The fixtures are named as such: `kib-fixture-true` is the arm64 image's own /usr/bin/true
+//! (a real aarch64 ELF file), served by a local mirror on 127.0.0.1 under a `${arch}` URL, and
+//! `kib.example/fixture/true-arm64:1` is a one-layer arm64 docker-archive holding it, made here
+//! with umoci and skopeo.
 //!
 //! These tests change the host's binfmt_misc handlers (they disable a host handler, or register
 //! a stand-in one) and always put them back through Drop guards; they take a lock so that they
@@ -33,12 +36,14 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
     BINFMT_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The arm64 base image that `scripts/make-base-image.sh --arch arm64` builds and caches.
+/// The arm64 test fixture that `testdata/arm64/make-image.sh` builds and caches (any arm64
+/// Debian disk image with systemd will do, such as `scripts/make-base-image.sh --arch arm64`'s
+/// cloud image).
 fn arm64_image() -> PathBuf {
     let p = std::env::var_os("KIB_BASE_IMAGE_ARM64")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/kib/base/debian-12-genericcloud-arm64.raw"));
-    assert!(p.exists(), "arm64 base image {} missing: run scripts/make-base-image.sh --arch arm64 (scripts/test.sh does)", p.display());
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kib/fixtures/arm64/kib-fixture-debian-12-minbase-arm64.raw"));
+    assert!(p.exists(), "arm64 test fixture {} missing: run testdata/arm64/make-image.sh (scripts/test.sh does)", p.display());
     p
 }
 
@@ -162,12 +167,12 @@ fn debian_like_registration(name: &str) -> String {
     kib::phase1::binfmt::registration(name, &def, Path::new("/usr/bin/qemu-aarch64-static"), "F")
 }
 
-/// Copies the arm64 base image's /usr/bin/true (a real aarch64 ELF executable) out as a fixture.
+/// Copies the arm64 image's /usr/bin/true (a real aarch64 ELF executable) out as a fixture.
 fn aarch64_true(tmp: &Path) -> Vec<u8> {
     let m = Mounted::partition(&arm64_image(), 1, &tmp.join("arm64-root"));
     let bytes = std::fs::read(m.path("/usr/bin/true")).unwrap();
     drop(m);
-    assert_eq!(kib::phase0::facts::elf_arch(&bytes), Some("arm64"), "the arm64 base image's /usr/bin/true is not an aarch64 ELF file");
+    assert_eq!(kib::phase0::facts::elf_arch(&bytes), Some("arm64"), "the arm64 image's /usr/bin/true is not an aarch64 ELF file");
     bytes
 }
 
@@ -303,6 +308,13 @@ fn arm64_node_image_on_an_amd64_host() {
     assert_eq!(kib::phase0::facts::elf_arch(&downloaded), Some("arm64"));
     assert_eq!(kib::hash::sha256_bytes(&downloaded), true_sum);
     assert_eq!(root.read("/etc/kib-fixture-arch"), "aarch64\narm64\n", "uname -m and dpkg in the chroot");
+    // The `systemd` steps ran the image's arm64 systemctl: apt's timers masked, containerd enabled.
+    for unit in ["apt-daily.timer", "apt-daily-upgrade.timer", "unattended-upgrades.service"] {
+        let link = std::fs::read_link(root.path(&format!("/etc/systemd/system/{unit}"))).unwrap_or_else(|e| panic!("{unit} is not masked: {e}"));
+        assert_eq!(link, Path::new("/dev/null"), "{unit}");
+    }
+    let wants = std::fs::read_link(root.path("/etc/systemd/system/multi-user.target.wants/containerd.service")).expect("containerd.service is not enabled");
+    assert!(wants.ends_with("containerd.service"), "{}", wants.display());
     assert!(server.requests.lock().unwrap().iter().any(|r| r.contains("/fixture/linux/arm64/kib-fixture-true")));
     // containerd's store holds the image (its content store is in the image).
     assert!(root.path("/var/lib/containerd/io.containerd.content.v1.content/blobs/sha256").is_dir());
@@ -382,4 +394,97 @@ fn binfmt_handler_paths_and_cleanup() {
     let restored = binfmt_snapshot();
     assert!(!restored.contains_key(stand_in));
     drop(holder);
+}
+
+/// Runs `qemu_binfmt_find aarch64 ROOT` from scripts/lib/qemu-binfmt.sh (what the image
+/// scripts use to find qemu-user) and returns its findings, or its error.
+fn qemu_binfmt_find(root: &Path) -> Result<BTreeMap<String, String>, String> {
+    let script = r#"log() { :; }; die() { echo "$*" >&2; exit 1; }
+source "$1"
+if qemu_binfmt_find aarch64 "$2"; then
+  printf 'source=%s\noffset=%s\nmagic=%s\nmask=%s\ninterp=%s\n' "$QEMU_BINFMT_SOURCE" "$QEMU_BINFMT_OFFSET" "$QEMU_BINFMT_MAGIC" "$QEMU_BINFMT_MASK" "$QEMU_BINFMT_INTERP"
+else
+  echo "$QEMU_BINFMT_ERROR" >&2; exit 1
+fi"#;
+    let out = Command::new("bash").args(["-c", script, "find"]).arg(repo().join("scripts/lib/qemu-binfmt.sh")).arg(root).output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect())
+}
+
+/// The image scripts accept both layouts of Debian's qemu-user packages (shared/DESIGN.md §6):
+/// Debian 12's qemu-user-static 7.2, and qemu 10 (bookworm-backports, Debian 13), which has no
+/// /usr/share/binfmts and whose binfmt.d definition names a `*-binfmt-P` wrapper of a static
+/// /usr/bin/qemu-aarch64. The trees are made here with the files and symlinks those packages
+/// hold (the conf line is qemu-user 10.0.2's, verbatim); the interpreters point at this host's
+/// static qemu-aarch64.
+#[test]
+fn image_scripts_find_qemu_user_in_both_layouts() {
+    use std::os::unix::fs::symlink;
+    let host_qemu = Path::new("/usr/bin/qemu-aarch64-static");
+    assert!(host_qemu.is_file(), "{} missing: scripts/deps.sh installs qemu-user-static", host_qemu.display());
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = kib::phase1::binfmt::definition("aarch64").unwrap();
+    let esc = |b: &[u8]| b.iter().map(|x| format!("\\x{x:02x}")).collect::<String>();
+    let check = |found: &BTreeMap<String, String>, what: &str| {
+        assert_eq!(found["offset"], "0", "{what}");
+        assert_eq!(found["magic"], esc(&expected.magic), "{what}");
+        assert_eq!(found["mask"], esc(&expected.mask), "{what}");
+        assert!(!found["interp"].ends_with("-binfmt-P"), "{what}: a -binfmt-P name would make qemu expect the P flag's arguments: {found:?}");
+    };
+
+    // qemu 10: qemu-user (static /usr/bin/qemu-aarch64, its binfmt.d file, the -binfmt-P
+    // symlink) and qemu-user-binfmt (/usr/lib/binfmt.d symlink); no qemu-aarch64-static.
+    let new = tmp.path().join("qemu10");
+    for d in ["usr/bin", "usr/libexec/qemu-binfmt", "usr/share/qemu/binfmt.d", "usr/lib/binfmt.d"] {
+        std::fs::create_dir_all(new.join(d)).unwrap();
+    }
+    std::fs::write(
+        new.join("usr/share/qemu/binfmt.d/qemu-aarch64.conf"),
+        ":qemu-aarch64:M::\\x7f\\x45\\x4c\\x46\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00:\
+         \\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff:/usr/libexec/qemu-binfmt/aarch64-binfmt-P:OPF\n",
+    )
+    .unwrap();
+    symlink("../../share/qemu/binfmt.d/qemu-aarch64.conf", new.join("usr/lib/binfmt.d/qemu-aarch64.conf")).unwrap();
+    symlink(host_qemu, new.join("usr/bin/qemu-aarch64")).unwrap();
+    symlink("../../bin/qemu-aarch64", new.join("usr/libexec/qemu-binfmt/aarch64-binfmt-P")).unwrap();
+    let found = qemu_binfmt_find(&new).unwrap();
+    check(&found, "qemu 10");
+    assert_eq!(Path::new(&found["source"]), new.join("usr/lib/binfmt.d/qemu-aarch64.conf"));
+    assert_eq!(Path::new(&found["interp"]), host_qemu.canonicalize().unwrap());
+    // qemu-user alone (no qemu-user-binfmt): its own binfmt.d file.
+    std::fs::remove_file(new.join("usr/lib/binfmt.d/qemu-aarch64.conf")).unwrap();
+    let found = qemu_binfmt_find(&new).unwrap();
+    check(&found, "qemu-user without qemu-user-binfmt");
+    assert_eq!(Path::new(&found["source"]), new.join("usr/share/qemu/binfmt.d/qemu-aarch64.conf"));
+
+    // Debian 12's qemu-user-static as binfmt-support sees it: /usr/share/binfmts only.
+    let old = tmp.path().join("qemu7");
+    std::fs::create_dir_all(old.join("usr/share/binfmts")).unwrap();
+    std::fs::create_dir_all(old.join("usr/bin")).unwrap();
+    std::fs::write(
+        old.join("usr/share/binfmts/qemu-aarch64"),
+        "package qemu-user-static\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\n\
+         magic \\x7f\\x45\\x4c\\x46\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00\\xb7\\x00\noffset 0\n\
+         mask \\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff\n\
+         credentials no\nfix_binary yes\npreserve yes\n",
+    )
+    .unwrap();
+    symlink(host_qemu, old.join("usr/bin/qemu-aarch64-static")).unwrap();
+    let found = qemu_binfmt_find(&old).unwrap();
+    check(&found, "qemu-user-static 7.2");
+    assert_eq!(Path::new(&found["source"]), old.join("usr/share/binfmts/qemu-aarch64"));
+
+    // A dynamically linked qemu-aarch64 (Debian 12's qemu-user) cannot run in a chroot: refused.
+    let dynamic = tmp.path().join("dynamic");
+    std::fs::create_dir_all(dynamic.join("usr/bin")).unwrap();
+    std::fs::create_dir_all(dynamic.join("usr/share/binfmts")).unwrap();
+    std::fs::copy(old.join("usr/share/binfmts/qemu-aarch64"), dynamic.join("usr/share/binfmts/qemu-aarch64")).unwrap();
+    std::fs::copy("/usr/bin/env", dynamic.join("usr/bin/qemu-aarch64")).unwrap();
+    let err = qemu_binfmt_find(&dynamic).unwrap_err();
+    assert!(err.contains("no statically linked qemu-aarch64 interpreter"), "{err}");
+    // Nothing at all.
+    let err = qemu_binfmt_find(&tmp.path().join("empty")).unwrap_err();
+    assert!(err.contains("no binfmt definition for qemu-aarch64"), "{err}");
 }
