@@ -5,11 +5,13 @@
 
 use std::path::Path;
 
+use crate::bom::Bom;
+use crate::context::BuildContext;
 use crate::guest::GuestRoot;
 use crate::manifest::{Action, Manifest};
 use crate::phase0::facts::Facts;
 use crate::phase1::step_vars;
-use crate::phase2::bom::{self, Package};
+use crate::pkg::{self, Package};
 
 /// One check's outcome.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -23,20 +25,21 @@ fn check(out: &mut Vec<Check>, name: impl Into<String>, ok: bool, detail: impl I
     out.push(Check { name: name.into(), ok, detail: detail.into() });
 }
 
-/// Runs every check on the mounted `root`, with the manifest's expectations when given.
+/// Runs every check on the mounted `root`, with the manifest's expectations when given;
+/// `ctx` gives `${build_date}` and the like as the build saw them.
 ///
 /// `bom` (the image's bom.json), when given, names the pre-loaded images to look for in
 /// containerd's metadata store.
-pub fn run(root: &GuestRoot, facts: &Facts, manifest: Option<&Manifest>, bom: Option<&serde_json::Value>) -> anyhow::Result<Vec<Check>> {
+pub fn run(root: &GuestRoot, facts: &Facts, ctx: &BuildContext, manifest: Option<&Manifest>, bom: Option<&Bom>) -> anyhow::Result<Vec<Check>> {
     let mut out = Vec::new();
     let mid = root.read(Path::new("/etc/machine-id"))?;
     check(&mut out, "machine-id is empty", mid.as_ref().is_none_or(|m| m.is_empty()), format!("{} bytes", mid.map_or(0, |m| m.len())));
     let keys: Vec<String> =
         root.read_dir(Path::new("/etc/ssh"))?.into_iter().map(|n| n.to_string_lossy().into_owned()).filter(|n| n.starts_with("ssh_host_")).collect();
     check(&mut out, "no SSH host keys", keys.is_empty(), keys.join(" "));
-    let packages = bom::packages(root)?;
+    let packages = pkg::installed(root)?;
     let Some(m) = manifest else { return Ok(out) };
-    let vars = step_vars(m, facts);
+    let vars = step_vars(m, facts, ctx);
     let os_ids = facts.os_ids();
     for step in m.steps.iter().filter(|s| s.applies(&os_ids, &facts.arch, &vars)) {
         let Ok(action) = step.action.expand(&vars) else { continue };
@@ -109,14 +112,7 @@ pub fn run(root: &GuestRoot, facts: &Facts, manifest: Option<&Manifest>, bom: Op
                 let ns = i.namespace.unwrap_or_else(|| "k8s.io".into());
                 let has = |s: &str| meta.windows(s.len()).any(|w| w == s.as_bytes());
                 check(&mut out, format!("containerd namespace {ns} exists"), has(&ns), "");
-                let names: Vec<String> = bom
-                    .and_then(|b| b["steps"].as_array())
-                    .into_iter()
-                    .flatten()
-                    .filter(|s| s["name"] == step.name.as_str())
-                    .flat_map(|s| s["images"].as_array().cloned().unwrap_or_default())
-                    .filter_map(|img| img["name"].as_str().map(str::to_string))
-                    .collect();
+                let names: Vec<String> = bom.into_iter().flat_map(|b| b.steps_named(&step.name)).flat_map(|s| &s.images).map(|img| img.name.clone()).collect();
                 for name in names {
                     check(&mut out, format!("image {name} in containerd's store"), has(&name), "");
                 }

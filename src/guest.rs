@@ -33,6 +33,12 @@ impl GuestRoot {
         Ok(GuestRoot { fd, path: path.to_path_buf() })
     }
 
+    /// Another handle on the same root (a duplicated descriptor), for an owner that outlives a
+    /// borrow, such as the chroot session.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(GuestRoot { fd: self.fd.try_clone()?, path: self.path.clone() })
+    }
+
     /// The host path of the root.
     pub fn path(&self) -> &Path {
         &self.path

@@ -208,8 +208,8 @@ fn node_manifest_plus(extra: yaml_serde::Value, name: &str) -> (tempfile::TempDi
     (dir, path)
 }
 
-fn dpkg_packages(root: &Mounted) -> Vec<kib::phase2::bom::Package> {
-    kib::phase2::bom::parse_dpkg_status(&root.read("/var/lib/dpkg/status")).unwrap()
+fn dpkg_packages(root: &Mounted) -> Vec<kib::pkg::Package> {
+    kib::pkg::dpkg::parse_status(&root.read("/var/lib/dpkg/status")).unwrap()
 }
 
 #[test]

@@ -53,7 +53,7 @@ fn node_manifest_builds_a_kubernetes_node_image() {
     let img = Mounted::partition(&raw, 1, &tmp.path().join("mnt-out"));
     let input = Mounted::partition(&base, 1, &tmp.path().join("mnt-in"));
     let status = img.read("/var/lib/dpkg/status");
-    let installed = kib::phase2::bom::parse_dpkg_status(&status).unwrap();
+    let installed = kib::pkg::dpkg::parse_status(&status).unwrap();
     for want in ["containerd", "runc", "containernetworking-plugins", "conntrack", "socat", "ebtables", "ethtool", "iptables"] {
         assert!(installed.iter().any(|p| p.name == want), "{want} is not installed");
     }

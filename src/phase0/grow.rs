@@ -13,7 +13,7 @@ use super::partition::{Partition, Table, TableKind};
 use crate::exec;
 
 /// What growing did, for the BOM.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Growth {
     /// The input's virtual size, in bytes.
     pub from_bytes: u64,

@@ -47,27 +47,34 @@ pub struct Options {
 }
 
 /// The input image as the BOM records it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InputRecord {
     pub path: PathBuf,
     pub sha256: String,
     pub format: String,
     pub virtual_size: u64,
     /// The checksum list the image was verified against, if any.
+    #[serde(default)]
     pub verified_against: Option<PathBuf>,
     /// `read` when kib hashed the file in this run, `cache` when the file was unchanged since a
     /// run that did (see [`verify::InputCache`]).
-    pub sha256_source: &'static str,
+    #[serde(default)]
+    pub sha256_source: String,
 }
 
 /// A filesystem of the image that kib mounted.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Filesystem {
     pub partition: u32,
     pub fstype: String,
     pub uuid: String,
     /// Where it is mounted, as an image path (`/`, `/boot`, `/boot/efi`).
     pub mount_point: String,
+}
+
+/// Runs Phase 0 (see [`Image::open`]).
+pub fn run(opts: &Options) -> Result<Image> {
+    Image::open(opts)
 }
 
 /// An opened image: the working copy, attached and mounted. Dropping it unmounts and detaches
@@ -127,7 +134,7 @@ impl Image {
                 format: format.format.clone(),
                 virtual_size: format.virtual_size,
                 verified_against: None,
-                sha256_source: "read",
+                sha256_source: "read".into(),
             },
             table: Table { kind: TableKind::None, sector_size: 512, partitions: Vec::new() },
             facts: Facts::default(),
@@ -154,7 +161,7 @@ impl Image {
             image.input.sha256 = workcopy::make(input, &format, &image.disk, known.as_deref())?;
         }
         match (&cache, known) {
-            (_, Some(_)) => image.input.sha256_source = "cache",
+            (_, Some(_)) => image.input.sha256_source = "cache".into(),
             (Some(c), None) if !image.input.sha256.is_empty() => c.store(input, &image.input.sha256),
             _ => {}
         }

@@ -228,7 +228,7 @@ pub fn registration(name: &str, def: &Definition, interpreter: &Path, flags: &st
 }
 
 /// How the image's programs run, for the BOM: the binfmt_misc handler used.
-#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct EmulationRecord {
     /// The image's architecture (Debian name).
     pub image_architecture: String,

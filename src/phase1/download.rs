@@ -15,11 +15,11 @@ use crate::manifest::{parse_mode, DownloadStep, Sha256Spec};
 
 /// The SHA-256 `url` must have: the pinned one (for `arch`), or the one published at
 /// `sha256_url` (fetched through the mirror map, cached for offline builds). Under `--lock`,
-/// the one the locked BOM recorded (see [`crate::lock::Lock::sum_for`]).
+/// the one the locked BOM recorded (see [`crate::fetch::DownloadPins::sum_for`]).
 pub fn expected_sum(fetcher: &Fetcher, url: &str, sha256: Option<&Sha256Spec>, sha256_url: Option<&str>, arch: &str) -> Result<String> {
-    if let Some(lock) = &fetcher.lock {
+    if let Some(pins) = &fetcher.pins {
         let pinned = sha256.map(|s| s.for_arch(arch)).transpose().map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
-        return lock.sum_for(url, pinned.as_deref());
+        return pins.sum_for(url, pinned.as_deref()).map_err(anyhow::Error::msg);
     }
     match (sha256, sha256_url) {
         (Some(s), _) => s.for_arch(arch).map_err(|e| anyhow::anyhow!("{url}: {e}")),

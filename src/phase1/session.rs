@@ -43,12 +43,13 @@ fn has_menuentry(cfg: &[u8]) -> bool {
     String::from_utf8_lossy(cfg).lines().any(|l| l.trim_start().starts_with("menuentry "))
 }
 
-/// An open chroot session on a mounted image root.
-pub struct Session<'a> {
-    root: &'a GuestRoot,
+/// An open chroot session on a mounted image root. It holds its own handle on the root: close it
+/// (or drop it) before the image is unmounted.
+pub struct Session {
+    root: GuestRoot,
     env: Vec<(String, OsString)>,
     mirrors: MirrorMap,
-    /// apt source files rewritten through the mirror map: path, original content, mode.
+    /// Repository files rewritten through the mirror map: path, original content, mode.
     saved_sources: Vec<(PathBuf, Vec<u8>, u32)>,
     resolv_saved: Option<bool>,
     policy_saved: Option<bool>,
@@ -57,10 +58,11 @@ pub struct Session<'a> {
     open: bool,
 }
 
-impl<'a> Session<'a> {
+impl Session {
     /// Prepares the image for running its programs. `debian_family` adds policy-rc.d.
     /// On error, whatever was set up is undone.
-    pub fn open(root: &'a GuestRoot, debian_family: bool, mirrors: MirrorMap) -> Result<Session<'a>> {
+    pub fn open(root: &GuestRoot, debian_family: bool, mirrors: MirrorMap) -> Result<Session> {
+        let root = root.try_clone().context("opening the image root for the chroot session")?;
         let mut env: Vec<(String, OsString)> = vec![
             ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
             ("HOME".into(), "/root".into()),
@@ -85,7 +87,7 @@ impl<'a> Session<'a> {
     }
 
     fn mount_api(&mut self) -> Result<()> {
-        let r = self.root;
+        let r = &self.root;
         let nosuid_nodev = MountFlags::NOSUID | MountFlags::NODEV;
         mounts::mount_in(r, Path::new("/dev"), "kib-dev", "tmpfs", MountFlags::NOSUID | MountFlags::NOEXEC, Some("mode=0755,size=8m"))?;
         for node in ["null", "zero", "full", "random", "urandom", "tty"] {
@@ -126,44 +128,33 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Rewrites the URLs of the image's apt sources (sources.list, sources.list.d/*.list and
-    /// *.sources) through the mirror map, so that apt inside the chroot uses the mirrors. Files
-    /// already rewritten are left alone; new ones (from a `repository` step) are rewritten too.
-    /// [`Session::close`] puts every original back, so the image keeps its upstream sources.
-    pub fn rewrite_apt_sources(&mut self) -> Result<()> {
+    fn rewrite_through_mirrors(&mut self, files: &[PathBuf]) -> Result<()> {
         if self.mirrors.0.is_empty() {
             return Ok(());
         }
-        let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-        for name in self.root.read_dir(Path::new("/etc/apt/sources.list.d"))? {
-            let n = name.to_string_lossy();
-            if n.ends_with(".list") || n.ends_with(".sources") {
-                files.push(Path::new("/etc/apt/sources.list.d").join(&name));
-            }
-        }
         for f in files {
-            if self.saved_sources.iter().any(|(p, _, _)| *p == f) {
+            if self.saved_sources.iter().any(|(p, _, _)| p == f) {
                 continue;
             }
-            let Some(st) = self.root.lstat(&f)? else { continue };
+            let Some(st) = self.root.lstat(f)? else { continue };
             if st.st_mode & 0o170000 != 0o100000 {
                 continue; // only regular files; a symlink is left alone
             }
-            let Some(original) = self.root.read(&f)? else { continue };
+            let Some(original) = self.root.read(f)? else { continue };
             let text = String::from_utf8_lossy(&original);
             let rewritten = rewrite_urls(&text, &self.mirrors);
             if rewritten != text {
-                self.root.write(&f, rewritten.as_bytes(), st.st_mode & 0o7777, st.st_uid, st.st_gid)?;
-                tracing::info!("apt sources {} use the mirror map during the build", f.display());
-                self.saved_sources.push((f, original, st.st_mode & 0o7777));
+                self.root.write(f, rewritten.as_bytes(), st.st_mode & 0o7777, st.st_uid, st.st_gid)?;
+                tracing::info!("repository file {} uses the mirror map during the build", f.display());
+                self.saved_sources.push((f.clone(), original, st.st_mode & 0o7777));
             }
         }
         Ok(())
     }
 
     /// The image's root.
-    pub fn root(&self) -> &'a GuestRoot {
-        self.root
+    pub fn root(&self) -> &GuestRoot {
+        &self.root
     }
 
     /// A command that runs `argv` inside the chroot, in its own PID namespace, with the session's
@@ -220,10 +211,10 @@ impl<'a> Session<'a> {
             note(self.root.write(&path, &original, mode, 0, 0).with_context(|| format!("restoring {}", path.display())));
         }
         if let Some(existed) = self.policy_saved.take() {
-            note(restore(self.root, POLICY, POLICY_SAVED, existed).context("restoring policy-rc.d"));
+            note(restore(&self.root, POLICY, POLICY_SAVED, existed).context("restoring policy-rc.d"));
         }
         if let Some(existed) = self.resolv_saved.take() {
-            note(restore(self.root, RESOLV, RESOLV_SAVED, existed).context("restoring the image's resolv.conf"));
+            note(restore(&self.root, RESOLV, RESOLV_SAVED, existed).context("restoring the image's resolv.conf"));
         }
         for m in API_MOUNTS.iter().rev() {
             note(mounts::unmount_tree(&self.root.path().join(&m[1..])));
@@ -234,7 +225,8 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Rewrites every URL-looking word of apt source text through the mirror map.
+/// Rewrites every URL-looking word of repository text (apt sources, one-line or deb822; `.repo`
+/// `baseurl=` lines) through the mirror map.
 pub fn rewrite_urls(text: &str, mirrors: &MirrorMap) -> String {
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
@@ -259,7 +251,21 @@ fn restore(root: &GuestRoot, path: &str, saved: &str, existed: bool) -> Result<(
     Ok(())
 }
 
-impl Drop for Session<'_> {
+impl crate::pkg::Chroot for Session {
+    fn root(&self) -> &GuestRoot {
+        &self.root
+    }
+    fn run(&self, argv: &[&str], what: &str, timeout: Option<Duration>) -> Result<Vec<String>, ExecError> {
+        Session::run(self, argv, &[], what, timeout)
+    }
+    /// The session puts every original back on [`Session::close`], so the image keeps its
+    /// upstream sources.
+    fn rewrite_sources(&mut self, files: &[PathBuf]) -> Result<()> {
+        self.rewrite_through_mirrors(files)
+    }
+}
+
+impl Drop for Session {
     fn drop(&mut self) {
         let _ = self.close();
     }
