@@ -5,7 +5,7 @@
 //! image, [`phase1`] customizes it in a chroot, [`phase2`] cleans it and writes the artifacts.
 //! [`cmd`] has one module per subcommand, on top of everything; nothing imports a command, and no
 //! module imports from a later phase. Below the phases: [`manifest`], [`pkg`] (package databases
-//! and managers),
+//! and managers), [`sys`] (the seam over loop devices, mounts, probes and host commands),
 //! [`fetch`], [`guest`], [`exec`], and the records [`bom`] and [`lock`].
 
 pub mod bom;
@@ -30,4 +30,5 @@ pub mod phase0;
 pub mod phase1;
 pub mod phase2;
 pub mod pkg;
+pub mod sys;
 pub mod workdir;

@@ -92,7 +92,7 @@ impl OpenSession {
         // A foreign image (arm64 on amd64) runs its programs through qemu-user: make sure a
         // binfmt_misc handler is there for the whole session; one kib registers is removed after.
         let emulation = Emulation::ensure(image.root(), &image.facts.arch).context("preparing to run the image's programs on this host")?;
-        let session = Session::open(image.root(), image.facts.debian_family(), mirrors)?;
+        let session = Session::open(image.sys(), image.root(), image.facts.debian_family(), mirrors)?;
         Ok(OpenSession { session, emulation })
     }
 

@@ -20,13 +20,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use rustix::mount::MountFlags;
+use std::sync::Arc;
 
-use crate::exec::{self, ExecError};
+use anyhow::{Context, Result};
+
+use crate::exec::ExecError;
 use crate::fetch::MirrorMap;
 use crate::guest::GuestRoot;
 use crate::mounts;
+use crate::sys::{MountFlags, Stack, Sys};
 
 /// Environment variables passed from kib's environment into the chroot (proxy settings). Their
 /// values are never logged nor written to the BOM: they may hold credentials.
@@ -47,6 +49,9 @@ fn has_menuentry(cfg: &[u8]) -> bool {
 /// (or drop it) before the image is unmounted.
 pub struct Session {
     root: GuestRoot,
+    sys: Arc<dyn Sys>,
+    /// The API mounts, undone in reverse on close.
+    mounts: Stack,
     env: Vec<(String, OsString)>,
     mirrors: MirrorMap,
     /// Repository files rewritten through the mirror map: path, original content, mode.
@@ -61,7 +66,7 @@ pub struct Session {
 impl Session {
     /// Prepares the image for running its programs. `debian_family` adds policy-rc.d.
     /// On error, whatever was set up is undone.
-    pub fn open(root: &GuestRoot, debian_family: bool, mirrors: MirrorMap) -> Result<Session> {
+    pub fn open(sys: &Arc<dyn Sys>, root: &GuestRoot, debian_family: bool, mirrors: MirrorMap) -> Result<Session> {
         let root = root.try_clone().context("opening the image root for the chroot session")?;
         let mut env: Vec<(String, OsString)> = vec![
             ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
@@ -77,34 +82,13 @@ impl Session {
             }
         }
         let grub_cfg = root.read(Path::new(GRUB_CFG)).ok().flatten().filter(|c| has_menuentry(c));
-        let mut s = Session { root, env, mirrors, saved_sources: Vec::new(), resolv_saved: None, policy_saved: None, grub_cfg, open: true };
-        s.mount_api().context("mounting /dev, /sys and /run in the image")?;
+        let mut s = Session { root, sys: Arc::clone(sys), mounts: Stack::default(), env, mirrors, saved_sources: Vec::new(), resolv_saved: None, policy_saved: None, grub_cfg, open: true };
+        s.mounts = mount_api(sys, &s.root).context("mounting /dev, /sys and /run in the image")?;
         s.install_resolv_conf().context("putting the host's resolv.conf in place")?;
         if debian_family {
             s.install_policy_rc_d().context("installing policy-rc.d")?;
         }
         Ok(s)
-    }
-
-    fn mount_api(&mut self) -> Result<()> {
-        let r = &self.root;
-        let nosuid_nodev = MountFlags::NOSUID | MountFlags::NODEV;
-        mounts::mount_in(r, Path::new("/dev"), "kib-dev", "tmpfs", MountFlags::NOSUID | MountFlags::NOEXEC, Some("mode=0755,size=8m"))?;
-        for node in ["null", "zero", "full", "random", "urandom", "tty"] {
-            let guest = PathBuf::from("/dev").join(node);
-            r.write(&guest, b"", 0o666, 0, 0)?;
-            mounts::bind_in(r, &Path::new("/dev").join(node), &guest)?;
-        }
-        mounts::mount_in(r, Path::new("/dev/pts"), "devpts", "devpts", MountFlags::NOSUID | MountFlags::NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?;
-        r.symlink("pts/ptmx", Path::new("/dev/ptmx"))?;
-        mounts::mount_in(r, Path::new("/dev/shm"), "kib-shm", "tmpfs", nosuid_nodev, Some("mode=1777"))?;
-        for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
-            r.symlink(target, &Path::new("/dev").join(link))?;
-        }
-        mounts::mount_in(r, Path::new("/sys"), "sysfs", "sysfs", MountFlags::RDONLY | nosuid_nodev | MountFlags::NOEXEC, None)?;
-        mounts::mount_in(r, Path::new("/run"), "kib-run", "tmpfs", nosuid_nodev, Some("mode=0755"))?;
-        r.mkdir_p(Path::new("/run/lock"), 0o1777)?;
-        Ok(())
     }
 
     fn install_resolv_conf(&mut self) -> Result<()> {
@@ -172,9 +156,10 @@ impl Session {
         cmd
     }
 
-    /// Runs `argv` in the chroot (see [`Session::command`]); `what` names it in logs and errors.
+    /// Runs `argv` in the chroot (see [`Session::command`]) through the session's [`Sys`];
+    /// `what` names it in logs and errors.
     pub fn run(&self, argv: &[&str], env: &[(String, String)], what: &str, timeout: Option<Duration>) -> Result<Vec<String>, ExecError> {
-        exec::run(&mut self.command(argv, env), what, timeout)
+        self.sys.run(&mut self.command(argv, env), what, timeout)
     }
 
     /// Whether the image has an executable at this path.
@@ -216,6 +201,8 @@ impl Session {
         if let Some(existed) = self.resolv_saved.take() {
             note(restore(&self.root, RESOLV, RESOLV_SAVED, existed).context("restoring the image's resolv.conf"));
         }
+        note(self.mounts.close());
+        // The safety net: anything a command left mounted below them.
         for m in API_MOUNTS.iter().rev() {
             note(mounts::unmount_tree(&self.root.path().join(&m[1..])));
         }
@@ -223,6 +210,34 @@ impl Session {
         // /dev was a tmpfs, now gone.
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// Mounts what the image's programs need: a tmpfs `/dev` with a few device nodes bound from the
+/// host, a private devpts, `/dev/shm`, a read-only sysfs and a tmpfs `/run`. Returns the mounts,
+/// to be undone in reverse; on error, what was mounted is undone.
+///
+/// Errors: a mount point cannot be made, or a mount fails.
+pub fn mount_api(sys: &Arc<dyn Sys>, r: &GuestRoot) -> Result<Stack> {
+    let mut stack = Stack::default();
+    let nosuid_nodev = MountFlags::NOSUID | MountFlags::NODEV;
+    // Files kib makes here belong to kib (root, in a real run).
+    let (uid, gid) = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+    stack.push_mount(mounts::mount_in(sys, r, Path::new("/dev"), "kib-dev", "tmpfs", MountFlags::NOSUID | MountFlags::NOEXEC, Some("mode=0755,size=8m"))?);
+    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let guest = PathBuf::from("/dev").join(node);
+        r.write(&guest, b"", 0o666, uid, gid)?;
+        stack.push_mount(mounts::bind_in(sys, r, &Path::new("/dev").join(node), false, &guest)?);
+    }
+    stack.push_mount(mounts::mount_in(sys, r, Path::new("/dev/pts"), "devpts", "devpts", MountFlags::NOSUID | MountFlags::NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?);
+    r.symlink("pts/ptmx", Path::new("/dev/ptmx"))?;
+    stack.push_mount(mounts::mount_in(sys, r, Path::new("/dev/shm"), "kib-shm", "tmpfs", nosuid_nodev, Some("mode=1777"))?);
+    for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        r.symlink(target, &Path::new("/dev").join(link))?;
+    }
+    stack.push_mount(mounts::mount_in(sys, r, Path::new("/sys"), "sysfs", "sysfs", MountFlags::RDONLY | nosuid_nodev | MountFlags::NOEXEC, None)?);
+    stack.push_mount(mounts::mount_in(sys, r, Path::new("/run"), "kib-run", "tmpfs", nosuid_nodev, Some("mode=0755"))?);
+    r.mkdir_p(Path::new("/run/lock"), 0o1777)?;
+    Ok(stack)
 }
 
 /// Rewrites every URL-looking word of repository text (apt sources, one-line or deb822; `.repo`
@@ -274,6 +289,53 @@ impl Drop for Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::fake::{check_unwound, FakeSys};
+
+    fn api_mounts(fail_at: Option<usize>) -> (Result<Stack>, Arc<FakeSys>, tempfile::TempDir) {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("root")).unwrap();
+        let root = GuestRoot::open(&t.path().join("root")).unwrap();
+        let mut f = FakeSys::new(t.path());
+        f.fail_at = fail_at;
+        let f = Arc::new(f);
+        let sys: Arc<dyn Sys> = f.clone();
+        (mount_api(&sys, &root), f, t)
+    }
+
+    #[test]
+    fn the_api_mounts_in_order_and_undone_in_reverse() {
+        let (stack, f, _t) = api_mounts(None);
+        let mut stack = stack.unwrap();
+        let mut want: Vec<String> = vec!["mount kib-dev on $T/root/dev type tmpfs flags [NOEXEC,NOSUID] data mode=0755,size=8m".into()];
+        for n in ["null", "zero", "full", "random", "urandom", "tty"] {
+            want.push(format!("bind /dev/{n} on $T/root/dev/{n}"));
+        }
+        want.extend([
+            "mount devpts on $T/root/dev/pts type devpts flags [NOEXEC,NOSUID] data newinstance,ptmxmode=0666,mode=0620".to_string(),
+            "mount kib-shm on $T/root/dev/shm type tmpfs flags [NODEV,NOSUID] data mode=1777".into(),
+            "mount sysfs on $T/root/sys type sysfs flags [NODEV,NOEXEC,NOSUID,RDONLY]".into(),
+            "mount kib-run on $T/root/run type tmpfs flags [NODEV,NOSUID] data mode=0755".into(),
+        ]);
+        assert_eq!(f.log(), want);
+        stack.close().unwrap();
+        let log = f.log();
+        let undone: Vec<&str> = log[want.len()..].iter().map(String::as_str).collect();
+        let mut expected: Vec<String> = want.iter().rev().map(|l| format!("unmount {}", l.split(" on ").nth(1).unwrap().split(" type ").next().unwrap())).collect();
+        expected.dedup();
+        assert_eq!(undone, expected);
+        check_unwound(&log).unwrap();
+    }
+
+    #[test]
+    fn a_failing_api_mount_unwinds_what_came_before() {
+        for i in 0..11 {
+            let (r, f, _t) = api_mounts(Some(i));
+            let e = format!("{:#}", r.unwrap_err());
+            assert!(e.contains("Input/output error"), "{e}");
+            check_unwound(&f.log()).unwrap_or_else(|v| panic!("failing mount {i}: {v}: {:#?}", f.log()));
+            assert_eq!(f.log().iter().filter(|l| l.starts_with("unmount")).count(), i, "{:#?}", f.log());
+        }
+    }
 
     #[test]
     fn rewrites_one_line_and_deb822_sources() {

@@ -15,7 +15,6 @@ use anyhow::{Context, Result};
 
 use crate::bom::{Artifact, Bom};
 use crate::context::{BuildContext, Phase, PhaseSet};
-use crate::exec;
 use crate::format::{Format, Qcow2Compression};
 use crate::manifest::Manifest;
 use crate::phase0::Image;
@@ -123,8 +122,8 @@ pub fn write_records(bom: &Bom, name: &str, sboms: bool, staging: &Path) -> Resu
 pub fn trim(image: &Image) {
     for fs in &image.filesystems {
         let dir = image.root_dir.join(fs.mount_point.trim_start_matches('/'));
-        match exec::capture(Command::new("fstrim").arg("-v").arg(&dir), "fstrim") {
-            Ok(out) => tracing::info!("fstrim {}: {}", fs.mount_point, out.trim().rsplit(": ").next().unwrap_or("")),
+        match image.sys().run(Command::new("fstrim").arg("-v").arg(&dir), "fstrim", None) {
+            Ok(out) => tracing::info!("fstrim {}: {}", fs.mount_point, out.last().map_or("", |l| l.rsplit(": ").next().unwrap_or(""))),
             Err(e) => tracing::warn!("fstrim {} failed, continuing without it: {e}", fs.mount_point),
         }
     }
