@@ -127,13 +127,17 @@ impl Bom {
 
     /// Parses a bom.json; `path` names it in errors.
     ///
-    /// Errors: not JSON, or not a kib BOM (the message names the first field that does not fit,
-    /// with its JSON path).
+    /// Errors: not JSON (`is not JSON`), or not a kib BOM (`is not a kib bom.json`, naming the
+    /// first field that does not fit, with its JSON path).
     pub fn from_slice(bytes: &[u8], path: &Path) -> Result<Bom> {
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let at = e.path().to_string();
-            anyhow::anyhow!("{} is not a kib bom.json: {at}: {}", path.display(), e.into_inner())
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data => anyhow::anyhow!("{} is not a kib bom.json: {at}: {inner}", path.display()),
+                _ => anyhow::anyhow!("{} is not JSON: {inner}", path.display()),
+            }
         })
     }
 
@@ -240,6 +244,8 @@ mod tests {
         assert!(e.starts_with("bad.json is not a kib bom.json: packages[1].version: invalid type: integer `5`"), "{e}");
         let e = Bom::from_slice(b"{\"packages\": []}", Path::new("x.json")).unwrap_err().to_string();
         assert!(e.starts_with("x.json is not a kib bom.json: ") && e.contains("missing field"), "{e}");
+        let e = Bom::from_slice(b"apiVersion: kib/v1\n", Path::new("m.yaml")).unwrap_err().to_string();
+        assert!(e.starts_with("m.yaml is not JSON: expected value at line 1 column 1"), "{e}");
     }
 
     #[test]

@@ -449,6 +449,8 @@ mod tests {
     #[test]
     fn dotdot_in_manifest_paths_is_refused() {
         let (_d, _root, _host, g) = setup();
-        assert!(g.write(Path::new("/etc/../../x"), b"", 0o644, 0, 0).is_err());
+        let e = g.write(Path::new("/etc/../../x"), b"", 0o644, 0, 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(e.to_string(), "image path /etc/../../x must not contain `..`");
     }
 }

@@ -8,6 +8,7 @@
 //! and managers), [`sys`] (the seam over loop devices, mounts, probes and host commands),
 //! [`fetch`], [`guest`], [`exec`], and the records [`bom`] and [`lock`].
 
+pub mod bolt;
 pub mod bom;
 pub mod check;
 pub mod cleanup;

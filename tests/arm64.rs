@@ -214,6 +214,9 @@ fn dpkg_packages(root: &Mounted) -> Vec<kib::pkg::Package> {
 
 #[test]
 fn arm64_node_image_on_an_amd64_host() {
+    if common::skip_unless_root("arm64_node_image_on_an_amd64_host") {
+        return;
+    }
     let _l = lock();
     let _holder = BinfmtHolder::start();
     let tmp = tempfile::tempdir().unwrap();
@@ -312,6 +315,9 @@ fn arm64_node_image_on_an_amd64_host() {
 /// the host's; then `kib cleanup` removing a handler a killed run left.
 #[test]
 fn binfmt_handler_paths_and_cleanup() {
+    if common::skip_unless_root("binfmt_handler_paths_and_cleanup") {
+        return;
+    }
     let _l = lock();
     let holder = BinfmtHolder::start();
     let tmp = tempfile::tempdir().unwrap();

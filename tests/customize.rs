@@ -11,6 +11,9 @@ use common::*;
 
 #[test]
 fn node_manifest_builds_a_kubernetes_node_image() {
+    if common::skip_unless_root("node_manifest_builds_a_kubernetes_node_image") {
+        return;
+    }
     let base = base_image();
     let before = sha256(&base);
     let tmp = tempfile::tempdir().unwrap();
@@ -179,6 +182,9 @@ fn node_manifest_builds_a_kubernetes_node_image() {
 
 #[test]
 fn check_reports_what_a_plain_base_image_lacks() {
+    if common::skip_unless_root("check_reports_what_a_plain_base_image_lacks") {
+        return;
+    }
     let base = base_image();
     let before = sha256(&base);
     let tmp = tempfile::tempdir().unwrap();
@@ -201,6 +207,9 @@ fn check_reports_what_a_plain_base_image_lacks() {
 
 #[test]
 fn inspect_lists_what_a_plain_base_image_holds() {
+    if common::skip_unless_root("inspect_lists_what_a_plain_base_image_holds") {
+        return;
+    }
     let base = base_image();
     let before = sha256(&base);
     let tmp = tempfile::tempdir().unwrap();

@@ -12,6 +12,9 @@ use crate::{inspect, out};
 
 pub fn run(args: &InspectArgs) -> Result<ExitCode> {
     super::mounting_as_root("inspect")?;
+    if let Some(out) = &args.sbom_output {
+        crate::input::refuse_outputs_on_input(&args.image, std::slice::from_ref(out))?;
+    }
     let image = Image::open(&phase0::Options {
         image: args.image.clone(),
         verify: false,

@@ -44,6 +44,7 @@ pub fn run(args: &ShellArgs) -> Result<ExitCode> {
             if !dir.is_dir() {
                 bail!("--save {}: folder {} does not exist", p.display(), dir.display());
             }
+            crate::input::refuse_outputs_on_input(&args.disk_image, std::slice::from_ref(p))?;
             Some(dir.to_path_buf())
         }
         None => None,

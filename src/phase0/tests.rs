@@ -520,7 +520,8 @@ fn a_loop_guard_detaches_on_close_or_drop_once() {
 #[test]
 fn the_unwinding_check_catches_wrong_orders_and_leftovers() {
     let l = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    assert!(check_unwound(&l(&["attach /dev/loop0 = d@0+1 rw", "mount /dev/loop0 on $T/r type ext4", "detach /dev/loop0", "unmount $T/r"])).is_err());
+    let e = check_unwound(&l(&["attach /dev/loop0 = d@0+1 rw", "mount /dev/loop0 on $T/r type ext4", "detach /dev/loop0", "unmount $T/r"])).unwrap_err();
+    assert_eq!(e, "`detach /dev/loop0` while $T/r is the last set up (not reverse order)");
     assert!(check_unwound(&l(&["attach /dev/loop0 = d@0+1 rw"])).unwrap_err().contains("left attached"));
     check_unwound(&l(&["attach /dev/loop0 = d@0+1 rw", "mount /dev/loop0 on $T/r type ext4 -> fails", "detach /dev/loop0"])).unwrap();
 }

@@ -211,7 +211,7 @@ pub fn run_steps(
         let result = action.and_then(|a| execute(&mut sctx, step, &a, &mut record));
         record.duration_seconds = start.elapsed().as_secs_f64();
         if let Err(e) = result {
-            let e = if format!("{e:#}").contains("No space left on device") {
+            let e = if crate::exec::is_disk_full(&e) {
                 e.context(
                     "no space left in the image: its filesystem is full. Grow the disk before the steps run \
                      with the manifest's disk.size (`disk: {size: 20GiB}`) or `--disk-size 20GiB`",
