@@ -21,6 +21,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// The arguments are parsed once; boxing the larger ones would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the three phases: attach and mount the image, run the manifest's steps in a chroot,

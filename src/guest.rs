@@ -372,6 +372,11 @@ fn invalid(guest: &Path, what: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The test's own uid and gid: what a write may set without root (kib writes as root).
+    fn me() -> (u32, u32) {
+        (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw())
+    }
     use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 
     fn setup() -> (tempfile::TempDir, PathBuf, PathBuf, GuestRoot) {
@@ -396,7 +401,8 @@ mod tests {
         assert!(!host.join("config.toml").exists(), "wrote through an absolute symlink");
         // When it exists inside the image, the write lands there.
         std::fs::create_dir_all(root.join(host.strip_prefix("/").unwrap())).unwrap();
-        g.write(Path::new("/etc/containerd/config.toml"), b"x", 0o644, 0, 0).unwrap();
+        let (uid, gid) = me();
+        g.write(Path::new("/etc/containerd/config.toml"), b"x", 0o644, uid, gid).unwrap();
         assert!(!host.join("config.toml").exists(), "wrote through an absolute symlink");
         // It landed at <root><host path>/config.toml, i.e. inside the image.
         let inside = root.join(host.strip_prefix("/").unwrap()).join("config.toml");
@@ -410,7 +416,8 @@ mod tests {
         // Reading follows the link, but clamped to the root: there is no /host/passwd inside.
         assert!(g.read(Path::new("/etc/resolv.conf")).unwrap().is_none());
         // Writing replaces the link itself.
-        g.write(Path::new("/etc/resolv.conf"), b"nameserver 1.1.1.1\n", 0o644, 0, 0).unwrap();
+        let (uid, gid) = me();
+        g.write(Path::new("/etc/resolv.conf"), b"nameserver 1.1.1.1\n", 0o644, uid, gid).unwrap();
         assert_eq!(std::fs::read_to_string(host.join("passwd")).unwrap(), "host secret");
         let meta = std::fs::symlink_metadata(root.join("etc/resolv.conf")).unwrap();
         assert!(meta.is_file());

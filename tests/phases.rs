@@ -5,6 +5,7 @@
 
 mod common;
 #[path = "common/sbom_schema.rs"]
+#[allow(dead_code)]
 mod sbom_schema;
 
 use std::path::Path;

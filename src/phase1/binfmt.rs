@@ -425,11 +425,11 @@ pub fn owner_pid(name: &str) -> Option<i32> {
 /// the host and of live runs are left alone.
 pub fn remove_stale(is_live: impl Fn(i32) -> bool) -> Result<Vec<String>> {
     let dir = Path::new(BINFMT_DIR);
-    if !dir.join("register").exists() {
-        if rustix::mount::mount("binfmt_misc", dir, "binfmt_misc", rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV | rustix::mount::MountFlags::NOEXEC, None).is_err() {
-            // No binfmt_misc on this kernel: nothing can have been registered.
-            return Ok(Vec::new());
-        }
+    if !dir.join("register").exists()
+        && rustix::mount::mount("binfmt_misc", dir, "binfmt_misc", rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV | rustix::mount::MountFlags::NOEXEC, None).is_err()
+    {
+        // No binfmt_misc on this kernel: nothing can have been registered.
+        return Ok(Vec::new());
     }
     let mut removed = Vec::new();
     for h in handlers(dir)? {

@@ -135,7 +135,11 @@ pub fn run(image: &Image, manifest: &Manifest, ctx: &BuildContext, fetcher: &Fet
     }
     let root = image.root();
     let detected = pkg::detect(&image.facts.os_ids(), &pkg::detect::tools_in(root), manifest.packages.manager);
-    let manager = detected.as_ref().ok().and_then(|d| pkg::backend(d).ok());
+    // Sysprep needs the manager too; without its tools, the one of the image's package database.
+    let manager = match &detected {
+        Ok(d) => pkg::backend(d).ok(),
+        Err(_) => pkg::backend_for_database(root),
+    };
     if steps_run && needs_package_manager(manifest, &image.facts, ctx) {
         // Stop before the first step: name what was found.
         let d = detected?;
@@ -207,7 +211,7 @@ pub fn run_steps(
         tracing::info!("step {}/{total} `{}` ({kind})", i + 1, step.name);
         let start = Instant::now();
         let action = step.action.expand(&vars).map_err(|u| anyhow!("undefined variable `${{{}}}`", u.0));
-        let mut sctx = StepContext { session: &mut *session, root, vars: &vars, facts, fetcher, manager: manager.as_mut().map(|m| &mut **m), packages: &mut *state };
+        let mut sctx = StepContext { session: &mut *session, root, vars: &vars, facts, fetcher, manager: manager.as_deref_mut(), packages: &mut *state };
         let result = action.and_then(|a| execute(&mut sctx, step, &a, &mut record));
         record.duration_seconds = start.elapsed().as_secs_f64();
         if let Err(e) = result {

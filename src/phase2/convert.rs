@@ -167,7 +167,7 @@ pub fn convert_all(disk: &Path, dir: &Path, name: &str, formats: &[Format], plan
         Format::Vhdx | Format::Vhd => 4,
         _ => 3,
     };
-    let mut singles: Vec<Format> = formats.iter().copied().filter(|f| !matches!(f, Format::Raw | Format::Ova) && !(*f == Format::Vmdk && formats.contains(&Format::Ova))).collect();
+    let mut singles: Vec<Format> = formats.iter().copied().filter(|f| !(matches!(f, Format::Raw | Format::Ova) || *f == Format::Vmdk && formats.contains(&Format::Ova))).collect();
     singles.sort_by_key(slowness);
     tasks.extend(singles.into_iter().map(Task::One));
 

@@ -142,7 +142,7 @@ fn field_to_spdx(field: &str) -> Option<Mapped> {
             (false, _) => (" AND ", " and "),
         };
         let mut terms = Vec::new();
-        for t in split_words(&group.to_ascii_lowercase(), &group, sep) {
+        for t in split_words(&group.to_ascii_lowercase(), group, sep) {
             match term_to_spdx(t.trim().trim_end_matches(','))? {
                 Mapped::PublicDomain if op == " OR " => return None,
                 Mapped::PublicDomain => {}

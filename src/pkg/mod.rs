@@ -223,6 +223,16 @@ pub fn backend(detected: &Detected) -> Result<Box<dyn PackageManager>> {
     }
 }
 
+/// The backend for the package database the image has, when its tools were not found (an image
+/// whose apt-get is gone still has dpkg's database and apt's caches, which sysprep cleans and
+/// holds). `None` without a database kib has a backend for.
+pub fn backend_for_database(root: &GuestRoot) -> Option<Box<dyn PackageManager>> {
+    match Database::find(root)? {
+        Database::Dpkg => Some(Box::new(apt::Apt)),
+        Database::Rpm => None,
+    }
+}
+
 /// What earlier `packages` steps of this build did, and the `--lock` pins.
 #[derive(Debug, Default)]
 pub struct StepState {

@@ -37,6 +37,14 @@ use crate::exec::ExecError;
 /// What blkid says of a filesystem: `TYPE`, `UUID`, `LABEL`, ... (keys as blkid prints them).
 pub type Probe = std::collections::HashMap<String, String>;
 
+/// Parses `blkid -o export` output.
+pub fn parse_export(text: &str) -> Probe {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// A byte range of a file to attach as a loop device. The device always has autoclear (the
 /// kernel detaches it once its last user is gone, even when kib is killed) and no partition
 /// scanning.

@@ -77,7 +77,7 @@ impl Sys for RealSys {
     /// found; an ambivalent probe (several signatures) counts as nothing found.
     fn probe(&self, file: &Path, offset: u64, size: u64) -> io::Result<Probe> {
         let out = Command::new("blkid").args(["-p", "-o", "export", "-O", &offset.to_string(), "-S", &size.to_string()]).arg(file).output()?;
-        Ok(crate::phase0::probe::parse_export(&String::from_utf8_lossy(&out.stdout)))
+        Ok(super::parse_export(&String::from_utf8_lossy(&out.stdout)))
     }
 
     fn run(&self, cmd: &mut Command, what: &str, timeout: Option<Duration>) -> Result<Vec<String>, ExecError> {
