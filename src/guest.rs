@@ -422,7 +422,7 @@ mod tests {
         let meta = std::fs::symlink_metadata(root.join("etc/resolv.conf")).unwrap();
         assert!(meta.is_file());
         assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
-        assert_eq!(meta.uid(), 0);
+        assert_eq!(meta.uid(), uid);
     }
 
     #[test]

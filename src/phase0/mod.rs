@@ -1,8 +1,23 @@
 //! Phase 0: the base image. Verify it, make a sparse raw working copy, read its partition
 //! table, attach partitions as loop devices and mount its tree as its own fstab says.
 //!
-//! Everything mounted here lives in kib's private mount namespace (see
-//! [`crate::mounts::enter_private_namespace`]); every loop device has autoclear set.
+//! The order, which the unit tests in `tests.rs` check call by call through the recording fake
+//! of [`crate::sys`]:
+//! 1. every partition (or the whole disk) is probed with blkid;
+//! 2. root selection: Linux filesystems only, partitions typed as a root first, then the
+//!    largest; each is attached and mounted in turn until one has `/etc/os-release` (the others
+//!    are unmounted and detached again);
+//! 3. growth (`disk.size`): the root is unmounted and detached, the file and its GPT grown with
+//!    sfdisk, the root attached at its new size, its filesystem grown (ext2/3/4 before mounting,
+//!    xfs and btrfs after) and mounted again;
+//! 4. fstab: filesystems shallowest first, then bind entries; `noauto`, swap and
+//!    pseudo-filesystems skipped; one the kernel cannot mount (ENODEV, vfat here) skipped with a
+//!    warning.
+//!
+//! Every loop device and mount is a guard on one stack ([`crate::sys::Stack`]), undone strictly
+//! in reverse on close, on error and on drop. Everything mounted here lives in kib's private
+//! mount namespace (see [`crate::mounts::enter_private_namespace`]); every loop device has
+//! autoclear set.
 
 pub mod facts;
 pub mod fstab;

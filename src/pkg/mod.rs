@@ -359,3 +359,34 @@ pub(crate) mod fake {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_not_written_yet_say_so() {
+        assert_eq!(backend(&Detected { kind: ManagerKind::Apt, tool: "apt-get" }).unwrap().kind(), ManagerKind::Apt);
+        for (kind, tool) in [(ManagerKind::Dnf, "dnf"), (ManagerKind::Yum, "yum"), (ManagerKind::Tdnf, "tdnf"), (ManagerKind::Zypper, "zypper")] {
+            let e = backend(&Detected { kind, tool }).err().unwrap().to_string();
+            assert_eq!(e, format!("this image's package manager is {kind} ({tool}), and kib's {kind} backend is not implemented yet; kib installs packages with apt only so far"));
+        }
+    }
+
+    #[test]
+    fn package_databases_are_found_and_read() {
+        let d = tempfile::tempdir().unwrap();
+        let root = GuestRoot::open(d.path()).unwrap();
+        assert_eq!(Database::find(&root), None);
+        assert!(installed(&root).unwrap().is_empty());
+        assert!(backend_for_database(&root).is_none());
+        std::fs::create_dir_all(d.path().join("var/lib/rpm")).unwrap();
+        assert_eq!(Database::find(&root), Some(Database::Rpm));
+        assert!(installed(&root).unwrap_err().to_string().contains("reading it is not implemented yet"));
+        std::fs::create_dir_all(d.path().join("var/lib/dpkg")).unwrap();
+        std::fs::write(d.path().join("var/lib/dpkg/status"), "Package: jq\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.6-2.1\n").unwrap();
+        assert_eq!(Database::find(&root), Some(Database::Dpkg));
+        assert_eq!(installed(&root).unwrap()[0].name, "jq");
+        assert_eq!(backend_for_database(&root).unwrap().kind(), ManagerKind::Apt);
+    }
+}
