@@ -5,11 +5,14 @@
 
 use std::path::Path;
 
+use crate::bolt::containerd;
+use crate::bom::Bom;
+use crate::context::BuildContext;
 use crate::guest::GuestRoot;
 use crate::manifest::{Action, Manifest};
 use crate::phase0::facts::Facts;
 use crate::phase1::step_vars;
-use crate::phase2::bom::{self, Package};
+use crate::pkg::{self, Package};
 
 /// One check's outcome.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -23,20 +26,21 @@ fn check(out: &mut Vec<Check>, name: impl Into<String>, ok: bool, detail: impl I
     out.push(Check { name: name.into(), ok, detail: detail.into() });
 }
 
-/// Runs every check on the mounted `root`, with the manifest's expectations when given.
+/// Runs every check on the mounted `root`, with the manifest's expectations when given;
+/// `ctx` gives `${build_date}` and the like as the build saw them.
 ///
 /// `bom` (the image's bom.json), when given, names the pre-loaded images to look for in
 /// containerd's metadata store.
-pub fn run(root: &GuestRoot, facts: &Facts, manifest: Option<&Manifest>, bom: Option<&serde_json::Value>) -> anyhow::Result<Vec<Check>> {
+pub fn run(root: &GuestRoot, facts: &Facts, ctx: &BuildContext, manifest: Option<&Manifest>, bom: Option<&Bom>) -> anyhow::Result<Vec<Check>> {
     let mut out = Vec::new();
     let mid = root.read(Path::new("/etc/machine-id"))?;
     check(&mut out, "machine-id is empty", mid.as_ref().is_none_or(|m| m.is_empty()), format!("{} bytes", mid.map_or(0, |m| m.len())));
     let keys: Vec<String> =
         root.read_dir(Path::new("/etc/ssh"))?.into_iter().map(|n| n.to_string_lossy().into_owned()).filter(|n| n.starts_with("ssh_host_")).collect();
     check(&mut out, "no SSH host keys", keys.is_empty(), keys.join(" "));
-    let packages = bom::packages(root)?;
+    let packages = pkg::installed(root)?;
     let Some(m) = manifest else { return Ok(out) };
-    let vars = step_vars(m, facts);
+    let vars = step_vars(m, facts, ctx);
     let os_ids = facts.os_ids();
     for step in m.steps.iter().filter(|s| s.applies(&os_ids, &facts.arch, &vars)) {
         let Ok(action) = step.action.expand(&vars) else { continue };
@@ -105,24 +109,39 @@ pub fn run(root: &GuestRoot, facts: &Facts, manifest: Option<&Manifest>, bom: Op
                 }
             }
             Action::Images(i) => {
-                let meta = root.read(Path::new("/var/lib/containerd/io.containerd.metadata.v1.bolt/meta.db"))?.unwrap_or_default();
                 let ns = i.namespace.unwrap_or_else(|| "k8s.io".into());
-                let has = |s: &str| meta.windows(s.len()).any(|w| w == s.as_bytes());
-                check(&mut out, format!("containerd namespace {ns} exists"), has(&ns), "");
-                let names: Vec<String> = bom
-                    .and_then(|b| b["steps"].as_array())
-                    .into_iter()
-                    .flatten()
-                    .filter(|s| s["name"] == step.name.as_str())
-                    .flat_map(|s| s["images"].as_array().cloned().unwrap_or_default())
-                    .filter_map(|img| img["name"].as_str().map(str::to_string))
-                    .collect();
-                for name in names {
-                    check(&mut out, format!("image {name} in containerd's store"), has(&name), "");
-                }
+                let names: Vec<String> = bom.into_iter().flat_map(|b| b.steps_named(&step.name)).flat_map(|s| &s.images).map(|img| img.name.clone()).collect();
+                let db = match root.read_regular_capped(Path::new(containerd::META_DB), MAX_META_DB)? {
+                    Some(bytes) => Some(crate::bolt::Db::from_bytes(bytes).map_err(|e| e.context(format!("reading {}", containerd::META_DB)))?),
+                    None => None,
+                };
+                out.extend(containerd_checks(db.as_ref(), &ns, &names)?);
             }
             _ => {}
         }
+    }
+    Ok(out)
+}
+
+/// containerd's metadata store is read up to this size (bytes): a node's is a few MiB.
+const MAX_META_DB: u64 = 256 << 20;
+
+/// The checks of an `images` step: the namespace `ns` exists in containerd's store `db`, and
+/// holds each image of `names` (from the BOM) by its exact name.
+///
+/// Errors: a damaged store.
+pub fn containerd_checks(db: Option<&crate::bolt::Db>, ns: &str, names: &[String]) -> anyhow::Result<Vec<Check>> {
+    let mut out = Vec::new();
+    let store = match db {
+        Some(db) => containerd::images(db)?,
+        None => Vec::new(),
+    };
+    let images = store.iter().find(|(n, _)| n == ns).map(|(_, images)| images);
+    let detail = if db.is_none() { "no containerd metadata store".to_string() } else { format!("namespaces: {}", store.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")) };
+    check(&mut out, format!("containerd namespace {ns} exists"), images.is_some(), if images.is_some() { String::new() } else { detail });
+    for name in names {
+        let found = images.is_some_and(|i| i.contains(name));
+        check(&mut out, format!("image {name} in containerd's store"), found, if found { "" } else { "not in that namespace" });
     }
     Ok(out)
 }
@@ -139,4 +158,28 @@ fn enabled(root: &GuestRoot, unit: &str) -> anyhow::Result<Option<String>> {
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containerd_checks_match_namespaces_and_names_exactly() {
+        let db = crate::bolt::Db::open(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/containerd/meta.db")), 1 << 20).unwrap();
+        let pause = vec!["registry.k8s.io/pause:3.9".to_string()];
+        let verdicts = |ns: &str, names: &[String]| containerd_checks(Some(&db), ns, names).unwrap().into_iter().map(|c| (c.name, c.ok)).collect::<Vec<_>>();
+        assert_eq!(verdicts("k8s.io", &pause), [("containerd namespace k8s.io exists".to_string(), true), ("image registry.k8s.io/pause:3.9 in containerd's store".to_string(), true)]);
+        // The image is in another namespace: the check fails, as it must.
+        assert!(!verdicts("default", &pause)[1].1);
+        // Names that occur only inside image names or other namespaces are no namespaces: a byte
+        // search of meta.db would have passed all three.
+        for ns in ["k8s", "example.com", "registry.k8s.io"] {
+            let c = containerd_checks(Some(&db), ns, &[]).unwrap();
+            assert!(!c[0].ok, "{ns}");
+            assert_eq!(c[0].detail, "namespaces: default, k8s.io");
+        }
+        let none = containerd_checks(None, "k8s.io", &pause).unwrap();
+        assert!(none.iter().all(|c| !c.ok) && none[0].detail == "no containerd metadata store");
+    }
 }

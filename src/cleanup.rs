@@ -51,8 +51,7 @@ fn loops_backed_under(dir: &Path) -> Vec<(String, PathBuf)> {
 /// registered (`kib-qemu-<cpu>-<pid>` whose pid is no running kib); the host's own handlers are
 /// never touched. Must run in kib's private mount namespace (binfmt_misc may get mounted).
 pub fn run(work_base: &Path) -> Result<Report> {
-    let mut report = Report::default();
-    report.binfmt_handlers = crate::phase1::binfmt::remove_stale(live_kib).context("removing stale binfmt_misc handlers")?;
+    let mut report = Report { binfmt_handlers: crate::phase1::binfmt::remove_stale(live_kib).context("removing stale binfmt_misc handlers")?, ..Default::default() };
     let entries = match std::fs::read_dir(work_base) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::phase2::convert::Qcow2Compression;
+use crate::format::{Format, Qcow2Compression};
 
 /// kib: Kubernetes node images from an existing bootable disk image and a manifest, built
 /// offline in a chroot. No VM is booted.
@@ -21,6 +21,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// The arguments are parsed once; boxing the larger ones would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the three phases: attach and mount the image, run the manifest's steps in a chroot,
@@ -35,7 +37,7 @@ pub enum Command {
     /// no image and needs no root.
     Validate(ValidateArgs),
     /// List the sysprep operations that `sysprep.skip` can name.
-    SysprepOperations,
+    SysprepOperations(SysprepOperationsArgs),
     /// Check a built image offline, read-only: no SSH host keys, an empty machine-id, and, with
     /// a manifest, everything it says (packages and holds, services, sysctls, modules, files,
     /// downloads, repositories, pre-loaded images). Exits non-zero when a check fails. Needs root.
@@ -52,6 +54,20 @@ pub enum Command {
     /// folder, say on a USB disk) can build with --offline.
     Fetch(FetchArgs),
 }
+
+/// How a command prints its result: `text` for people, `json` for programs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Plain text lines.
+    #[default]
+    Text,
+    /// One pretty-printed JSON document.
+    Json,
+}
+
+/// `kib sysprep-operations` takes no arguments.
+#[derive(Debug, Args)]
+pub struct SysprepOperationsArgs {}
 
 /// Where downloads come from: shared by customize and fetch.
 #[derive(Debug, Args)]
@@ -106,10 +122,10 @@ pub struct CustomizeArgs {
     /// Where the images, bom.json and SHA256SUMS go. Created if missing.
     #[arg(short, long, value_name = "DIR", default_value = "out")]
     pub output_dir: PathBuf,
-    /// Output formats, comma-separated: raw, qcow2, vmdk, ova, vhd, vhdx, raw.zst, raw.gz, gce. Overrides the manifest's
-    /// output.formats; the default is qcow2.
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    pub format: Vec<String>,
+    /// Output formats, comma-separated. Overrides the manifest's output.formats; the default is
+    /// qcow2.
+    #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',')]
+    pub format: Vec<Format>,
     /// Override a manifest variable: --set kubernetes_version=1.30.6. Repeatable.
     #[arg(long, value_name = "NAME=VALUE")]
     pub set: Vec<String>,
@@ -202,9 +218,9 @@ pub struct CheckArgs {
     /// Its bom.json, to check the pre-loaded images by name. Default: bom.json beside the image.
     #[arg(long, value_name = "PATH")]
     pub bom: Option<PathBuf>,
-    /// `text` (default) or `json`.
-    #[arg(long, default_value = "text")]
-    pub output: String,
+    /// How to print the checks.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
     /// Where the work directory is created (only used for non-raw images).
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,
@@ -221,9 +237,9 @@ pub struct CleanupArgs {
 pub struct InspectArgs {
     /// The image (raw is attached directly, read-only; other formats are copied first).
     pub image: PathBuf,
-    /// `text` (default) or `json`.
-    #[arg(long, default_value = "text", conflicts_with = "sbom")]
-    pub output: String,
+    /// How to print the report.
+    #[arg(long, value_enum, default_value_t, conflicts_with = "sbom")]
+    pub output: OutputFormat,
     /// Print an SBOM of the image instead of the report: `spdx` (SPDX 2.3 JSON) or `cyclonedx`
     /// (CycloneDX 1.5 JSON). It lists the OS and every installed package with its purl and,
     /// where its copyright file declares one, its licence; downloads and pre-loaded images are
@@ -236,4 +252,29 @@ pub struct InspectArgs {
     /// Where the work directory is created (only used for non-raw images).
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn typed_flags_parse_and_refuse() {
+        let c = Cli::try_parse_from(["kib", "customize", "--disk-image", "x", "--manifest", "m", "--format", "qcow2,raw.zst", "--qcow2-compression", "zstd"]).unwrap();
+        let Command::Customize(a) = c.command else { panic!("not customize") };
+        assert_eq!(a.format, [Format::Qcow2, Format::RawZst]);
+        assert_eq!(a.qcow2_compression, Some(Qcow2Compression::Zstd));
+        let e = Cli::try_parse_from(["kib", "customize", "--disk-image", "x", "--manifest", "m", "--format", "qcow3"]).unwrap_err().to_string();
+        assert!(e.contains("invalid value 'qcow3' for '--format <LIST>'") && e.contains("raw.zst"), "{e}");
+        let e = Cli::try_parse_from(["kib", "inspect", "x", "--output", "yaml"]).unwrap_err().to_string();
+        assert!(e.contains("invalid value 'yaml' for '--output <OUTPUT>'"), "{e}");
+        let c = Cli::try_parse_from(["kib", "check", "--disk-image", "x", "--output", "json"]).unwrap();
+        assert!(matches!(c.command, Command::Check(CheckArgs { output: OutputFormat::Json, .. })));
+    }
 }

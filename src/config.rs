@@ -45,6 +45,17 @@ impl Config {
         yaml_serde::from_str(&text).with_context(|| format!("kib configuration {}", path.display()))
     }
 
+    /// The fetcher this configuration describes, with `extra_mirrors` (`--mirror FROM=TO`) after
+    /// the file's, `cache_dir` over the file's (default `/var/cache/kib`), and offline when
+    /// either says so.
+    ///
+    /// Errors: a mirror specification without `=` or with an empty side.
+    pub fn fetcher(&self, extra_mirrors: &[String], cache_dir: Option<&Path>, offline: bool) -> Result<crate::fetch::Fetcher> {
+        let mirrors = crate::fetch::MirrorMap::parse(&self.mirror_specs(extra_mirrors))?;
+        let cache_dir = cache_dir.map(Path::to_path_buf).or_else(|| self.cache_dir.clone()).unwrap_or_else(|| "/var/cache/kib".into());
+        Ok(crate::fetch::Fetcher::new(mirrors, &cache_dir, offline || self.offline))
+    }
+
     /// Mirror specifications (`FROM=TO`), the file's first, then `extra`.
     pub fn mirror_specs(&self, extra: &[String]) -> Vec<String> {
         self.mirrors.iter().map(|(f, t)| format!("{f}={t}")).chain(extra.iter().cloned()).collect()

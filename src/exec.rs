@@ -77,6 +77,27 @@ impl ExecError {
     }
 }
 
+/// Whether `e` means a full filesystem: an `io::Error` (or rustix `Errno`) ENOSPC anywhere in its
+/// chain, or a command that failed saying so in its last lines, where no errno reaches kib:
+/// the C library's `No space left on device` (dpkg: `failed to write (No space left on device)`;
+/// apt: `Write error - write (28: No space left on device)`), and apt's own check before it
+/// downloads, `You don't have enough free space in`.
+pub fn is_disk_full(e: &anyhow::Error) -> bool {
+    let enospc = rustix::io::Errno::NOSPC;
+    e.chain().any(|c| {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error() == Some(enospc.raw_os_error());
+        }
+        if let Some(errno) = c.downcast_ref::<rustix::io::Errno>() {
+            return *errno == enospc;
+        }
+        if let Some(x) = c.downcast_ref::<ExecError>() {
+            return x.tail().iter().any(|l| l.contains("No space left on device") || l.contains("You don't have enough free space in"));
+        }
+        false
+    })
+}
+
 fn format_tail(tail: &[String]) -> String {
     if tail.is_empty() {
         return " (it printed nothing)".to_string();
@@ -256,6 +277,26 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(5));
         assert!(matches!(e, ExecError::TimedOut { .. }), "{e}");
         assert!(e.to_string().contains("did not finish within 300ms") && e.to_string().contains("| started"), "{e}");
+    }
+
+    #[test]
+    fn a_full_disk_is_known_by_its_errno_or_by_what_the_tool_printed() {
+        let io = std::io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error());
+        assert!(is_disk_full(&anyhow::Error::new(io).context("writing /big.bin in the image").context("step 1/1")));
+        assert!(is_disk_full(&anyhow::Error::new(rustix::io::Errno::NOSPC).context("x")));
+        let failed = |line: &str| ExecError::Failed { what: "apt-get install".into(), status: "exit code 100".into(), code: Some(100), tail: vec!["Unpacking x ...".into(), line.into()] };
+        for line in [
+            "E: Write error - write (28: No space left on device)",
+            "dpkg: error processing archive /var/cache/apt/archives/x.deb (--unpack): cannot copy extracted data for './usr/bin/x' to '/usr/bin/x.dpkg-new': failed to write (No space left on device)",
+            "E: You don't have enough free space in /var/cache/apt/archives/.",
+        ] {
+            assert!(is_disk_full(&anyhow::Error::new(failed(line)).context("step")), "{line}");
+        }
+        // Other errors are not, even when their message says the words: only errnos and tool
+        // output count.
+        assert!(!is_disk_full(&anyhow::Error::new(failed("E: Unable to locate package jq"))));
+        assert!(!is_disk_full(&anyhow::Error::new(std::io::Error::from_raw_os_error(rustix::io::Errno::IO.raw_os_error()))));
+        assert!(!is_disk_full(&anyhow::anyhow!("a file named No space left on device")));
     }
 
     #[test]

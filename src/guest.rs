@@ -33,6 +33,12 @@ impl GuestRoot {
         Ok(GuestRoot { fd, path: path.to_path_buf() })
     }
 
+    /// Another handle on the same root (a duplicated descriptor), for an owner that outlives a
+    /// borrow, such as the chroot session.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(GuestRoot { fd: self.fd.try_clone()?, path: self.path.clone() })
+    }
+
     /// The host path of the root.
     pub fn path(&self) -> &Path {
         &self.path
@@ -366,6 +372,11 @@ fn invalid(guest: &Path, what: &str) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The test's own uid and gid: what a write may set without root (kib writes as root).
+    fn me() -> (u32, u32) {
+        (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw())
+    }
     use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 
     fn setup() -> (tempfile::TempDir, PathBuf, PathBuf, GuestRoot) {
@@ -390,7 +401,8 @@ mod tests {
         assert!(!host.join("config.toml").exists(), "wrote through an absolute symlink");
         // When it exists inside the image, the write lands there.
         std::fs::create_dir_all(root.join(host.strip_prefix("/").unwrap())).unwrap();
-        g.write(Path::new("/etc/containerd/config.toml"), b"x", 0o644, 0, 0).unwrap();
+        let (uid, gid) = me();
+        g.write(Path::new("/etc/containerd/config.toml"), b"x", 0o644, uid, gid).unwrap();
         assert!(!host.join("config.toml").exists(), "wrote through an absolute symlink");
         // It landed at <root><host path>/config.toml, i.e. inside the image.
         let inside = root.join(host.strip_prefix("/").unwrap()).join("config.toml");
@@ -404,12 +416,13 @@ mod tests {
         // Reading follows the link, but clamped to the root: there is no /host/passwd inside.
         assert!(g.read(Path::new("/etc/resolv.conf")).unwrap().is_none());
         // Writing replaces the link itself.
-        g.write(Path::new("/etc/resolv.conf"), b"nameserver 1.1.1.1\n", 0o644, 0, 0).unwrap();
+        let (uid, gid) = me();
+        g.write(Path::new("/etc/resolv.conf"), b"nameserver 1.1.1.1\n", 0o644, uid, gid).unwrap();
         assert_eq!(std::fs::read_to_string(host.join("passwd")).unwrap(), "host secret");
         let meta = std::fs::symlink_metadata(root.join("etc/resolv.conf")).unwrap();
         assert!(meta.is_file());
         assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
-        assert_eq!(meta.uid(), 0);
+        assert_eq!(meta.uid(), uid);
     }
 
     #[test]
@@ -443,6 +456,8 @@ mod tests {
     #[test]
     fn dotdot_in_manifest_paths_is_refused() {
         let (_d, _root, _host, g) = setup();
-        assert!(g.write(Path::new("/etc/../../x"), b"", 0o644, 0, 0).is_err());
+        let e = g.write(Path::new("/etc/../../x"), b"", 0o644, 0, 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(e.to_string(), "image path /etc/../../x must not contain `..`");
     }
 }

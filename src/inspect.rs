@@ -8,7 +8,7 @@ use indexmap::IndexMap;
 
 use crate::phase0::{Filesystem, Image};
 use crate::phase0::partition::Table;
-use crate::phase2::bom::{self, Package};
+use crate::pkg::{self, Package};
 
 /// The report, as `--output json` prints it.
 #[derive(Debug, serde::Serialize)]
@@ -33,10 +33,18 @@ pub struct Report {
     pub packages: Vec<Package>,
 }
 
+impl Report {
+    /// The neutral SBOM input of the inspected image: its file name, OS and packages.
+    pub fn sbom_input(&self) -> crate::phase2::sbom::SbomInput {
+        let name = Path::new(&self.image).file_name().map_or_else(|| self.image.clone(), |n| n.to_string_lossy().into_owned());
+        crate::phase2::sbom::SbomInput::for_image(&name, self.os_release.clone(), &self.architecture, self.packages.clone())
+    }
+}
+
 /// Builds the report of an image opened read-only.
 pub fn report(image: &Image) -> Result<Report> {
     let root = image.root();
-    let packages = bom::packages(root)?;
+    let packages = pkg::installed(root)?;
     let mut kubernetes = IndexMap::new();
     for name in ["kubelet", "kubeadm", "kubectl", "kubernetes-cni", "cri-tools", "containerd", "containerd.io", "runc"] {
         if let Some(p) = packages.iter().find(|p| p.name == name) {

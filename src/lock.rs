@@ -1,121 +1,63 @@
 //! `kib customize --lock bom.json`: rebuild with every package and artifact pinned to what an
 //! earlier build's BOM recorded, so that the same inputs give the same installed binaries.
 //!
-//! - Downloads (`download` and `images` archives, repository keys) must have the SHA-256 the BOM
-//!   recorded for their URL; `sha256_url` checksum files are not consulted. A URL the BOM does not
-//!   list, or a manifest pin that disagrees with it, stops the build before anything is fetched.
-//! - apt installs the BOM's version of every package it names (`apt-get install name=version`),
-//!   and an apt preferences file pins every package of the BOM at priority 1001 while `packages`
-//!   steps run, so that dependencies resolve to the recorded versions too. After each `packages`
-//!   step every recorded package that is installed must have its recorded version; the error names
-//!   each that does not, and apt's own error names a version the sources no longer have.
+//! The BOM is read through [`crate::bom::Bom`] and split into two kinds of pins, each used where
+//! it applies, so that neither the fetcher nor the package backends depend on the BOM:
+//! - [`crate::fetch::DownloadPins`]: downloads (`download` and `images` archives, repository
+//!   keys) must have the SHA-256 the BOM recorded for their URL; `sha256_url` checksum files are
+//!   not consulted. A URL the BOM does not list, or a manifest pin that disagrees with it, stops
+//!   the build before anything is fetched.
+//! - [`crate::pkg::PackagePins`]: the package manager installs the BOM's version of every package
+//!   a step names, pins every package of the BOM while `packages` steps run (apt: a
+//!   priority-1001 preferences file), and after each `packages` step every recorded package that
+//!   is installed must have its recorded version (see [`crate::pkg::apply_step`]).
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use indexmap::IndexMap;
 
-use crate::phase2::bom::Package;
+use crate::bom::Bom;
+use crate::fetch::DownloadPins;
+use crate::pkg::PackagePins;
 
 /// The pins read from a BOM.
 #[derive(Debug, Clone)]
 pub struct Lock {
     /// The bom.json it was read from.
     pub path: PathBuf,
-    /// Package name to (version, architecture), from the BOM's `packages`.
-    pub packages: IndexMap<String, (String, String)>,
-    /// Download URL (credentials removed, as the BOM records it) to SHA-256, from every step's
-    /// `downloads`.
-    pub downloads: IndexMap<String, String>,
+    pub packages: PackagePins,
+    pub downloads: DownloadPins,
 }
 
 impl Lock {
     /// Reads the pins of `path`, a `bom.json` that `kib customize` wrote.
     ///
-    /// Errors: the file cannot be read, is not JSON, or is not a kib BOM (no `bom_version`,
-    /// `packages` or `steps`).
+    /// Errors: the file cannot be read, or is not a kib BOM (the message names the field), or
+    /// it records two different SHA-256 for one URL.
     pub fn load(path: &Path) -> Result<Lock> {
-        let bytes = std::fs::read(path).with_context(|| format!("--lock: reading {}", path.display()))?;
-        let bom: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("--lock: {} is not JSON", path.display()))?;
+        let bom = Bom::read(path).map_err(|e| e.context("--lock"))?;
         Self::from_bom(path, &bom)
     }
 
     /// The pins of an already parsed BOM; `path` names it in messages.
-    pub fn from_bom(path: &Path, bom: &serde_json::Value) -> Result<Lock> {
-        let (Some(_), Some(pkgs), Some(steps)) = (bom.get("bom_version"), bom["packages"].as_array(), bom["steps"].as_array()) else {
-            bail!("--lock: {} is not a kib bom.json (it needs bom_version, packages and steps)", path.display());
-        };
-        let mut packages = IndexMap::new();
-        for p in pkgs {
-            let (Some(name), Some(version)) = (p["name"].as_str(), p["version"].as_str()) else {
-                bail!("--lock: {}: a package entry without name or version: {p}", path.display());
-            };
-            packages.insert(name.to_string(), (version.to_string(), p["architecture"].as_str().unwrap_or("").to_string()));
-        }
-        let mut downloads = IndexMap::new();
-        for d in steps.iter().filter_map(|s| s["downloads"].as_array()).flatten() {
-            let (Some(url), Some(sum)) = (d["url"].as_str(), d["sha256"].as_str()) else {
-                bail!("--lock: {}: a download without url or sha256: {d}", path.display());
-            };
-            if let Some(old) = downloads.insert(url.to_string(), sum.to_string()) {
-                if old != sum {
-                    bail!("--lock: {} records two different sha256 for {url}: {old} and {sum}", path.display());
+    ///
+    /// Errors: two different SHA-256 recorded for one URL.
+    pub fn from_bom(path: &Path, bom: &Bom) -> Result<Lock> {
+        let packages = bom.packages.iter().map(|p| (p.name.clone(), p.clone())).collect();
+        let mut sums: IndexMap<String, String> = IndexMap::new();
+        for d in bom.steps.iter().flat_map(|s| &s.downloads) {
+            if let Some(old) = sums.insert(d.url.clone(), d.sha256.clone()) {
+                if old != d.sha256 {
+                    bail!("--lock: {} records two different sha256 for {}: {old} and {}", path.display(), d.url, d.sha256);
                 }
             }
         }
-        Ok(Lock { path: path.to_path_buf(), packages, downloads })
-    }
-
-    /// The SHA-256 `url` must have. `pinned` is the manifest's own pin, if any.
-    ///
-    /// Errors: the BOM has no such URL (the manifest changed since the locked build), or the
-    /// manifest pins another sum.
-    pub fn sum_for(&self, url: &str, pinned: Option<&str>) -> Result<String> {
-        let shown = crate::fetch::redact(url);
-        let Some(locked) = self.downloads.get(&shown) else {
-            bail!(
-                "--lock {}: {shown} is not in the lock; the locked build downloaded no such artifact (the manifest or its variables changed since)",
-                self.path.display()
-            );
-        };
-        if let Some(p) = pinned.filter(|p| !p.eq_ignore_ascii_case(locked)) {
-            bail!("--lock {}: {shown}: the manifest pins sha256 {p}, the lock {locked}", self.path.display());
-        }
-        Ok(locked.clone())
-    }
-
-    /// `name=version` for each name the lock holds, else `name` as given. A name that already
-    /// says a version (`name=...`) or a release (`name/...`) is kept.
-    pub fn install_args(&self, names: &[String]) -> Vec<String> {
-        names
-            .iter()
-            .map(|n| match self.packages.get(n.as_str()) {
-                Some((v, _)) if !n.contains('=') && !n.contains('/') => format!("{n}={v}"),
-                _ => n.clone(),
-            })
-            .collect()
-    }
-
-    /// An apt preferences file pinning every locked package to its version, priority 1001 (apt
-    /// installs, upgrades or downgrades to it when the sources have it).
-    pub fn apt_preferences(&self) -> String {
-        let mut s = format!("# kib --lock {}: removed after the build\n", self.path.display());
-        for (name, (version, _)) in &self.packages {
-            s.push_str(&format!("\nPackage: {name}\nPin: version {version}\nPin-Priority: 1001\n"));
-        }
-        s
-    }
-
-    /// The installed packages whose version differs from the lock's, as `name version (locked
-    /// version)` lines.
-    pub fn mismatches(&self, installed: &[Package]) -> Vec<String> {
-        installed
-            .iter()
-            .filter_map(|p| {
-                let (v, _) = self.packages.get(&p.name)?;
-                (v != &p.version).then(|| format!("{} {} (locked {v})", p.name, p.version))
-            })
-            .collect()
+        Ok(Lock {
+            path: path.to_path_buf(),
+            packages: PackagePins { source: path.to_path_buf(), packages },
+            downloads: DownloadPins { source: path.to_path_buf(), sums },
+        })
     }
 }
 
@@ -123,48 +65,39 @@ impl Lock {
 mod tests {
     use super::*;
 
-    fn lock() -> Lock {
-        let bom = serde_json::json!({
-            "bom_version": 1,
-            "packages": [
-                {"name": "jq", "version": "1.6-2.1", "architecture": "amd64", "held": false},
-                {"name": "libjq1", "version": "1.6-2.1", "architecture": "amd64", "held": false}
-            ],
-            "steps": [
-                {"name": "a", "downloads": [{"url": "https://dl.k8s.io/v1/kubectl", "source": "cache", "sha256": "ab".repeat(32), "size": 1}]},
-                {"name": "b"}
-            ]
-        });
-        Lock::from_bom(Path::new("old/bom.json"), &bom).unwrap()
+    fn bom(downloads: serde_json::Value) -> Bom {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/bom/kib-b8de4e5-phases-2.json")).unwrap()).unwrap();
+        v["steps"][0]["downloads"] = downloads;
+        serde_json::from_value(v).unwrap()
     }
 
     #[test]
-    fn pins_downloads_by_url() {
-        let l = lock();
-        assert_eq!(l.sum_for("https://dl.k8s.io/v1/kubectl", None).unwrap(), "ab".repeat(32));
-        assert_eq!(l.sum_for("https://dl.k8s.io/v1/kubectl", Some(&"AB".repeat(32))).unwrap(), "ab".repeat(32));
-        let e = l.sum_for("https://dl.k8s.io/v1/kubectl", Some(&"cd".repeat(32))).unwrap_err().to_string();
+    fn pins_downloads_by_url_and_packages_by_name() {
+        let d = serde_json::json!([{"url": "https://dl.k8s.io/v1/kubectl", "source": "cache", "sha256": "ab".repeat(32), "size": 1}]);
+        let l = Lock::from_bom(Path::new("old/bom.json"), &bom(d)).unwrap();
+        assert_eq!(l.packages.packages["bash"].version, "5.2.15-2+b13");
+        let p = &l.downloads;
+        assert_eq!(p.sum_for("https://dl.k8s.io/v1/kubectl", None).unwrap(), "ab".repeat(32));
+        assert_eq!(p.sum_for("https://dl.k8s.io/v1/kubectl", Some(&"AB".repeat(32))).unwrap(), "ab".repeat(32));
+        let e = p.sum_for("https://dl.k8s.io/v1/kubectl", Some(&"cd".repeat(32))).unwrap_err();
         assert!(e.contains("the manifest pins sha256 cdcd") && e.contains("the lock abab"), "{e}");
-        let e = l.sum_for("https://dl.k8s.io/v2/kubectl", None).unwrap_err().to_string();
+        let e = p.sum_for("https://dl.k8s.io/v2/kubectl", None).unwrap_err();
         assert!(e.contains("old/bom.json: https://dl.k8s.io/v2/kubectl is not in the lock"), "{e}");
     }
 
     #[test]
-    fn pins_packages() {
-        let l = lock();
-        assert_eq!(l.install_args(&["jq".into(), "curl".into(), "libjq1=9".into()]), ["jq=1.6-2.1", "curl", "libjq1=9"]);
-        let prefs = l.apt_preferences();
-        assert!(prefs.contains("Package: jq\nPin: version 1.6-2.1\nPin-Priority: 1001\n"), "{prefs}");
-        let installed = crate::phase2::bom::parse_dpkg_status(
-            "Package: jq\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.6-2.1+deb12u1\n\nPackage: curl\nStatus: install ok installed\nArchitecture: amd64\nVersion: 7\n",
-        )
-        .unwrap();
-        assert_eq!(l.mismatches(&installed), ["jq 1.6-2.1+deb12u1 (locked 1.6-2.1)"]);
-    }
-
-    #[test]
-    fn refuses_what_is_not_a_bom() {
-        let e = Lock::from_bom(Path::new("x.json"), &serde_json::json!({"packages": []})).unwrap_err().to_string();
-        assert!(e.contains("x.json is not a kib bom.json"), "{e}");
+    fn refuses_contradictions_and_what_is_not_a_bom() {
+        let d = serde_json::json!([
+            {"url": "https://x/a", "source": "cache", "sha256": "ab".repeat(32), "size": 1},
+            {"url": "https://x/a", "source": "cache", "sha256": "cd".repeat(32), "size": 1}
+        ]);
+        let e = Lock::from_bom(Path::new("b.json"), &bom(d)).unwrap_err().to_string();
+        assert!(e.contains("records two different sha256 for https://x/a"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x.json");
+        std::fs::write(&f, r#"{"packages": []}"#).unwrap();
+        let e = format!("{:#}", Lock::load(&f).unwrap_err());
+        assert!(e.starts_with("--lock: ") && e.contains("x.json is not a kib bom.json"), "{e}");
     }
 }

@@ -1,5 +1,6 @@
-//! Mounts: kib's private mount namespace, mounting onto directories resolved inside an image,
-//! and unmounting whole trees as /proc/self/mountinfo lists them.
+//! Mounts: kib's private mount namespace, mounting onto directories resolved inside an image
+//! (through [`crate::sys::Sys`], each mount a [`Mounted`] guard), and, as a safety net behind
+//! the guards, unmounting whole trees as /proc/self/mountinfo lists them.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,8 @@ use anyhow::{Context, Result};
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 
 use crate::guest::GuestRoot;
+use crate::sys::{Mounted, MountSpec, Sys};
+use std::sync::Arc;
 
 /// Moves kib into a mount namespace of its own, with every mount private, so that nothing it
 /// mounts is seen by the host and the kernel drops all of it when kib exits, however it exits.
@@ -73,21 +76,40 @@ pub fn mounts_under(dir: &Path) -> io::Result<Vec<MountEntry>> {
 /// Mounts `source` (a device, or a pseudo-filesystem name) on the image directory `guest`,
 /// resolved inside `root` so that a symlink in the image cannot redirect the mount. The
 /// directory is created when missing.
-pub fn mount_in(root: &GuestRoot, guest: &Path, source: &str, fstype: &str, flags: MountFlags, data: Option<&str>) -> Result<()> {
+///
+/// Errors: the mount point cannot be made, or the mount fails (the errno stays in the chain).
+pub fn mount_in(sys: &Arc<dyn Sys>, root: &GuestRoot, guest: &Path, source: &str, fstype: &str, flags: MountFlags, data: Option<&str>) -> Result<Mounted> {
     let dir = root.mkdir_p(guest, 0o755).with_context(|| format!("preparing mount point {} in the image", guest.display()))?;
-    let data = data.map(|d| std::ffi::CString::new(d).expect("mount options have no NUL"));
-    rustix::mount::mount(source, GuestRoot::fd_path(&dir), fstype, flags, data.as_deref())
-        .with_context(|| format!("mounting {source} ({fstype}) on {} in the image", guest.display()))?;
-    Ok(())
+    let at = root.path().join(guest.strip_prefix("/").unwrap_or(guest));
+    Mounted::mount(sys, &MountSpec { source, source_at: None, target: &GuestRoot::fd_path(&dir), at: &at, fstype, flags, data })
+        .with_context(|| format!("mounting {source} ({fstype}) on {} in the image", guest.display()))
 }
 
-/// Bind-mounts the host path `source` onto the image path `guest` (which must exist, resolved
-/// inside `root`).
-pub fn bind_in(root: &GuestRoot, source: &Path, guest: &Path) -> Result<()> {
-    let target = root.open_in_path(guest).with_context(|| format!("opening bind target {} in the image", guest.display()))?;
-    rustix::mount::mount_bind(source, GuestRoot::fd_path(&target))
-        .with_context(|| format!("bind-mounting {} on {} in the image", source.display(), guest.display()))?;
-    Ok(())
+/// Bind-mounts `source` onto the image path `guest` (which must exist, resolved inside `root`).
+/// `source` is a host path, or with `source_in_image` an image path resolved inside `root` too
+/// (an fstab bind entry).
+///
+/// Errors: either path cannot be opened, or the mount fails.
+pub fn bind_in(sys: &Arc<dyn Sys>, root: &GuestRoot, source: &Path, source_in_image: bool, guest: &Path) -> Result<Mounted> {
+    let target = if source_in_image {
+        // An fstab bind entry's mount point, like any other, is made when missing.
+        root.mkdir_p(guest, 0o755).with_context(|| format!("preparing bind target {} in the image", guest.display()))?
+    } else {
+        root.open_in_path(guest).with_context(|| format!("opening bind target {} in the image", guest.display()))?
+    };
+    let (source_fd, source_path);
+    let source_str = if source_in_image {
+        source_fd = root.open_in_path(source).with_context(|| format!("opening bind source {} in the image", source.display()))?;
+        source_path = GuestRoot::fd_path(&source_fd);
+        source_path.to_string_lossy().into_owned()
+    } else {
+        source.to_string_lossy().into_owned()
+    };
+    let at = root.path().join(guest.strip_prefix("/").unwrap_or(guest));
+    let shown = source_in_image.then(|| root.path().join(source.strip_prefix("/").unwrap_or(source)));
+    let spec = MountSpec { source: &source_str, source_at: shown.as_deref(), target: &GuestRoot::fd_path(&target), at: &at, fstype: "", flags: MountFlags::BIND, data: None };
+    Mounted::mount(sys, &spec)
+        .with_context(|| format!("bind-mounting {} on {} in the image", source.display(), guest.display()))
 }
 
 /// Unmounts everything at or below `dir`, deepest first. A busy mount is retried for about two

@@ -213,12 +213,15 @@ fn node_manifest_plus(extra: yaml_serde::Value, name: &str) -> (tempfile::TempDi
     (dir, path)
 }
 
-fn dpkg_packages(root: &Mounted) -> Vec<kib::phase2::bom::Package> {
-    kib::phase2::bom::parse_dpkg_status(&root.read("/var/lib/dpkg/status")).unwrap()
+fn dpkg_packages(root: &Mounted) -> Vec<kib::pkg::Package> {
+    kib::pkg::dpkg::parse_status(&root.read("/var/lib/dpkg/status")).unwrap()
 }
 
 #[test]
 fn arm64_node_image_on_an_amd64_host() {
+    if common::skip_unless_root("arm64_node_image_on_an_amd64_host") {
+        return;
+    }
     let _l = lock();
     let _holder = BinfmtHolder::start();
     let tmp = tempfile::tempdir().unwrap();
@@ -324,6 +327,9 @@ fn arm64_node_image_on_an_amd64_host() {
 /// the host's; then `kib cleanup` removing a handler a killed run left.
 #[test]
 fn binfmt_handler_paths_and_cleanup() {
+    if common::skip_unless_root("binfmt_handler_paths_and_cleanup") {
+        return;
+    }
     let _l = lock();
     let holder = BinfmtHolder::start();
     let tmp = tempfile::tempdir().unwrap();

@@ -9,6 +9,9 @@ use common::*;
 
 #[test]
 fn cleanup_detaches_stale_loop_devices_and_removes_dead_runs() {
+    if common::skip_unless_root("cleanup_detaches_stale_loop_devices_and_removes_dead_runs") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("work");
     let dead = base.join("run-dead");

@@ -63,6 +63,9 @@ fn process_state(cmd: &str) -> String {
 
 #[test]
 fn killed_at_any_point_kib_leaves_nothing() {
+    if common::skip_unless_root("killed_at_any_point_kib_leaves_nothing") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("crash.yaml"), MANIFEST).unwrap();
     let input = base_image();
@@ -126,6 +129,9 @@ fn killed_at_any_point_kib_leaves_nothing() {
 
 #[test]
 fn a_second_ctrl_c_exits_at_once_and_still_leaves_nothing() {
+    if common::skip_unless_root("a_second_ctrl_c_exits_at_once_and_still_leaves_nothing") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(
         tmp.path().join("crash.yaml"),

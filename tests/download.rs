@@ -78,6 +78,9 @@ fn image(dir: &Path) -> PathBuf {
 
 #[test]
 fn downloads_go_through_the_mirror_into_the_image() {
+    if common::skip_unless_root("downloads_go_through_the_mirror_into_the_image") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let (www, crictl_sum) = mirror_tree(tmp.path());
     let server = MirrorServer::start(&www);
@@ -141,6 +144,9 @@ fn downloads_go_through_the_mirror_into_the_image() {
 
 #[test]
 fn a_wrong_hash_on_the_mirror_stops_the_build_with_both_sums() {
+    if common::skip_unless_root("a_wrong_hash_on_the_mirror_stops_the_build_with_both_sums") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let (www, crictl_sum) = mirror_tree(tmp.path());
     // The mirror serves a tampered kubelet whose .sha256 still has the real sum.
@@ -160,6 +166,9 @@ fn a_wrong_hash_on_the_mirror_stops_the_build_with_both_sums() {
 
 #[test]
 fn kib_fetch_fills_the_cache_for_offline_builds() {
+    if common::skip_unless_root("kib_fetch_fills_the_cache_for_offline_builds") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let (www, crictl_sum) = mirror_tree(tmp.path());
     let server = MirrorServer::start(&www);
@@ -199,6 +208,9 @@ fn kib_fetch_fills_the_cache_for_offline_builds() {
 
 #[test]
 fn a_full_image_says_so() {
+    if common::skip_unless_root("a_full_image_says_so") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let www = tmp.path().join("www");
     std::fs::create_dir_all(&www).unwrap();

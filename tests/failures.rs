@@ -26,6 +26,9 @@ fn the_error(stderr: &str) -> &str {
 
 #[test]
 fn failing_run_step_names_the_step_and_leaves_nothing() {
+    if common::skip_unless_root("failing_run_step_names_the_step_and_leaves_nothing") {
+        return;
+    }
     let base = base_image();
     let before = sha256(&base);
     let tmp = tempfile::tempdir().unwrap();
@@ -48,6 +51,9 @@ fn failing_run_step_names_the_step_and_leaves_nothing() {
 
 #[test]
 fn checksum_mismatch_shows_both_sums() {
+    if common::skip_unless_root("checksum_mismatch_shows_both_sums") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let img = tiny_image(tmp.path(), "disk.raw", &[("/etc/os-release", "ID=debian\n")]);
     let actual = sha256(&img);
@@ -64,6 +70,9 @@ fn checksum_mismatch_shows_both_sums() {
 
 #[test]
 fn image_without_linux_root_is_refused() {
+    if common::skip_unless_root("image_without_linux_root_is_refused") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let img = tiny_image(tmp.path(), "empty.raw", &[("/hello.txt", "no OS here\n")]);
     let before = sha256(&img);
@@ -87,6 +96,9 @@ fn image_without_linux_root_is_refused() {
 
 #[test]
 fn missing_image_and_bad_manifest_fail_before_any_work() {
+    if common::skip_unless_root("missing_image_and_bad_manifest_fail_before_any_work") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let manifest = repo().join("manifests/k8s-node-debian.yaml");
     let (ok, stderr) = customize_in(&tmp.path().join("nope.raw"), &manifest, tmp.path(), &[]);

@@ -24,6 +24,9 @@ fn same_disk(p: &Path, format: &str, raw: &Path) {
 
 #[test]
 fn every_format_from_the_node_image() {
+    if common::skip_unless_root("every_format_from_the_node_image") {
+        return;
+    }
     let base = base_image();
     let before = sha256(&base);
     let tmp = tempfile::tempdir().unwrap();

@@ -37,6 +37,9 @@ fn stdout(cmd: &mut Command) -> String {
 
 #[test]
 fn grown_debian_image_has_a_larger_root_and_the_same_files() {
+    if common::skip_unless_root("grown_debian_image_has_a_larger_root_and_the_same_files") {
+        return;
+    }
     let base = base_image();
     let before = sha256(&base);
     let tmp = tempfile::tempdir().unwrap();
@@ -98,6 +101,9 @@ fn grown_debian_image_has_a_larger_root_and_the_same_files() {
 
 #[test]
 fn a_smaller_disk_size_is_refused_and_nothing_is_left() {
+    if common::skip_unless_root("a_smaller_disk_size_is_refused_and_nothing_is_left") {
+        return;
+    }
     let base = base_image();
     let before = sha256(&base);
     let tmp = tempfile::tempdir().unwrap();
@@ -136,6 +142,9 @@ fn whole_disk(tmp: &Path, fstype: &str) -> std::path::PathBuf {
 
 #[test]
 fn whole_disk_xfs_and_btrfs_grow_while_mounted() {
+    if common::skip_unless_root("whole_disk_xfs_and_btrfs_grow_while_mounted") {
+        return;
+    }
     for fstype in ["xfs", "btrfs"] {
         let tmp = tempfile::tempdir().unwrap();
         let disk = whole_disk(tmp.path(), fstype);

@@ -77,6 +77,9 @@ fn check(raw: &Path, tmp: &Path, source: &str) -> String {
 
 #[test]
 fn k8s_1_30_from_pkgs_repository_through_the_mirror() {
+    if common::skip_unless_root("k8s_1_30_from_pkgs_repository_through_the_mirror") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let server = MirrorServer::start(&fixtures(tmp.path()));
     let (raw, bom) = build("pkg", tmp.path(), &server);
@@ -84,7 +87,7 @@ fn k8s_1_30_from_pkgs_repository_through_the_mirror() {
     assert!(reqs.iter().any(|r| r.starts_with("/pkgs/core:/stable:/v1.30/deb/")), "apt did not use the mirror: {reqs:?}");
 
     let img = Mounted::partition(&raw, 1, &tmp.path().join("mnt"));
-    let pkgs = kib::phase2::bom::parse_dpkg_status(&img.read("/var/lib/dpkg/status")).unwrap();
+    let pkgs = kib::pkg::dpkg::parse_status(&img.read("/var/lib/dpkg/status")).unwrap();
     for name in ["kubelet", "kubeadm", "kubectl"] {
         let p = pkgs.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("{name} not installed"));
         assert_eq!(p.version, "1.30.0-1.1", "{name}");
@@ -132,6 +135,9 @@ fn k8s_1_30_from_pkgs_repository_through_the_mirror() {
 
 #[test]
 fn k8s_1_30_from_release_binaries_through_the_mirror() {
+    if common::skip_unless_root("k8s_1_30_from_release_binaries_through_the_mirror") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let server = MirrorServer::start(&fixtures(tmp.path()));
     let (raw, bom) = build("http", tmp.path(), &server);
@@ -144,7 +150,7 @@ fn k8s_1_30_from_release_binaries_through_the_mirror() {
     assert!(std::fs::symlink_metadata(img.path("/etc/systemd/system/multi-user.target.wants/kubelet.service")).is_ok());
     assert!(img.read("/usr/local/bin/crictl").contains("fixture"));
     assert!(img.path("/opt/cni/bin/bridge").is_file());
-    let pkgs = kib::phase2::bom::parse_dpkg_status(&img.read("/var/lib/dpkg/status")).unwrap();
+    let pkgs = kib::pkg::dpkg::parse_status(&img.read("/var/lib/dpkg/status")).unwrap();
     assert!(!pkgs.iter().any(|p| p.name == "kubelet"), "the http way installs no kubelet package");
     drop(img);
     let downloads: Vec<String> =
@@ -156,6 +162,13 @@ fn k8s_1_30_from_release_binaries_through_the_mirror() {
 
 #[test]
 fn release_channel_picks_the_manifest() {
+    let p = kib::manifest::catalogue::release_channel("1-31").unwrap();
+    assert!(p.ends_with("manifests/k8s-1.31.yaml"), "{}", p.display());
+    let e = kib::manifest::catalogue::release_channel("1-29").unwrap_err().to_string();
+    assert!(e.contains("no manifest for release channel 1-29") && e.contains("1-30") && e.contains("1-37"), "{e}");
+    if common::skip_unless_root("release_channel_picks_the_manifest (the kib customize part)") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let out = kib()
         .args(["customize", "--release-channel", "1-29", "--disk-image"])
@@ -167,12 +180,13 @@ fn release_channel_picks_the_manifest() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no manifest for release channel 1-29") && err.contains("1-30") && err.contains("1-37"), "{err}");
-    let p = kib::customize::release_channel("1-31").unwrap();
-    assert!(p.ends_with("manifests/k8s-1.31.yaml"), "{}", p.display());
 }
 
 #[test]
 fn offline_with_an_empty_cache_names_every_missing_artifact() {
+    if common::skip_unless_root("offline_with_an_empty_cache_names_every_missing_artifact") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let mut args: Vec<&str> = vec!["--offline", "--set", "kubernetes_source=http", "--set", "checksums=upstream"];
     args.extend(VERSION_SETS);

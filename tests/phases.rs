@@ -5,6 +5,7 @@
 
 mod common;
 #[path = "common/sbom_schema.rs"]
+#[allow(dead_code)]
 mod sbom_schema;
 
 use std::path::Path;
@@ -40,6 +41,9 @@ fn files(dir: &Path) -> Vec<String> {
 
 #[test]
 fn phases_run_on_their_own_and_continue() {
+    if common::skip_unless_root("phases_run_on_their_own_and_continue") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let base = base_image();
@@ -125,6 +129,9 @@ fn phases_run_on_their_own_and_continue() {
 
 #[test]
 fn phase_options_that_contradict_each_other_are_refused() {
+    if common::skip_unless_root("phase_options_that_contradict_each_other_are_refused") {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let manifest = t.join("phased.yaml");

@@ -83,8 +83,38 @@ pub enum FetchError {
     Cache { path: PathBuf, source: std::io::Error },
 }
 
+/// The downloads of a `--lock` build: the SHA-256 each URL must have, as the locked BOM
+/// recorded them (see `crate::lock`).
+#[derive(Debug, Clone, Default)]
+pub struct DownloadPins {
+    /// The bom.json they come from, for messages.
+    pub source: PathBuf,
+    /// URL (credentials removed, as the BOM records it) to lowercase hex SHA-256.
+    pub sums: indexmap::IndexMap<String, String>,
+}
+
+impl DownloadPins {
+    /// The SHA-256 `url` must have. `pinned` is the manifest's own pin, if any.
+    ///
+    /// Errors: the lock has no such URL (the manifest changed since the locked build), or the
+    /// manifest pins another sum.
+    pub fn sum_for(&self, url: &str, pinned: Option<&str>) -> Result<String, String> {
+        let shown = redact(url);
+        let Some(locked) = self.sums.get(&shown) else {
+            return Err(format!(
+                "--lock {}: {shown} is not in the lock; the locked build downloaded no such artifact (the manifest or its variables changed since)",
+                self.source.display()
+            ));
+        };
+        if let Some(p) = pinned.filter(|p| !p.eq_ignore_ascii_case(locked)) {
+            return Err(format!("--lock {}: {shown}: the manifest pins sha256 {p}, the lock {locked}", self.source.display()));
+        }
+        Ok(locked.clone())
+    }
+}
+
 /// A verified file in the cache.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Fetched {
     /// The URL as the manifest names it (credentials removed).
     pub url: String,
@@ -105,7 +135,7 @@ pub struct Fetcher {
     pub cache_dir: PathBuf,
     pub offline: bool,
     /// `--lock`: every download must have the SHA-256 the locked BOM recorded.
-    pub lock: Option<std::sync::Arc<crate::lock::Lock>>,
+    pub pins: Option<std::sync::Arc<DownloadPins>>,
     agent: ureq::Agent,
 }
 
@@ -123,7 +153,7 @@ impl Fetcher {
             .timeout_connect(Some(std::time::Duration::from_secs(30)))
             .http_status_as_error(true)
             .build();
-        Fetcher { mirrors, cache_dir: cache_dir.to_path_buf(), offline, lock: None, agent: config.into() }
+        Fetcher { mirrors, cache_dir: cache_dir.to_path_buf(), offline, pins: None, agent: config.into() }
     }
 
     /// Where content with this SHA-256 lives in the cache.

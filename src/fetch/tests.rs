@@ -11,7 +11,10 @@ fn mirror_map_uses_the_longest_prefix_at_a_boundary() {
     assert_eq!(m.resolve("https://dl.k8s.io/other"), "http://m/k8s/other");
     assert_eq!(m.resolve("https://dl.k8s.io.evil.example/x"), "https://dl.k8s.io.evil.example/x");
     assert_eq!(m.resolve("https://github.com/x"), "https://github.com/x");
-    assert!(MirrorMap::parse(&["nonsense".into()]).is_err());
+    let e = MirrorMap::parse(&["nonsense".into()]).unwrap_err();
+    assert!(matches!(&e, FetchError::BadMirror(s) if s == "nonsense"), "{e}");
+    assert_eq!(e.to_string(), "--mirror nonsense: expected FROM=TO, such as https://dl.k8s.io=http://mirror.local/k8s");
+    assert!(matches!(MirrorMap::parse(&["=http://x".into()]), Err(FetchError::BadMirror(_))));
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -43,7 +43,7 @@ impl MirrorServer {
     }
 }
 
-fn serve(mut conn: TcpStream, root: &PathBuf, reqs: &Mutex<Vec<String>>) -> std::io::Result<()> {
+fn serve(mut conn: TcpStream, root: &Path, reqs: &Mutex<Vec<String>>) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;

@@ -1,6 +1,7 @@
 //! The manifest: schema ([`schema`]), loading with includes and variables ([`load`]), and the
 //! resolved form that the phases execute ([`Manifest`]).
 
+pub mod catalogue;
 pub mod schema;
 pub mod vars;
 
@@ -39,7 +40,7 @@ pub enum ManifestError {
 }
 
 /// One manifest file that was read, for the BOM.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceFile {
     pub path: PathBuf,
     pub sha256: String,
@@ -187,6 +188,8 @@ pub struct Manifest {
     pub sysprep: Sysprep,
     /// `disk.size` in bytes, rounded up to a whole MiB.
     pub disk_size: Option<u64>,
+    /// `packages:` (the package manager, when the manifest forces one).
+    pub packages: PackageSettings,
 }
 
 /// Loads `path` and everything it includes, applies `overrides` (`--set`), and checks every
@@ -261,6 +264,7 @@ fn resolve(mut loader: Loader<'_>, path: &Path, overrides: &[String]) -> Result<
         },
         output: top.output.unwrap_or_default(),
         sysprep: top.sysprep.unwrap_or_default(),
+        packages: top.packages.unwrap_or_default(),
     })
 }
 
@@ -350,8 +354,8 @@ impl<'a> Loader<'a> {
         if file.api_version != "kib/v1" {
             return Err(invalid(path, format!("apiVersion `{}` is not supported; use `kib/v1`", file.api_version)));
         }
-        if file.kind == Kind::Phase && (file.output.is_some() || file.sysprep.is_some() || file.disk.is_some()) {
-            return Err(invalid(path, "a `Phase` file cannot have `output`, `sysprep` or `disk`; those belong to the ImageManifest"));
+        if file.kind == Kind::Phase && (file.output.is_some() || file.sysprep.is_some() || file.disk.is_some() || file.packages.is_some()) {
+            return Err(invalid(path, "a `Phase` file cannot have `output`, `sysprep`, `disk` or `packages`; those belong to the ImageManifest"));
         }
         self.seen.insert(canonical.clone());
         self.stack.push(canonical);
@@ -393,6 +397,10 @@ fn parse(path: &Path, text: &str) -> Result<ManifestFile, ManifestError> {
         // yaml_serde appends " at line L column C"; the prefix already says where.
         if let Some(i) = message.find(" at line ") {
             message.truncate(i);
+        }
+        // For enums it starts with the field's path too; the prefix already says it.
+        if let Some(rest) = message.strip_prefix(&format!("{field}: ")) {
+            message = rest.to_string();
         }
         ManifestError::Parse { path: path.to_path_buf(), line, column, field, message }
     })

@@ -36,6 +36,8 @@ pub struct ManifestFile {
     pub sysprep: Option<Sysprep>,
     /// Only in an `ImageManifest`. The built image's disk.
     pub disk: Option<Disk>,
+    /// Only in an `ImageManifest`. How `packages` steps run.
+    pub packages: Option<PackageSettings>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -301,11 +303,49 @@ pub struct Disk {
 #[derive(Debug, Deserialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Output {
-    /// Formats to write, such as `[qcow2, raw]`. `--format` overrides. Default: `[qcow2]`.
+    /// Formats to write, such as `[qcow2, raw]`: raw, qcow2, vmdk, ova, vhd, vhdx, raw.zst,
+    /// raw.gz, gce. `--format` overrides. Default: `[qcow2]`.
     #[serde(default)]
-    pub formats: Vec<String>,
+    pub formats: Vec<crate::format::Format>,
     /// qcow2 compression: `none` (default), `zlib` or `zstd`.
-    pub qcow2_compression: Option<String>,
+    pub qcow2_compression: Option<crate::format::Qcow2Compression>,
+}
+
+/// How `packages` steps run (`packages:` at the top of an ImageManifest).
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PackageSettings {
+    /// The package manager to use, instead of the one kib detects from the image's os-release
+    /// and tools: `apt`, `dnf`, `yum`, `tdnf` or `zypper`. The image must have it.
+    pub manager: Option<ManagerKind>,
+}
+
+/// A package manager kib knows (see `crate::pkg`).
+#[derive(Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagerKind {
+    /// apt-get and dpkg: Debian, Ubuntu.
+    Apt,
+    /// dnf (or microdnf): RHEL 8+, Rocky, Alma, CentOS Stream, Oracle Linux, Fedora, Amazon Linux 2023.
+    Dnf,
+    /// yum: RHEL 7, Amazon Linux 2.
+    Yum,
+    /// tdnf: Photon OS, Azure Linux.
+    Tdnf,
+    /// zypper: SLES, openSUSE.
+    Zypper,
+}
+
+impl std::fmt::Display for ManagerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ManagerKind::Apt => "apt",
+            ManagerKind::Dnf => "dnf",
+            ManagerKind::Yum => "yum",
+            ManagerKind::Tdnf => "tdnf",
+            ManagerKind::Zypper => "zypper",
+        })
+    }
 }
 
 /// Phase 2's sysprep: which operations run. All run unless listed in `skip`.

@@ -44,7 +44,7 @@ fn loads_includes_in_order_with_variables() {
     assert_eq!(names, ["modules", "only arm", "tools", "crictl config"]);
     assert_eq!(m.variables.0["pause_image"], "mirror/pause:3.9");
     assert_eq!(m.files.len(), 2);
-    assert_eq!(m.output.formats, ["qcow2", "raw"]);
+    assert_eq!(m.output.formats, [crate::format::Format::Qcow2, crate::format::Format::Raw]);
     assert!(m.sysprep.enabled);
     let Action::File(f) = m.steps[3].action.expand(&m.variables).unwrap() else { panic!("not a file step") };
     assert_eq!(f.content.unwrap(), "image: mirror/pause:3.9\n");
@@ -224,4 +224,28 @@ fn parse_str_checks_like_load_without_touching_disk() {
     // Includes are refused, with the include named.
     let e = parse_str(TOP, origin, &[]).unwrap_err().to_string();
     assert!(e.contains("include `phases/kernel.yaml`") && e.contains("parsed from text"), "{e}");
+}
+
+#[test]
+fn typed_output_and_package_manager_fields_report_file_and_line() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write(d.path(), "ok.yaml", "apiVersion: kib/v1\nkind: ImageManifest\npackages: {manager: dnf}\noutput: {formats: [raw.zst, gce], qcow2_compression: zlib}\n");
+    let m = load(&p, &[]).unwrap();
+    assert_eq!(m.packages.manager, Some(ManagerKind::Dnf));
+    assert_eq!(m.output.formats, [crate::format::Format::RawZst, crate::format::Format::Gce]);
+    assert_eq!(m.output.qcow2_compression, Some(crate::format::Qcow2Compression::Zlib));
+    for (name, body, want) in [
+        ("pm.yaml", "packages:\n  manager: pacman\n", ":4:12: packages.manager: unknown variant `pacman`, expected one of `apt`, `dnf`, `yum`, `tdnf`, `zypper`"),
+        ("fmt.yaml", "output:\n  formats: [qcow2, qcow3]\n", ":4:20: output.formats[1]: unknown variant `qcow3`"),
+        ("cmp.yaml", "output:\n  qcow2_compression: lz4\n", ":4:22: output.qcow2_compression: unknown variant `lz4`"),
+    ] {
+        let p = write(d.path(), name, &format!("apiVersion: kib/v1\nkind: ImageManifest\n{body}"));
+        let e = load(&p, &[]).unwrap_err().to_string();
+        assert!(e.starts_with(&p.display().to_string()) && e.contains(want), "{name}: {e}");
+    }
+    let p = write(d.path(), "phase.yaml", "apiVersion: kib/v1\nkind: Phase\npackages: {manager: apt}\n");
+    let top = write(d.path(), "top.yaml", "apiVersion: kib/v1\nkind: ImageManifest\ninclude: [phase.yaml]\n");
+    let _ = p;
+    let e = load(&top, &[]).unwrap_err().to_string();
+    assert!(e.contains("a `Phase` file cannot have `output`, `sysprep`, `disk` or `packages`"), "{e}");
 }

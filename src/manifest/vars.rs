@@ -74,7 +74,8 @@ mod tests {
     #[test]
     fn names_the_undefined_variable() {
         assert_eq!(vars().expand("x ${nope} y"), Err(Undefined("nope".into())));
-        assert!(vars().expand("x ${v").is_err());
+        // An unclosed `${` names what follows it.
+        assert_eq!(vars().expand("x ${v"), Err(Undefined("{v".into())));
     }
 
     #[test]

@@ -21,6 +21,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Whether the entry is a bind mount (`bind` or `rbind` among its options).
+    pub fn is_bind(&self) -> bool {
+        self.options.iter().any(|o| o == "bind" || o == "rbind")
+    }
+
     /// Whether the entry carries `noauto`.
     pub fn noauto(&self) -> bool {
         self.options.iter().any(|o| o == "noauto")

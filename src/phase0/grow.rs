@@ -11,9 +11,10 @@ use anyhow::{bail, Context, Result};
 
 use super::partition::{Partition, Table, TableKind};
 use crate::exec;
+use crate::sys::Sys;
 
 /// What growing did, for the BOM.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Growth {
     /// The input's virtual size, in bytes.
     pub from_bytes: u64,
@@ -59,15 +60,15 @@ pub fn check(table: &Table, number: u32, old_size: u64, new_size: u64) -> Result
 /// usable space. Returns the re-read table.
 ///
 /// Errors: the file cannot be extended (a full host filesystem), or sfdisk fails (its output is
-/// shown).
-pub fn grow_table(disk: &Path, table: &Table, number: u32, new_size: u64) -> Result<Table> {
+/// shown). sfdisk runs through `sys`.
+pub fn grow_table(sys: &dyn Sys, disk: &Path, table: &Table, number: u32, new_size: u64) -> Result<Table> {
     std::fs::OpenOptions::new()
         .write(true)
         .open(disk)
         .and_then(|f| f.set_len(new_size))
         .with_context(|| format!("extending the working copy {} to {new_size} bytes", disk.display()))?;
     if table.kind == TableKind::Gpt {
-        exec::run(
+        sys.run(
             Command::new("sfdisk").args(["--no-reread", "--no-tell-kernel", "--relocate", "gpt-bak-std"]).arg(disk),
             "sfdisk --relocate gpt-bak-std (moving the GPT backup header to the new end)",
             None,
@@ -75,7 +76,7 @@ pub fn grow_table(disk: &Path, table: &Table, number: u32, new_size: u64) -> Res
     }
     if number > 0 {
         // `, +`: keep the start, take all the free space after it.
-        exec::run(
+        sys.run(
             Command::new("sh")
                 .args(["-c", r#"printf ', +\n' | exec sfdisk --quiet --no-reread --no-tell-kernel -N "$1" "$2""#, "sh"])
                 .arg(number.to_string())
@@ -107,23 +108,23 @@ pub fn grows_offline(fstype: &str) -> bool {
 /// max`). See [`grows_offline`].
 ///
 /// Errors: a filesystem kib cannot grow (anything else), errors e2fsck cannot repair on its own,
-/// or a failing tool (its output is shown).
-pub fn grow_filesystem(fstype: &str, device: &Path, mount_dir: &Path) -> Result<()> {
+/// or a failing tool (its output is shown). The tools run through `sys`.
+pub fn grow_filesystem(sys: &dyn Sys, fstype: &str, device: &Path, mount_dir: &Path) -> Result<()> {
     let what = format!("growing the {fstype} root filesystem");
     match fstype {
         "ext2" | "ext3" | "ext4" => {
             // -p repairs only what is safe without a human; exit 1 means it did.
-            match exec::run(Command::new("e2fsck").args(["-f", "-p"]).arg(device), &format!("e2fsck -f -p before {what}"), None) {
+            match sys.run(Command::new("e2fsck").args(["-f", "-p"]).arg(device), &format!("e2fsck -f -p before {what}"), None) {
                 Ok(_) | Err(exec::ExecError::Failed { code: Some(1), .. }) => {}
                 Err(e) => return Err(e).context("the root filesystem has errors e2fsck -p cannot repair; kib does not grow it"),
             }
-            exec::run(Command::new("resize2fs").arg(device), &what, None)?;
+            sys.run(Command::new("resize2fs").arg(device), &what, None)?;
         }
         "xfs" => {
-            exec::run(Command::new("xfs_growfs").arg(mount_dir), &what, None)?;
+            sys.run(Command::new("xfs_growfs").arg(mount_dir), &what, None)?;
         }
         "btrfs" => {
-            exec::run(Command::new("btrfs").args(["filesystem", "resize", "max"]).arg(mount_dir), &what, None)?;
+            sys.run(Command::new("btrfs").args(["filesystem", "resize", "max"]).arg(mount_dir), &what, None)?;
         }
         other => bail!("kib cannot grow a {other} root filesystem (it grows ext2/3/4, xfs and btrfs)"),
     }
@@ -175,7 +176,7 @@ mod tests {
             .success();
         assert!(ok);
         let before = super::super::partition::read(&disk).unwrap();
-        let grown = grow_table(&disk, &before, 2, 256 << 20).unwrap();
+        let grown = grow_table(&crate::sys::real::RealSys, &disk, &before, 2, 256 << 20).unwrap();
         assert_eq!(std::fs::metadata(&disk).unwrap().len(), 256 << 20);
         let p1 = grown.partitions.iter().find(|p| p.number == 1).unwrap();
         let p2 = grown.partitions.iter().find(|p| p.number == 2).unwrap();

@@ -1,10 +1,24 @@
 //! Phase 0: the base image. Verify it, make a sparse raw working copy, read its partition
 //! table, attach partitions as loop devices and mount its tree as its own fstab says.
 //!
-//! Everything mounted here lives in kib's private mount namespace (see
-//! [`crate::mounts::enter_private_namespace`]); every loop device has autoclear set.
+//! The order, which the unit tests in `tests.rs` check call by call through the recording fake
+//! of [`crate::sys`]:
+//! 1. every partition (or the whole disk) is probed with blkid;
+//! 2. root selection: Linux filesystems only, partitions typed as a root first, then the
+//!    largest; each is attached and mounted in turn until one has `/etc/os-release` (the others
+//!    are unmounted and detached again);
+//! 3. growth (`disk.size`): the root is unmounted and detached, the file and its GPT grown with
+//!    sfdisk, the root attached at its new size, its filesystem grown (ext2/3/4 before mounting,
+//!    xfs and btrfs after) and mounted again;
+//! 4. fstab: filesystems shallowest first, then bind entries; `noauto`, swap and
+//!    pseudo-filesystems skipped; one the kernel cannot mount (ENODEV, vfat here) skipped with a
+//!    warning.
+//!
+//! Every loop device and mount is a guard on one stack ([`crate::sys::Stack`]), undone strictly
+//! in reverse on close, on error and on drop. Everything mounted here lives in kib's private
+//! mount namespace (see [`crate::mounts::enter_private_namespace`]); every loop device has
+//! autoclear set.
 
-pub mod attach;
 pub mod facts;
 pub mod fstab;
 pub mod grow;
@@ -16,13 +30,14 @@ pub mod workcopy;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
-use rustix::mount::MountFlags;
 
 use crate::guest::GuestRoot;
 use crate::mounts;
+use crate::sys::{self, LoopDev, MountFlags, Mounted, Stack, Sys};
 use crate::workdir::WorkDir;
-use attach::LoopDev;
 use facts::Facts;
 use partition::{Partition, Table, TableKind};
 
@@ -47,27 +62,34 @@ pub struct Options {
 }
 
 /// The input image as the BOM records it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InputRecord {
     pub path: PathBuf,
     pub sha256: String,
     pub format: String,
     pub virtual_size: u64,
     /// The checksum list the image was verified against, if any.
+    #[serde(default)]
     pub verified_against: Option<PathBuf>,
     /// `read` when kib hashed the file in this run, `cache` when the file was unchanged since a
     /// run that did (see [`verify::InputCache`]).
-    pub sha256_source: &'static str,
+    #[serde(default)]
+    pub sha256_source: String,
 }
 
 /// A filesystem of the image that kib mounted.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Filesystem {
     pub partition: u32,
     pub fstype: String,
     pub uuid: String,
     /// Where it is mounted, as an image path (`/`, `/boot`, `/boot/efi`).
     pub mount_point: String,
+}
+
+/// Runs Phase 0 (see [`Image::open`]).
+pub fn run(opts: &Options) -> Result<Image> {
+    Image::open(opts)
 }
 
 /// An opened image: the working copy, attached and mounted. Dropping it unmounts and detaches
@@ -86,7 +108,9 @@ pub struct Image {
     /// What growing the disk did, when it was asked to.
     pub growth: Option<grow::Growth>,
     root: Option<GuestRoot>,
-    loops: Vec<LoopDev>,
+    /// The loop devices and mounts of the tree, undone in reverse.
+    held: Stack,
+    sys: Arc<dyn Sys>,
     read_only: bool,
     grow_to: Option<u64>,
     // Declared last: dropped after the Drop impl has unmounted.
@@ -94,12 +118,18 @@ pub struct Image {
 }
 
 impl Image {
-    /// Runs Phase 0.
+    /// Runs Phase 0 on the real system.
     ///
     /// Errors: a missing or unreadable image, a checksum mismatch (both sums shown), an image
     /// that refers to other files, a corrupt partition table, no Linux root filesystem, or a
     /// failing mount. Whatever was set up before the error is undone.
     pub fn open(opts: &Options) -> Result<Image> {
+        Self::open_with(sys::real(), opts)
+    }
+
+    /// [`Image::open`] with every loop device, mount, probe and growth tool going through `sys`.
+    /// The working copy is made for real in any case (qemu-img, no root needed).
+    pub fn open_with(sys: Arc<dyn Sys>, opts: &Options) -> Result<Image> {
         let t = Instant::now();
         let input = &opts.image;
         let meta = std::fs::metadata(input).with_context(|| format!("disk image {} cannot be opened", input.display()))?;
@@ -127,7 +157,7 @@ impl Image {
                 format: format.format.clone(),
                 virtual_size: format.virtual_size,
                 verified_against: None,
-                sha256_source: "read",
+                sha256_source: "read".into(),
             },
             table: Table { kind: TableKind::None, sector_size: 512, partitions: Vec::new() },
             facts: Facts::default(),
@@ -136,7 +166,8 @@ impl Image {
             disk,
             growth: None,
             root: None,
-            loops: Vec::new(),
+            held: Stack::default(),
+            sys,
             read_only: opts.read_only,
             grow_to: if opts.read_only { None } else { opts.grow_to },
             work,
@@ -154,7 +185,7 @@ impl Image {
             image.input.sha256 = workcopy::make(input, &format, &image.disk, known.as_deref())?;
         }
         match (&cache, known) {
-            (_, Some(_)) => image.input.sha256_source = "cache",
+            (_, Some(_)) => image.input.sha256_source = "cache".into(),
             (Some(c), None) if !image.input.sha256.is_empty() => c.store(input, &image.input.sha256),
             _ => {}
         }
@@ -203,6 +234,11 @@ impl Image {
         self.work.path()
     }
 
+    /// The system this image is attached and mounted through; the chroot session uses it too.
+    pub fn sys(&self) -> &Arc<dyn Sys> {
+        &self.sys
+    }
+
     fn partitions_or_whole_disk(&self) -> Result<Vec<Partition>> {
         if !self.table.partitions.is_empty() {
             return Ok(self.table.partitions.clone());
@@ -213,8 +249,10 @@ impl Image {
 
     fn mount_tree(&mut self) -> Result<()> {
         let parts = self.partitions_or_whole_disk()?;
-        let probes: Vec<probe::Probe> =
-            parts.iter().map(|p| probe::probe(&self.disk, p.start, p.size)).collect::<std::io::Result<_>>().context("running blkid")?;
+        let mut probes = Vec::with_capacity(parts.len());
+        for p in &parts {
+            probes.push(self.sys.probe(&self.disk, p.start, p.size).with_context(|| format!("probing partition {} with blkid", p.number))?);
+        }
         // Root candidates: Linux filesystems, partitions typed as a root first, then the largest.
         let mut candidates: Vec<usize> =
             (0..parts.len()).filter(|&i| probes[i].get("TYPE").is_some_and(|t| probe::LINUX_FS.contains(&t.as_str()))).collect();
@@ -223,15 +261,17 @@ impl Image {
         for &i in &candidates {
             let p = &parts[i];
             let fstype = probes[i]["TYPE"].clone();
-            let dev = LoopDev::attach(&self.disk, p.start, p.size, self.read_only)?;
+            let dev = LoopDev::attach(&self.sys, &self.disk, p.start, p.size, self.read_only)?;
             let (flags, data) = self.mount_options(&fstype);
-            rustix::mount::mount(dev.path(), &self.root_dir, fstype.as_str(), flags, data.as_deref())
-                .with_context(|| format!("mounting partition {} ({fstype}) from {}", p.number, dev.path().display()))?;
+            let source = dev.path().to_string_lossy().into_owned();
+            self.held.push_loop(dev);
+            let spec = sys::MountSpec { source: &source, source_at: None, target: &self.root_dir, at: &self.root_dir, fstype: &fstype, flags, data };
+            let mounted = Mounted::mount(&self.sys, &spec).with_context(|| format!("mounting partition {} ({fstype})", p.number))?;
+            self.held.push_mount(mounted);
             let root = GuestRoot::open(&self.root_dir).context("opening the mounted root")?;
             if let Some(os) = facts::os_release(&root).with_context(|| format!("reading os-release on partition {}", p.number))? {
                 self.facts = facts::collect(&root, os).context("reading the image's architecture and kernels")?;
                 self.root = Some(root);
-                self.loops.push(dev);
                 self.filesystems.push(Filesystem {
                     partition: p.number,
                     fstype,
@@ -241,8 +281,7 @@ impl Image {
                 break;
             }
             drop(root);
-            mounts::unmount_tree(&self.root_dir)?;
-            dev.close()?;
+            self.held.close()?;
             examined.push(format!("partition {} ({fstype}) has no /etc/os-release", p.number));
         }
         if self.root.is_none() {
@@ -266,8 +305,8 @@ impl Image {
 
     /// Grows the disk to `new_size` bytes with the root partition and its filesystem: the root is
     /// unmounted and detached, the working copy and its table grown, then the root attached at its
-    /// new size, mounted again and its filesystem grown online. Returns the new partitions, in
-    /// the same order as `parts`.
+    /// new size, its filesystem grown (ext2/3/4 before mounting, xfs and btrfs after), and mounted
+    /// again. Returns the new partitions, in the same order as `parts`.
     fn grow_root(&mut self, new_size: u64, parts: &[Partition]) -> Result<Vec<Partition>> {
         let old_size = std::fs::metadata(&self.disk)?.len();
         let root_fs = self.filesystems[0].clone();
@@ -278,23 +317,26 @@ impl Image {
         let before = grow::partition(&self.table, root_fs.partition, old_size)?;
         self.unmount()?;
         self.filesystems.clear();
-        let table = grow::grow_table(&self.disk, &self.table, root_fs.partition, new_size)?;
+        let table = grow::grow_table(&*self.sys, &self.disk, &self.table, root_fs.partition, new_size)?;
         let after = grow::partition(&table, root_fs.partition, new_size)?;
         if after.start != before.start {
             bail!("sfdisk moved partition {} from byte {} to {}; refusing to go on", after.number, before.start, after.start);
         }
-        let dev = LoopDev::attach(&self.disk, after.start, after.size, false)?;
+        let dev = LoopDev::attach(&self.sys, &self.disk, after.start, after.size, false)?;
+        let device = dev.path().to_path_buf();
+        self.held.push_loop(dev);
         let offline = grow::grows_offline(&root_fs.fstype);
         if offline {
-            grow::grow_filesystem(&root_fs.fstype, dev.path(), &self.root_dir)?;
+            grow::grow_filesystem(&*self.sys, &root_fs.fstype, &device, &self.root_dir)?;
         }
-        rustix::mount::mount(dev.path(), &self.root_dir, root_fs.fstype.as_str(), MountFlags::empty(), None)
-            .with_context(|| format!("mounting the grown partition {} ({})", after.number, root_fs.fstype))?;
-        self.loops.push(dev);
+        let source = device.to_string_lossy().into_owned();
+        let spec = sys::MountSpec { source: &source, source_at: None, target: &self.root_dir, at: &self.root_dir, fstype: &root_fs.fstype, flags: MountFlags::empty(), data: None };
+        let mounted = Mounted::mount(&self.sys, &spec).with_context(|| format!("mounting the grown partition {} ({})", after.number, root_fs.fstype))?;
+        self.held.push_mount(mounted);
         self.root = Some(GuestRoot::open(&self.root_dir).context("opening the mounted root")?);
         self.filesystems.push(root_fs.clone());
         if !offline {
-            grow::grow_filesystem(&root_fs.fstype, self.loops[0].path(), &self.root_dir)?;
+            grow::grow_filesystem(&*self.sys, &root_fs.fstype, &device, &self.root_dir)?;
         }
         tracing::info!(
             "grew the disk from {} to {} and partition {} ({}) from {} to {}",
@@ -317,15 +359,35 @@ impl Image {
         Ok(parts.iter().map(|p| self.table.partitions.iter().find(|q| q.number == p.number).cloned().unwrap_or_else(|| after.clone())).collect())
     }
 
-    /// Mounts what the image's /etc/fstab lists, below the root, shallowest first.
+    /// Mounts what the image's /etc/fstab lists, below the root, shallowest first (in fstab
+    /// order among equals): filesystems of this disk by UUID, LABEL, PARTUUID or PARTLABEL, then
+    /// bind entries (both paths inside the image). `noauto`, swap, pseudo-filesystems and
+    /// entries matching nothing on this disk are skipped; a filesystem the kernel cannot mount
+    /// (vfat here) is skipped with a warning.
     fn mount_fstab(&mut self, parts: &[Partition], probes: &[probe::Probe]) -> Result<()> {
         let text = self.root().read_string(Path::new("/etc/fstab"))?.unwrap_or_default();
         let mut entries: Vec<fstab::Entry> = fstab::parse(&text)
             .into_iter()
             .filter(|e| e.mount_point.starts_with('/') && e.mount_point != "/" && e.fstype != "swap")
             .collect();
-        entries.sort_by_key(|e| Path::new(&e.mount_point).components().count());
+        // Filesystems shallowest first; bind entries after all of them (their sources lie on them).
+        entries.sort_by_key(|e| (e.is_bind(), Path::new(&e.mount_point).components().count()));
         for e in entries {
+            if e.noauto() {
+                tracing::info!("fstab entry for {} is noauto; not mounted", e.mount_point);
+                continue;
+            }
+            if e.is_bind() {
+                let fstab::Spec::Other(source) = &e.spec else { continue };
+                if !source.starts_with('/') {
+                    continue;
+                }
+                let root = self.root.as_ref().expect("image is mounted");
+                let mounted = mounts::bind_in(&self.sys, root, Path::new(source), true, Path::new(&e.mount_point))
+                    .with_context(|| format!("fstab bind entry {source} on {}", e.mount_point))?;
+                self.held.push_mount(mounted);
+                continue;
+            }
             let found = (0..parts.len()).find(|&i| {
                 let (p, pr) = (&parts[i], &probes[i]);
                 match &e.spec {
@@ -338,25 +400,24 @@ impl Image {
             });
             let Some(i) = found else {
                 if matches!(e.spec, fstab::Spec::Other(_)) && !e.fstype.starts_with("ext") && e.fstype != "xfs" && e.fstype != "btrfs" {
-                    continue; // tmpfs, proc, bind mounts and the like: nothing of the disk
+                    continue; // tmpfs, proc and the like: nothing of the disk
                 }
                 tracing::warn!("fstab entry for {} ({:?}) matches no filesystem in this image; not mounted", e.mount_point, e.spec);
                 continue;
             };
-            if e.noauto() {
-                tracing::info!("fstab entry for {} is noauto; not mounted", e.mount_point);
-                continue;
-            }
             let p = &parts[i];
             let fstype = probes[i].get("TYPE").cloned().unwrap_or_else(|| e.fstype.clone());
-            let dev = LoopDev::attach(&self.disk, p.start, p.size, self.read_only)?;
+            let dev = LoopDev::attach(&self.sys, &self.disk, p.start, p.size, self.read_only)?;
+            let source = dev.path().to_string_lossy().into_owned();
+            self.held.push_loop(dev);
             let (flags, ro_data) = self.mount_options(&fstype);
             let mut data: Vec<String> = e.options.iter().filter(|o| o.starts_with("subvol")).cloned().collect();
-            data.extend(ro_data.map(|d| d.to_string_lossy().into_owned()));
+            data.extend(ro_data.map(str::to_string));
             let data = (!data.is_empty()).then(|| data.join(","));
-            match mounts::mount_in(self.root(), Path::new(&e.mount_point), &dev.path().to_string_lossy(), &fstype, flags, data.as_deref()) {
-                Ok(()) => {
-                    self.loops.push(dev);
+            let root = self.root.as_ref().expect("image is mounted");
+            match mounts::mount_in(&self.sys, root, Path::new(&e.mount_point), &source, &fstype, flags, data.as_deref()) {
+                Ok(mounted) => {
+                    self.held.push_mount(mounted);
                     self.filesystems.push(Filesystem {
                         partition: p.number,
                         fstype,
@@ -364,13 +425,13 @@ impl Image {
                         mount_point: e.mount_point.clone(),
                     });
                 }
-                Err(err) if err.root_cause().downcast_ref::<rustix::io::Errno>() == Some(&rustix::io::Errno::NODEV) => {
+                Err(err) if err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(rustix::io::Errno::NODEV.raw_os_error()))) => {
                     tracing::warn!(
                         "this kernel cannot mount {fstype}: {} (partition {}) is not mounted; steps that write there will fail",
                         e.mount_point,
                         p.number
                     );
-                    dev.close()?;
+                    self.held.close_last()?;
                 }
                 Err(err) => return Err(err),
             }
@@ -379,7 +440,7 @@ impl Image {
     }
 
     /// Mount flags and data for a filesystem: read-write, or read-only without journal replay.
-    fn mount_options(&self, fstype: &str) -> (MountFlags, Option<std::ffi::CString>) {
+    fn mount_options(&self, fstype: &str) -> (MountFlags, Option<&'static str>) {
         if !self.read_only {
             return (MountFlags::empty(), None);
         }
@@ -389,18 +450,16 @@ impl Image {
             "btrfs" => Some("nologreplay"),
             _ => None,
         };
-        (MountFlags::RDONLY, data.map(|d| std::ffi::CString::new(d).expect("no NUL")))
+        (MountFlags::RDONLY, data)
     }
 
-    /// Unmounts every filesystem (deepest first) and detaches the loop devices. Safe to call
-    /// twice. The working copy stays until [`Image::close`].
+    /// Unmounts every filesystem and detaches the loop devices, in reverse order of setting them
+    /// up; then, as a safety net, anything still mounted below the root (a mount a step left).
+    /// Safe to call twice. The working copy stays until [`Image::close`].
     pub fn unmount(&mut self) -> Result<()> {
         self.root = None;
-        mounts::unmount_tree(&self.root_dir)?;
-        for dev in self.loops.drain(..) {
-            dev.close()?;
-        }
-        Ok(())
+        self.held.close()?;
+        mounts::unmount_tree(&self.root_dir)
     }
 
     /// Unmounts, detaches and removes the work directory with the working copy.
@@ -429,3 +488,6 @@ impl Table {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,31 +1,8 @@
-//! Identifying the filesystem in a byte range of the disk with `blkid -p` (util-linux), which
-//! reads superblocks without attaching anything.
+//! Identifying the filesystem in a byte range of the disk: `blkid -p` (util-linux), run through
+//! [`crate::sys::Sys::probe`], reads superblocks without attaching anything; this module parses
+//! its output and says which filesystems kib mounts.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::process::Command;
-
-/// What blkid found: `TYPE`, `UUID`, `LABEL`, ... (keys as blkid prints them).
-pub type Probe = HashMap<String, String>;
-
-/// Probes `size` bytes at `offset` of `disk`. An empty map when blkid recognizes nothing.
-pub fn probe(disk: &Path, offset: u64, size: u64) -> std::io::Result<Probe> {
-    let out = Command::new("blkid")
-        .args(["-p", "-o", "export", "-O", &offset.to_string(), "-S", &size.to_string()])
-        .arg(disk)
-        .output()?;
-    // Exit code 2: nothing found. Anything it printed is still useful; an ambivalent probe
-    // (several signatures) is treated as nothing found.
-    Ok(parse_export(&String::from_utf8_lossy(&out.stdout)))
-}
-
-/// Parses `blkid -o export` output.
-pub fn parse_export(text: &str) -> Probe {
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
+pub use crate::sys::{parse_export, Probe};
 
 /// Filesystems kib can mount as an image's root or /boot.
 pub const LINUX_FS: &[&str] = &["ext4", "ext3", "ext2", "xfs", "btrfs"];
@@ -43,6 +20,9 @@ mod tests {
 
     #[test]
     fn probes_a_filesystem_at_an_offset() {
+        use crate::sys::Sys;
+        use std::process::Command;
+        let probe = |d: &std::path::Path, o, s| crate::sys::real::RealSys.probe(d, o, s);
         let d = tempfile::tempdir().unwrap();
         let disk = d.path().join("disk.raw");
         let fs = d.path().join("fs.raw");
@@ -60,6 +40,6 @@ mod tests {
         assert_eq!(p["TYPE"], "ext4");
         assert_eq!(p["LABEL"], "kibtest");
         assert_eq!(p["UUID"], "0b9c1e1e-5f57-4b1d-9f5a-2a7c3f0e9d11");
-        assert!(probe(&disk, 0, 1 << 20).unwrap().get("TYPE").is_none());
+        assert!(!probe(&disk, 0, 1 << 20).unwrap().contains_key("TYPE"));
     }
 }

@@ -228,7 +228,7 @@ pub fn registration(name: &str, def: &Definition, interpreter: &Path, flags: &st
 }
 
 /// How the image's programs run, for the BOM: the binfmt_misc handler used.
-#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct EmulationRecord {
     /// The image's architecture (Debian name).
     pub image_architecture: String,
@@ -425,11 +425,11 @@ pub fn owner_pid(name: &str) -> Option<i32> {
 /// the host and of live runs are left alone.
 pub fn remove_stale(is_live: impl Fn(i32) -> bool) -> Result<Vec<String>> {
     let dir = Path::new(BINFMT_DIR);
-    if !dir.join("register").exists() {
-        if rustix::mount::mount("binfmt_misc", dir, "binfmt_misc", rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV | rustix::mount::MountFlags::NOEXEC, None).is_err() {
-            // No binfmt_misc on this kernel: nothing can have been registered.
-            return Ok(Vec::new());
-        }
+    if !dir.join("register").exists()
+        && rustix::mount::mount("binfmt_misc", dir, "binfmt_misc", rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV | rustix::mount::MountFlags::NOEXEC, None).is_err()
+    {
+        // No binfmt_misc on this kernel: nothing can have been registered.
+        return Ok(Vec::new());
     }
     let mut removed = Vec::new();
     for h in handlers(dir)? {

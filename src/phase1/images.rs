@@ -73,7 +73,7 @@ wait "$pid" || true
 "#;
 
 /// Runs one `images` step.
-pub fn apply(session: &mut Session<'_>, root: &GuestRoot, fetcher: &Fetcher, step: &ImagesStep, arch: &str, timeout: Option<Duration>, record: &mut StepRecord) -> Result<()> {
+pub fn apply(session: &mut Session, root: &GuestRoot, fetcher: &Fetcher, step: &ImagesStep, arch: &str, timeout: Option<Duration>, record: &mut StepRecord) -> Result<()> {
     for tool in ["containerd", "ctr"] {
         if !["/usr/bin", "/usr/local/bin", "/usr/sbin"].iter().any(|d| session.has(&format!("{d}/{tool}"))) {
             bail!("`images` needs {tool} in the image; install containerd in an earlier step");

@@ -1,7 +1,10 @@
 //! Phase 1: customization. The manifest's steps run in order against the mounted image, with
-//! the image's own programs running in a [`session::Session`].
+//! the image's own programs running in a [`session::Session`]. [`run`] is the phase: it opens
+//! the session (with qemu-user for a foreign image), picks the package manager, runs the steps,
+//! and hands the still-open session on to Phase 2 in a [`Phase1Output`].
+//!
+//! Package steps go through [`crate::pkg`]; this module knows no package manager.
 
-pub mod apt;
 pub mod binfmt;
 pub mod download;
 pub mod images;
@@ -14,15 +17,19 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::context::{BuildContext, Phase, PhaseSet};
 use crate::fetch::{Fetched, Fetcher};
 use crate::guest::GuestRoot;
 use crate::hash::sha256_bytes;
 use crate::manifest::{self, Action, Manifest, Vars};
 use crate::phase0::facts::Facts;
+use crate::phase0::Image;
+use crate::pkg::{self, PackageManager};
+use binfmt::{Emulation, EmulationRecord};
 use session::Session;
 
 /// A file a step wrote, for the BOM.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileRecord {
     /// Image path.
     pub path: String,
@@ -37,7 +44,7 @@ pub struct FileRecord {
 
 /// What a step did, for the BOM. Read back from an earlier bom.json when a build continues
 /// from a `--phases 0,1` run's image.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StepRecord {
     pub name: String,
     pub kind: String,
@@ -56,41 +63,138 @@ pub struct StepRecord {
     pub images: Vec<images::LoadedImage>,
 }
 
-static BUILD_DATE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-
-/// Fixes `${build_date}` (for `kib check`, to the date a BOM recorded). Returns false when it
-/// was already fixed.
-pub fn set_build_date(date: &str) -> bool {
-    BUILD_DATE.set(date.to_string()).is_ok()
-}
-
-/// The build's start time, UTC, RFC 3339 (`${build_date}`): fixed at the first call.
-pub fn build_date() -> &'static str {
-    BUILD_DATE.get_or_init(|| humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string())
-}
-
 /// The variables a step sees: the manifest's, plus the builtins (`arch`, `os_id`,
 /// `os_version_id`, `os_codename`, `kib_version`, `build_date`, `manifest_name`).
-pub fn step_vars(manifest: &Manifest, facts: &Facts) -> Vars {
+pub fn step_vars(manifest: &Manifest, facts: &Facts, ctx: &BuildContext) -> Vars {
     let mut v = manifest.variables.clone();
     let get = |k: &str| facts.os_release.get(k).cloned().unwrap_or_default();
     v.0.insert("arch".into(), facts.arch.clone());
     v.0.insert("os_id".into(), get("ID"));
     v.0.insert("os_version_id".into(), get("VERSION_ID"));
     v.0.insert("os_codename".into(), get("VERSION_CODENAME"));
-    v.0.insert("kib_version".into(), env!("CARGO_PKG_VERSION").into());
-    v.0.insert("build_date".into(), build_date().into());
+    v.0.insert("kib_version".into(), ctx.kib_version.clone());
+    v.0.insert("build_date".into(), ctx.build_date.clone());
     v.0.insert("manifest_name".into(), manifest.name.clone());
     v
 }
 
-/// Runs every step of `manifest` in order. Stops at the first failing step with an error that
-/// names it, its origin and the tail of its output.
-pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifest, facts: &Facts, fetcher: &Fetcher) -> Result<Vec<StepRecord>> {
-    let vars = step_vars(manifest, facts);
+/// The chroot session with what runs the image's programs on this host, open from Phase 1 into
+/// Phase 2 (sysprep runs in it).
+pub struct OpenSession {
+    pub session: Session,
+    emulation: Emulation,
+}
+
+impl OpenSession {
+    /// Opens the session on `image`: qemu-user for a foreign architecture first, then the chroot
+    /// (see [`Session::open`]). On error, what was set up is undone.
+    pub fn open(image: &Image, mirrors: crate::fetch::MirrorMap) -> Result<OpenSession> {
+        // A foreign image (arm64 on amd64) runs its programs through qemu-user: make sure a
+        // binfmt_misc handler is there for the whole session; one kib registers is removed after.
+        let emulation = Emulation::ensure(image.root(), &image.facts.arch).context("preparing to run the image's programs on this host")?;
+        let session = Session::open(image.sys(), image.root(), image.facts.debian_family(), mirrors)?;
+        Ok(OpenSession { session, emulation })
+    }
+
+    /// Closes the session, then removes a binfmt_misc handler kib registered. Returns how the
+    /// image's programs ran (absent for a native image), for the BOM.
+    pub fn close(mut self) -> Result<Option<EmulationRecord>> {
+        self.session.close()?;
+        let record = self.emulation.record().cloned();
+        self.emulation.close()?;
+        Ok(record)
+    }
+}
+
+/// What Phase 1 hands on to Phase 2.
+pub struct Phase1Output {
+    /// What each step did (skipped ones too), in order.
+    pub steps: Vec<StepRecord>,
+    /// The chroot session, still open, when Phase 1 ran or Phase 2's sysprep needs it.
+    pub session: Option<OpenSession>,
+    /// The image's package manager, when kib has a backend for it.
+    pub manager: Option<Box<dyn PackageManager>>,
+    /// Wall time, in seconds.
+    pub seconds: f64,
+}
+
+/// Runs Phase 1 on the mounted `image` when `phases` has it: opens the chroot session (also
+/// when only Phase 2's sysprep needs it), finds the package manager, runs every step of
+/// `manifest`. `pins` are `--lock`'s package versions.
+///
+/// Errors: a `packages` step on an image with no package manager kib supports (before the
+/// first step runs), or the first failing step (see [`run_steps`]). The session is closed on
+/// error.
+pub fn run(image: &Image, manifest: &Manifest, ctx: &BuildContext, fetcher: &Fetcher, phases: PhaseSet, pins: Option<std::sync::Arc<pkg::PackagePins>>) -> Result<Phase1Output> {
+    let t = Instant::now();
+    let steps_run = phases.contains(Phase::Customization);
+    let sysprep = phases.contains(Phase::Artifacts) && manifest.sysprep.enabled;
+    if !steps_run && !sysprep {
+        tracing::info!("Phase 1 is left out (--phases {phases}): the manifest's {} steps do not run", manifest.steps.len());
+        return Ok(Phase1Output { steps: Vec::new(), session: None, manager: None, seconds: 0.0 });
+    }
+    let root = image.root();
+    let detected = pkg::detect(&image.facts.os_ids(), &pkg::detect::tools_in(root), manifest.packages.manager);
+    // Sysprep needs the manager too; without its tools, the one of the image's package database.
+    let manager = match &detected {
+        Ok(d) => pkg::backend(d).ok(),
+        Err(_) => pkg::backend_for_database(root),
+    };
+    if steps_run && needs_package_manager(manifest, &image.facts, ctx) {
+        // Stop before the first step: name what was found.
+        let d = detected?;
+        pkg::backend(&d)?;
+        tracing::info!("package manager: {} ({})", d.kind, d.tool);
+    }
+    let mut open = OpenSession::open(image, fetcher.mirrors.clone())?;
+    let mut manager = manager;
+    let steps = if steps_run {
+        let mut state = pkg::StepState { pins, ..Default::default() };
+        let ran = run_steps(&mut open.session, root, manifest, &image.facts, ctx, fetcher, manager.as_deref_mut(), &mut state);
+        match ran {
+            Ok(steps) => steps,
+            Err(e) => {
+                if let Err(c) = open.close() {
+                    tracing::warn!("closing the chroot session: {c:#}");
+                }
+                return Err(e);
+            }
+        }
+    } else {
+        tracing::info!("Phase 1 is left out (--phases {phases}): the manifest's {} steps do not run", manifest.steps.len());
+        Vec::new()
+    };
+    let seconds = t.elapsed().as_secs_f64();
+    if steps_run {
+        tracing::info!("phase 1 done in {seconds:.1}s");
+    }
+    Ok(Phase1Output { steps, session: Some(open), manager, seconds })
+}
+
+/// Whether a step that applies to this image needs the package manager (`packages`,
+/// `repository`).
+fn needs_package_manager(manifest: &Manifest, facts: &Facts, ctx: &BuildContext) -> bool {
+    let vars = step_vars(manifest, facts, ctx);
+    let os_ids = facts.os_ids();
+    manifest.steps.iter().any(|s| s.applies(&os_ids, &facts.arch, &vars) && matches!(s.action, Action::Packages(_) | Action::Repository(_)))
+}
+
+/// Runs every step of `manifest` in order, `packages` steps with `manager`. Stops at the first
+/// failing step with an error that names it, its origin and the tail of its output.
+#[allow(clippy::too_many_arguments)]
+pub fn run_steps(
+    session: &mut Session,
+    root: &GuestRoot,
+    manifest: &Manifest,
+    facts: &Facts,
+    ctx: &BuildContext,
+    fetcher: &Fetcher,
+    mut manager: Option<&mut (dyn PackageManager + 'static)>,
+    state: &mut pkg::StepState,
+) -> Result<Vec<StepRecord>> {
+    let vars = step_vars(manifest, facts, ctx);
     let os_ids = facts.os_ids();
     let total = manifest.steps.len();
-    let mut state = apt::AptState { lock: fetcher.lock.clone(), ..Default::default() };
     let mut records = Vec::with_capacity(total);
     for (i, step) in manifest.steps.iter().enumerate() {
         if let Some(sig) = crate::exec::interrupted() {
@@ -107,11 +211,11 @@ pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifes
         tracing::info!("step {}/{total} `{}` ({kind})", i + 1, step.name);
         let start = Instant::now();
         let action = step.action.expand(&vars).map_err(|u| anyhow!("undefined variable `${{{}}}`", u.0));
-        let mut ctx = StepContext { session: &mut *session, root, vars: &vars, facts, fetcher, apt: &mut state };
-        let result = action.and_then(|a| execute(&mut ctx, step, &a, &mut record));
+        let mut sctx = StepContext { session: &mut *session, root, vars: &vars, facts, fetcher, manager: manager.as_deref_mut(), packages: &mut *state };
+        let result = action.and_then(|a| execute(&mut sctx, step, &a, &mut record));
         record.duration_seconds = start.elapsed().as_secs_f64();
         if let Err(e) = result {
-            let e = if format!("{e:#}").contains("No space left on device") {
+            let e = if crate::exec::is_disk_full(&e) {
                 e.context(
                     "no space left in the image: its filesystem is full. Grow the disk before the steps run \
                      with the manifest's disk.size (`disk: {size: 20GiB}`) or `--disk-size 20GiB`",
@@ -134,28 +238,26 @@ pub fn run_steps(session: &mut Session<'_>, root: &GuestRoot, manifest: &Manifes
 }
 
 /// What a step's executor works with.
-struct StepContext<'s, 'r> {
-    session: &'s mut Session<'r>,
+struct StepContext<'s> {
+    session: &'s mut Session,
     root: &'s GuestRoot,
     vars: &'s Vars,
     facts: &'s Facts,
     fetcher: &'s Fetcher,
-    apt: &'s mut apt::AptState,
+    manager: Option<&'s mut (dyn PackageManager + 'static)>,
+    packages: &'s mut pkg::StepState,
 }
 
-fn execute(ctx: &mut StepContext<'_, '_>, step: &manifest::ResolvedStep, action: &Action, record: &mut StepRecord) -> Result<()> {
-    let (session, root, vars, facts, state) = (&mut *ctx.session, ctx.root, ctx.vars, ctx.facts, &mut *ctx.apt);
+fn execute(ctx: &mut StepContext<'_>, step: &manifest::ResolvedStep, action: &Action, record: &mut StepRecord) -> Result<()> {
+    let (session, root, vars, facts, state) = (&mut *ctx.session, ctx.root, ctx.vars, ctx.facts, &mut *ctx.packages);
     let files = &mut record.files;
     let timeout = Some(step.timeout);
     match action {
         Action::Packages(p) => {
-            if !facts.debian_family() || !session.has("/usr/bin/apt-get") {
-                bail!(
-                    "`packages` supports apt (Debian-family images) only so far; this image is {}",
-                    facts.os_release.get("PRETTY_NAME").map_or("unknown", String::as_str)
-                );
-            }
-            apt::apply(session, p, state, timeout)
+            let Some(manager) = ctx.manager.as_deref_mut() else {
+                bail!("`packages` needs a package manager kib supports, and this image has none")
+            };
+            pkg::apply_step(manager, session, p, state, timeout)
         }
         Action::File(f) => {
             let content = match (&f.content, &f.source) {
@@ -227,11 +329,13 @@ fn execute(ctx: &mut StepContext<'_, '_>, step: &manifest::ResolvedStep, action:
             Ok(())
         }
         Action::Repository(r) => {
-            if !facts.debian_family() {
-                bail!("`repository` supports apt (Debian-family images) only so far");
+            match ctx.manager.as_deref().map(|m| m.kind()) {
+                Some(manifest::ManagerKind::Apt) => {}
+                Some(other) => bail!("`repository` writes apt sources only so far, and this image's package manager is {other}"),
+                None => bail!("`repository` needs a package manager kib supports, and this image has none"),
             }
             repository::apply(root, ctx.fetcher, r, record)?;
-            state.updated = false; // the next packages step refreshes the lists
+            state.refreshed = false; // the next packages step refreshes the lists
             Ok(())
         }
         Action::Images(i) => images::apply(session, root, ctx.fetcher, i, &facts.arch, timeout, record),
@@ -241,8 +345,8 @@ fn execute(ctx: &mut StepContext<'_, '_>, step: &manifest::ResolvedStep, action:
 /// The downloads of the steps that apply to this image, with their expected SHA-256, that the
 /// cache lacks (or whose checksum file it lacks). Used by `--offline` to report every missing
 /// artifact at once, before any step runs.
-pub fn missing_downloads(manifest: &Manifest, facts: &Facts, fetcher: &Fetcher) -> Vec<String> {
-    let vars = step_vars(manifest, facts);
+pub fn missing_downloads(manifest: &Manifest, facts: &Facts, ctx: &BuildContext, fetcher: &Fetcher) -> Vec<String> {
+    let vars = step_vars(manifest, facts, ctx);
     let os_ids = facts.os_ids();
     let mut missing = Vec::new();
     for step in manifest.steps.iter().filter(|s| s.applies(&os_ids, &facts.arch, &vars)) {
@@ -266,9 +370,9 @@ pub fn missing_downloads(manifest: &Manifest, facts: &Facts, fetcher: &Fetcher) 
 
 /// Under `--lock`: every artifact of the steps that apply to this image whose URL the lock
 /// lacks or whose pin disagrees with it, as messages. Checked before the first step runs.
-pub fn unlocked_downloads(manifest: &Manifest, facts: &Facts, fetcher: &Fetcher) -> Vec<String> {
-    let Some(lock) = &fetcher.lock else { return Vec::new() };
-    let vars = step_vars(manifest, facts);
+pub fn unlocked_downloads(manifest: &Manifest, facts: &Facts, ctx: &BuildContext, fetcher: &Fetcher) -> Vec<String> {
+    let Some(lock) = &fetcher.pins else { return Vec::new() };
+    let vars = step_vars(manifest, facts, ctx);
     let os_ids = facts.os_ids();
     let mut out = Vec::new();
     for step in manifest.steps.iter().filter(|s| s.applies(&os_ids, &facts.arch, &vars)) {
@@ -286,7 +390,7 @@ pub fn unlocked_downloads(manifest: &Manifest, facts: &Facts, fetcher: &Fetcher)
         }
         for (url, pinned) in urls {
             if let Err(e) = lock.sum_for(&url, pinned.as_deref()) {
-                out.push(format!("{e:#} (step `{}`)", step.name));
+                out.push(format!("{e} (step `{}`)", step.name));
             }
         }
     }

@@ -27,8 +27,8 @@ pub fn apply(root: &GuestRoot, fetcher: &Fetcher, r: &RepositoryStep, record: &m
     let key = match (&r.key, &r.key_url) {
         (Some(k), _) => k.clone().into_bytes(),
         (None, Some(url)) => {
-            let fetched = match (&r.key_sha256, &fetcher.lock) {
-                (pinned, Some(lock)) => fetcher.fetch(url, &lock.sum_for(url, pinned.as_deref())?)?,
+            let fetched = match (&r.key_sha256, &fetcher.pins) {
+                (pinned, Some(pins)) => fetcher.fetch(url, &pins.sum_for(url, pinned.as_deref()).map_err(anyhow::Error::msg)?)?,
                 (Some(sum), None) => fetcher.fetch(url, sum)?,
                 (None, None) => {
                     let f = fetcher.fetch_unpinned(url)?;

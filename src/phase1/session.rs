@@ -20,13 +20,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use rustix::mount::MountFlags;
+use std::sync::Arc;
 
-use crate::exec::{self, ExecError};
+use anyhow::{Context, Result};
+
+use crate::exec::ExecError;
 use crate::fetch::MirrorMap;
 use crate::guest::GuestRoot;
 use crate::mounts;
+use crate::sys::{MountFlags, Stack, Sys};
 
 /// Environment variables passed from kib's environment into the chroot (proxy settings). Their
 /// values are never logged nor written to the BOM: they may hold credentials.
@@ -43,12 +45,16 @@ fn has_menuentry(cfg: &[u8]) -> bool {
     String::from_utf8_lossy(cfg).lines().any(|l| l.trim_start().starts_with("menuentry "))
 }
 
-/// An open chroot session on a mounted image root.
-pub struct Session<'a> {
-    root: &'a GuestRoot,
+/// An open chroot session on a mounted image root. It holds its own handle on the root: close it
+/// (or drop it) before the image is unmounted.
+pub struct Session {
+    root: GuestRoot,
+    sys: Arc<dyn Sys>,
+    /// The API mounts, undone in reverse on close.
+    mounts: Stack,
     env: Vec<(String, OsString)>,
     mirrors: MirrorMap,
-    /// apt source files rewritten through the mirror map: path, original content, mode.
+    /// Repository files rewritten through the mirror map: path, original content, mode.
     saved_sources: Vec<(PathBuf, Vec<u8>, u32)>,
     resolv_saved: Option<bool>,
     policy_saved: Option<bool>,
@@ -57,10 +63,11 @@ pub struct Session<'a> {
     open: bool,
 }
 
-impl<'a> Session<'a> {
+impl Session {
     /// Prepares the image for running its programs. `debian_family` adds policy-rc.d.
     /// On error, whatever was set up is undone.
-    pub fn open(root: &'a GuestRoot, debian_family: bool, mirrors: MirrorMap) -> Result<Session<'a>> {
+    pub fn open(sys: &Arc<dyn Sys>, root: &GuestRoot, debian_family: bool, mirrors: MirrorMap) -> Result<Session> {
+        let root = root.try_clone().context("opening the image root for the chroot session")?;
         let mut env: Vec<(String, OsString)> = vec![
             ("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()),
             ("HOME".into(), "/root".into()),
@@ -75,34 +82,13 @@ impl<'a> Session<'a> {
             }
         }
         let grub_cfg = root.read(Path::new(GRUB_CFG)).ok().flatten().filter(|c| has_menuentry(c));
-        let mut s = Session { root, env, mirrors, saved_sources: Vec::new(), resolv_saved: None, policy_saved: None, grub_cfg, open: true };
-        s.mount_api().context("mounting /dev, /sys and /run in the image")?;
+        let mut s = Session { root, sys: Arc::clone(sys), mounts: Stack::default(), env, mirrors, saved_sources: Vec::new(), resolv_saved: None, policy_saved: None, grub_cfg, open: true };
+        s.mounts = mount_api(sys, &s.root).context("mounting /dev, /sys and /run in the image")?;
         s.install_resolv_conf().context("putting the host's resolv.conf in place")?;
         if debian_family {
             s.install_policy_rc_d().context("installing policy-rc.d")?;
         }
         Ok(s)
-    }
-
-    fn mount_api(&mut self) -> Result<()> {
-        let r = self.root;
-        let nosuid_nodev = MountFlags::NOSUID | MountFlags::NODEV;
-        mounts::mount_in(r, Path::new("/dev"), "kib-dev", "tmpfs", MountFlags::NOSUID | MountFlags::NOEXEC, Some("mode=0755,size=8m"))?;
-        for node in ["null", "zero", "full", "random", "urandom", "tty"] {
-            let guest = PathBuf::from("/dev").join(node);
-            r.write(&guest, b"", 0o666, 0, 0)?;
-            mounts::bind_in(r, &Path::new("/dev").join(node), &guest)?;
-        }
-        mounts::mount_in(r, Path::new("/dev/pts"), "devpts", "devpts", MountFlags::NOSUID | MountFlags::NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?;
-        r.symlink("pts/ptmx", Path::new("/dev/ptmx"))?;
-        mounts::mount_in(r, Path::new("/dev/shm"), "kib-shm", "tmpfs", nosuid_nodev, Some("mode=1777"))?;
-        for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
-            r.symlink(target, &Path::new("/dev").join(link))?;
-        }
-        mounts::mount_in(r, Path::new("/sys"), "sysfs", "sysfs", MountFlags::RDONLY | nosuid_nodev | MountFlags::NOEXEC, None)?;
-        mounts::mount_in(r, Path::new("/run"), "kib-run", "tmpfs", nosuid_nodev, Some("mode=0755"))?;
-        r.mkdir_p(Path::new("/run/lock"), 0o1777)?;
-        Ok(())
     }
 
     fn install_resolv_conf(&mut self) -> Result<()> {
@@ -126,44 +112,33 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Rewrites the URLs of the image's apt sources (sources.list, sources.list.d/*.list and
-    /// *.sources) through the mirror map, so that apt inside the chroot uses the mirrors. Files
-    /// already rewritten are left alone; new ones (from a `repository` step) are rewritten too.
-    /// [`Session::close`] puts every original back, so the image keeps its upstream sources.
-    pub fn rewrite_apt_sources(&mut self) -> Result<()> {
+    fn rewrite_through_mirrors(&mut self, files: &[PathBuf]) -> Result<()> {
         if self.mirrors.0.is_empty() {
             return Ok(());
         }
-        let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-        for name in self.root.read_dir(Path::new("/etc/apt/sources.list.d"))? {
-            let n = name.to_string_lossy();
-            if n.ends_with(".list") || n.ends_with(".sources") {
-                files.push(Path::new("/etc/apt/sources.list.d").join(&name));
-            }
-        }
         for f in files {
-            if self.saved_sources.iter().any(|(p, _, _)| *p == f) {
+            if self.saved_sources.iter().any(|(p, _, _)| p == f) {
                 continue;
             }
-            let Some(st) = self.root.lstat(&f)? else { continue };
+            let Some(st) = self.root.lstat(f)? else { continue };
             if st.st_mode & 0o170000 != 0o100000 {
                 continue; // only regular files; a symlink is left alone
             }
-            let Some(original) = self.root.read(&f)? else { continue };
+            let Some(original) = self.root.read(f)? else { continue };
             let text = String::from_utf8_lossy(&original);
             let rewritten = rewrite_urls(&text, &self.mirrors);
             if rewritten != text {
-                self.root.write(&f, rewritten.as_bytes(), st.st_mode & 0o7777, st.st_uid, st.st_gid)?;
-                tracing::info!("apt sources {} use the mirror map during the build", f.display());
-                self.saved_sources.push((f, original, st.st_mode & 0o7777));
+                self.root.write(f, rewritten.as_bytes(), st.st_mode & 0o7777, st.st_uid, st.st_gid)?;
+                tracing::info!("repository file {} uses the mirror map during the build", f.display());
+                self.saved_sources.push((f.clone(), original, st.st_mode & 0o7777));
             }
         }
         Ok(())
     }
 
     /// The image's root.
-    pub fn root(&self) -> &'a GuestRoot {
-        self.root
+    pub fn root(&self) -> &GuestRoot {
+        &self.root
     }
 
     /// A command that runs `argv` inside the chroot, in its own PID namespace, with the session's
@@ -181,9 +156,10 @@ impl<'a> Session<'a> {
         cmd
     }
 
-    /// Runs `argv` in the chroot (see [`Session::command`]); `what` names it in logs and errors.
+    /// Runs `argv` in the chroot (see [`Session::command`]) through the session's [`Sys`];
+    /// `what` names it in logs and errors.
     pub fn run(&self, argv: &[&str], env: &[(String, String)], what: &str, timeout: Option<Duration>) -> Result<Vec<String>, ExecError> {
-        exec::run(&mut self.command(argv, env), what, timeout)
+        self.sys.run(&mut self.command(argv, env), what, timeout)
     }
 
     /// Whether the image has an executable at this path.
@@ -220,11 +196,13 @@ impl<'a> Session<'a> {
             note(self.root.write(&path, &original, mode, 0, 0).with_context(|| format!("restoring {}", path.display())));
         }
         if let Some(existed) = self.policy_saved.take() {
-            note(restore(self.root, POLICY, POLICY_SAVED, existed).context("restoring policy-rc.d"));
+            note(restore(&self.root, POLICY, POLICY_SAVED, existed).context("restoring policy-rc.d"));
         }
         if let Some(existed) = self.resolv_saved.take() {
-            note(restore(self.root, RESOLV, RESOLV_SAVED, existed).context("restoring the image's resolv.conf"));
+            note(restore(&self.root, RESOLV, RESOLV_SAVED, existed).context("restoring the image's resolv.conf"));
         }
+        note(self.mounts.close());
+        // The safety net: anything a command left mounted below them.
         for m in API_MOUNTS.iter().rev() {
             note(mounts::unmount_tree(&self.root.path().join(&m[1..])));
         }
@@ -234,7 +212,36 @@ impl<'a> Session<'a> {
     }
 }
 
-/// Rewrites every URL-looking word of apt source text through the mirror map.
+/// Mounts what the image's programs need: a tmpfs `/dev` with a few device nodes bound from the
+/// host, a private devpts, `/dev/shm`, a read-only sysfs and a tmpfs `/run`. Returns the mounts,
+/// to be undone in reverse; on error, what was mounted is undone.
+///
+/// Errors: a mount point cannot be made, or a mount fails.
+pub fn mount_api(sys: &Arc<dyn Sys>, r: &GuestRoot) -> Result<Stack> {
+    let mut stack = Stack::default();
+    let nosuid_nodev = MountFlags::NOSUID | MountFlags::NODEV;
+    // Files kib makes here belong to kib (root, in a real run).
+    let (uid, gid) = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+    stack.push_mount(mounts::mount_in(sys, r, Path::new("/dev"), "kib-dev", "tmpfs", MountFlags::NOSUID | MountFlags::NOEXEC, Some("mode=0755,size=8m"))?);
+    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let guest = PathBuf::from("/dev").join(node);
+        r.write(&guest, b"", 0o666, uid, gid)?;
+        stack.push_mount(mounts::bind_in(sys, r, &Path::new("/dev").join(node), false, &guest)?);
+    }
+    stack.push_mount(mounts::mount_in(sys, r, Path::new("/dev/pts"), "devpts", "devpts", MountFlags::NOSUID | MountFlags::NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?);
+    r.symlink("pts/ptmx", Path::new("/dev/ptmx"))?;
+    stack.push_mount(mounts::mount_in(sys, r, Path::new("/dev/shm"), "kib-shm", "tmpfs", nosuid_nodev, Some("mode=1777"))?);
+    for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        r.symlink(target, &Path::new("/dev").join(link))?;
+    }
+    stack.push_mount(mounts::mount_in(sys, r, Path::new("/sys"), "sysfs", "sysfs", MountFlags::RDONLY | nosuid_nodev | MountFlags::NOEXEC, None)?);
+    stack.push_mount(mounts::mount_in(sys, r, Path::new("/run"), "kib-run", "tmpfs", nosuid_nodev, Some("mode=0755"))?);
+    r.mkdir_p(Path::new("/run/lock"), 0o1777)?;
+    Ok(stack)
+}
+
+/// Rewrites every URL-looking word of repository text (apt sources, one-line or deb822; `.repo`
+/// `baseurl=` lines) through the mirror map.
 pub fn rewrite_urls(text: &str, mirrors: &MirrorMap) -> String {
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
@@ -259,7 +266,21 @@ fn restore(root: &GuestRoot, path: &str, saved: &str, existed: bool) -> Result<(
     Ok(())
 }
 
-impl Drop for Session<'_> {
+impl crate::pkg::Chroot for Session {
+    fn root(&self) -> &GuestRoot {
+        &self.root
+    }
+    fn run(&self, argv: &[&str], what: &str, timeout: Option<Duration>) -> Result<Vec<String>, ExecError> {
+        Session::run(self, argv, &[], what, timeout)
+    }
+    /// The session puts every original back on [`Session::close`], so the image keeps its
+    /// upstream sources.
+    fn rewrite_sources(&mut self, files: &[PathBuf]) -> Result<()> {
+        self.rewrite_through_mirrors(files)
+    }
+}
+
+impl Drop for Session {
     fn drop(&mut self) {
         let _ = self.close();
     }
@@ -268,6 +289,53 @@ impl Drop for Session<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::fake::{check_unwound, FakeSys};
+
+    fn api_mounts(fail_at: Option<usize>) -> (Result<Stack>, Arc<FakeSys>, tempfile::TempDir) {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("root")).unwrap();
+        let root = GuestRoot::open(&t.path().join("root")).unwrap();
+        let mut f = FakeSys::new(t.path());
+        f.fail_at = fail_at;
+        let f = Arc::new(f);
+        let sys: Arc<dyn Sys> = f.clone();
+        (mount_api(&sys, &root), f, t)
+    }
+
+    #[test]
+    fn the_api_mounts_in_order_and_undone_in_reverse() {
+        let (stack, f, _t) = api_mounts(None);
+        let mut stack = stack.unwrap();
+        let mut want: Vec<String> = vec!["mount kib-dev on $T/root/dev type tmpfs flags [NOEXEC,NOSUID] data mode=0755,size=8m".into()];
+        for n in ["null", "zero", "full", "random", "urandom", "tty"] {
+            want.push(format!("bind /dev/{n} on $T/root/dev/{n}"));
+        }
+        want.extend([
+            "mount devpts on $T/root/dev/pts type devpts flags [NOEXEC,NOSUID] data newinstance,ptmxmode=0666,mode=0620".to_string(),
+            "mount kib-shm on $T/root/dev/shm type tmpfs flags [NODEV,NOSUID] data mode=1777".into(),
+            "mount sysfs on $T/root/sys type sysfs flags [NODEV,NOEXEC,NOSUID,RDONLY]".into(),
+            "mount kib-run on $T/root/run type tmpfs flags [NODEV,NOSUID] data mode=0755".into(),
+        ]);
+        assert_eq!(f.log(), want);
+        stack.close().unwrap();
+        let log = f.log();
+        let undone: Vec<&str> = log[want.len()..].iter().map(String::as_str).collect();
+        let mut expected: Vec<String> = want.iter().rev().map(|l| format!("unmount {}", l.split(" on ").nth(1).unwrap().split(" type ").next().unwrap())).collect();
+        expected.dedup();
+        assert_eq!(undone, expected);
+        check_unwound(&log).unwrap();
+    }
+
+    #[test]
+    fn a_failing_api_mount_unwinds_what_came_before() {
+        for i in 0..11 {
+            let (r, f, _t) = api_mounts(Some(i));
+            let e = format!("{:#}", r.unwrap_err());
+            assert!(e.contains("Input/output error"), "{e}");
+            check_unwound(&f.log()).unwrap_or_else(|v| panic!("failing mount {i}: {v}: {:#?}", f.log()));
+            assert_eq!(f.log().iter().filter(|l| l.starts_with("unmount")).count(), i, "{:#?}", f.log());
+        }
+    }
 
     #[test]
     fn rewrites_one_line_and_deb822_sources() {

@@ -1,8 +1,9 @@
-//! Phase 2: artifacts. Sysprep, the BOM, fstrim, unmount, conversion to each format, checksums.
+//! Phase 2: artifacts. Sysprep (in the chroot session Phase 1 leaves open), the package list for
+//! the BOM, fstrim, unmount, conversion to each format ([`run`]); then bom.json, the SBOMs and
+//! `SHA256SUMS` ([`write_records`]). Without Phase 2 in `--phases`, [`run`] only closes the session,
+//! reads the packages and unmounts, and the working copy itself is the result (`<name>.raw`).
 
-pub mod bom;
 pub mod convert;
-pub mod license;
 pub mod ova;
 pub mod sbom;
 pub mod sysprep;
@@ -10,23 +11,122 @@ pub mod sysprep;
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
-use crate::exec;
+use crate::bom::{Artifact, Bom};
+use crate::context::{BuildContext, Phase, PhaseSet};
+use crate::format::{Format, Qcow2Compression};
+use crate::manifest::Manifest;
 use crate::phase0::Image;
+use crate::phase1::binfmt::EmulationRecord;
+use crate::phase1::Phase1Output;
+use crate::pkg::Package;
+
+/// How Phase 2 runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub phases: PhaseSet,
+    /// The formats to write; only [`Format::Raw`] without Phase 2.
+    pub formats: Vec<Format>,
+    pub compression: Qcow2Compression,
+    /// How many conversions run at once (at least 1).
+    pub jobs: usize,
+    /// The outputs' base name.
+    pub name: String,
+}
+
+/// What Phase 2 did, for the BOM.
+#[derive(Debug)]
+pub struct Phase2Output {
+    /// The sysprep operations that ran, by name.
+    pub sysprep: Vec<String>,
+    /// Every installed package, after sysprep (so holds show).
+    pub packages: Vec<Package>,
+    /// How the image's programs ran on this host, when emulated.
+    pub emulation: Option<EmulationRecord>,
+    /// The images written into the staging folder, with their SHA-256.
+    pub artifacts: Vec<Artifact>,
+}
+
+/// Runs Phase 2 on `image` with the session `p1` left open: sysprep (when Phase 2 runs and the
+/// manifest has it on), closing the session, the package list, fstrim, unmounting, and writing
+/// `opts.formats` into `staging`.
+///
+/// Errors: a failing sysprep operation, package database or conversion; the session and mounts
+/// are undone by their guards.
+pub fn run(image: &mut Image, p1: Phase1Output, manifest: &Manifest, ctx: &BuildContext, staging: &Path, opts: &Options) -> Result<Phase2Output> {
+    let artifacts_phase = opts.phases.contains(Phase::Artifacts);
+    let Phase1Output { session, mut manager, .. } = p1;
+    let mut emulation = None;
+    let mut sysprep = Vec::new();
+    if let Some(mut open) = session {
+        if artifacts_phase && manifest.sysprep.enabled {
+            let root = image.root().try_clone().context("opening the image root for sysprep")?;
+            let ran = sysprep::run(&root, &mut open.session, manager.as_deref_mut(), &manifest.sysprep.skip);
+            match ran {
+                Ok(done) => sysprep = done.into_iter().map(str::to_string).collect(),
+                Err(e) => {
+                    if let Err(c) = open.close() {
+                        tracing::warn!("closing the chroot session: {c:#}");
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        emulation = open.close()?;
+    }
+    let packages = match &manager {
+        Some(m) => m.installed(image.root())?,
+        None => crate::pkg::installed(image.root())?,
+    };
+    if artifacts_phase {
+        trim(image);
+    } else {
+        tracing::info!("Phase 2 is left out (--phases {}): no sysprep; the result is the working copy as the steps left it", opts.phases);
+    }
+    image.unmount()?;
+    let plan = convert::Plan {
+        compression: opts.compression,
+        jobs: opts.jobs.max(1),
+        ovf: opts.formats.contains(&Format::Ova).then(|| ova::OvfInfo::for_image(image, manifest, &packages, &ctx.build_date)),
+    };
+    let artifacts = convert::convert_all(&image.disk, staging, &opts.name, &opts.formats, &plan)?;
+    Ok(Phase2Output { sysprep, packages, emulation, artifacts })
+}
+
+/// Writes `bom.json`, with `sboms` the SPDX and CycloneDX documents, and `SHA256SUMS` (the
+/// artifacts and those files) into `staging`. Returns the names of every file to publish, in
+/// order: the artifacts, bom.json, the SBOMs, SHA256SUMS.
+///
+/// Errors: a file cannot be written, or an SBOM cannot be built.
+pub fn write_records(bom: &Bom, name: &str, sboms: bool, staging: &Path) -> Result<Vec<String>> {
+    let bom_json = bom.to_json()?;
+    let path = staging.join("bom.json");
+    std::fs::write(&path, &bom_json).with_context(|| format!("writing {}", path.display()))?;
+    let mut written = vec![("bom.json".to_string(), crate::hash::sha256_bytes(&bom_json))];
+    if sboms {
+        written.extend(sbom::write_all(&sbom::SbomInput::from_bom(bom, name), staging, name)?);
+    }
+    let artifacts = &bom.artifacts;
+    let sums = sha256sums(artifacts.iter().map(|a| (a.file.as_str(), a.sha256.as_str())).chain(written.iter().map(|(f, s)| (f.as_str(), s.as_str()))));
+    let path = staging.join("SHA256SUMS");
+    std::fs::write(&path, sums).with_context(|| format!("writing {}", path.display()))?;
+    let mut files: Vec<String> = artifacts.iter().map(|a| a.file.clone()).chain(written.into_iter().map(|(f, _)| f)).collect();
+    files.push("SHA256SUMS".into());
+    Ok(files)
+}
 
 /// Discards unused blocks of every mounted filesystem of the image, so that the working copy's
 /// free space becomes holes and the outputs shrink. A filesystem that does not support it is
 /// noted and skipped.
-pub fn trim(image: &Image) -> Result<()> {
+pub fn trim(image: &Image) {
     for fs in &image.filesystems {
         let dir = image.root_dir.join(fs.mount_point.trim_start_matches('/'));
-        match exec::capture(Command::new("fstrim").arg("-v").arg(&dir), "fstrim") {
-            Ok(out) => tracing::info!("fstrim {}: {}", fs.mount_point, out.trim().rsplit(": ").next().unwrap_or("")),
+        match image.sys().run(Command::new("fstrim").arg("-v").arg(&dir), "fstrim", None) {
+            Ok(out) => tracing::info!("fstrim {}: {}", fs.mount_point, out.last().map_or("", |l| l.rsplit(": ").next().unwrap_or(""))),
             Err(e) => tracing::warn!("fstrim {} failed, continuing without it: {e}", fs.mount_point),
         }
     }
-    Ok(())
 }
 
 /// `SHA256SUMS` text in sha256sum's format for `(file, sha256)` pairs.
@@ -36,6 +136,5 @@ pub fn sha256sums<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> 
 
 /// Creates the output folder if it is missing.
 pub fn ensure_output_dir(dir: &Path) -> Result<()> {
-    use anyhow::Context;
     std::fs::create_dir_all(dir).with_context(|| format!("creating output folder {}", dir.display()))
 }

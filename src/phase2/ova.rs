@@ -33,6 +33,31 @@ pub struct OvfInfo {
     pub properties: Vec<(String, String)>,
 }
 
+/// The GPT type GUID of a BIOS boot partition (GRUB's core image for BIOS on a GPT disk).
+pub const BIOS_BOOT_PARTITION: &str = "21686148-6449-6E6F-744E-656564454649";
+
+/// The firmware an image boots with: `bios` when its disk has a BIOS boot partition or an MBR
+/// table, else `efi`.
+pub fn firmware(table: &crate::phase0::partition::Table) -> &'static str {
+    let bios = table.partitions.iter().any(|p| p.type_id == BIOS_BOOT_PARTITION) || table.kind == crate::phase0::partition::TableKind::Mbr;
+    if bios { "bios" } else { "efi" }
+}
+
+impl OvfInfo {
+    /// What the descriptor says about `image`: its OS, firmware, and the versions of what was
+    /// installed (from `packages`, else the manifest's variables). `name` is filled in later.
+    pub fn for_image(image: &crate::phase0::Image, manifest: &crate::manifest::Manifest, packages: &[crate::pkg::Package], build_date: &str) -> OvfInfo {
+        let installed: IndexMap<String, String> = packages.iter().map(|p| (p.name.clone(), p.full_version())).collect();
+        OvfInfo {
+            name: String::new(),
+            os_release: image.facts.os_release.clone(),
+            arch: image.facts.arch.clone(),
+            firmware: firmware(&image.table),
+            properties: properties(&installed, &manifest.variables.0, &image.facts.os_release, &image.facts.arch, build_date),
+        }
+    }
+}
+
 /// The disk as the descriptor describes it.
 #[derive(Debug, Clone, Copy)]
 pub struct DiskInfo {

@@ -2,8 +2,8 @@
 //! and CycloneDX 1.5 JSON (`<name>.cdx.json`), for vulnerability scanners and auditors.
 //!
 //! Both are built from one neutral [`SbomInput`]: `kib customize` makes it from the [`Bom`]
-//! ([`SbomInput::from_bom`]), `kib inspect --sbom` from the inspection [`Report`]
-//! ([`SbomInput::from_report`]). They list:
+//! ([`SbomInput::from_bom`]), `kib inspect --sbom` from what the image's package database says
+//! ([`SbomInput::for_image`]). They list:
 //! - the image itself (the document's subject; for a build, with the sha256 of each artifact),
 //! - its operating system (os-release `ID` and `VERSION_ID`), which scanners use to pick a
 //!   vulnerability feed,
@@ -51,8 +51,8 @@ use indexmap::IndexMap;
 use packageurl::PackageUrl;
 use serde::Serialize;
 
-use crate::inspect::Report;
-use crate::phase2::bom::{Bom, Package};
+use crate::bom::Bom;
+use crate::pkg::{Package, PackageKind};
 
 /// An SBOM format, as `kib inspect --sbom` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -194,18 +194,18 @@ impl SbomInput {
         }
     }
 
-    /// The input for an image inspected read-only: what its package database says. Downloads
-    /// and pre-loaded images are not recorded inside an image, so they are absent.
-    pub fn from_report(report: &Report) -> Self {
-        let name = std::path::Path::new(&report.image).file_name().map_or_else(|| report.image.clone(), |n| n.to_string_lossy().into_owned());
+    /// The input for an image inspected read-only (`kib inspect --sbom`): `name` (the image's
+    /// file name), its os-release, architecture and installed packages. Downloads and
+    /// pre-loaded images are not recorded inside an image, so they are absent.
+    pub fn for_image(name: &str, os_release: IndexMap<String, String>, architecture: &str, packages: Vec<Package>) -> Self {
         SbomInput {
-            name,
+            name: name.to_string(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             serial: uuid::Uuid::new_v4(),
             files: Vec::new(),
-            os_release: report.os_release.clone(),
-            architecture: report.architecture.clone(),
-            packages: report.packages.clone(),
+            os_release,
+            architecture: architecture.to_string(),
+            packages,
             downloads: Vec::new(),
             images: Vec::new(),
         }
@@ -220,25 +220,41 @@ impl SbomInput {
     }
 }
 
-/// The purl of an installed Debian-family package:
-/// `pkg:deb/<os id>/<name>@<version>?arch=<arch>&distro=<id>-<version_id>[&upstream=<source>]`.
-pub fn deb_purl(input: &SbomInput, p: &Package) -> Result<String> {
+/// The purl of an installed package, by the purl spec's rules for its type:
+/// - deb: `pkg:deb/<os id>/<name>@<version>?arch=<arch>&distro=<id>-<version_id>[&upstream=<source>]`;
+/// - rpm: `pkg:rpm/<os id>/<name>@<version>-<release>?arch=<arch>[&epoch=<n>]&distro=<id>-<version_id>[&upstream=<source rpm>]`.
+pub fn package_purl(input: &SbomInput, p: &Package) -> Result<String> {
     let ns = input.os_id();
-    let mut purl = PackageUrl::new("deb", p.name.as_str()).with_context(|| format!("purl of package `{}`", p.name))?;
+    let (ty, version) = match p.kind {
+        PackageKind::Deb => ("deb", p.version.clone()),
+        PackageKind::Rpm => ("rpm", p.release.as_deref().map_or_else(|| p.version.clone(), |r| format!("{}-{r}", p.version))),
+    };
+    let e = |e: packageurl::Error| anyhow!("purl of package `{}`: {e}", p.name);
+    let mut purl = PackageUrl::new(ty, p.name.as_str()).with_context(|| format!("purl of package `{}`", p.name))?;
     purl.with_namespace(ns.as_str()).map_err(|e| anyhow!("purl namespace `{ns}`: {e}"))?;
-    if !p.version.is_empty() {
-        purl.with_version(p.version.as_str()).map_err(|e| anyhow!("purl of package `{}`: {e}", p.name))?;
+    if !version.is_empty() {
+        purl.with_version(version).map_err(e)?;
     }
     if !p.architecture.is_empty() {
-        purl.add_qualifier("arch", p.architecture.as_str()).map_err(|e| anyhow!("purl of package `{}`: {e}", p.name))?;
+        purl.add_qualifier("arch", p.architecture.as_str()).map_err(e)?;
+    }
+    if let Some(epoch) = p.epoch {
+        purl.add_qualifier("epoch", epoch.to_string()).map_err(e)?;
     }
     if let Some(v) = input.os_version() {
-        purl.add_qualifier("distro", format!("{ns}-{v}")).map_err(|e| anyhow!("purl of package `{}`: {e}", p.name))?;
+        purl.add_qualifier("distro", format!("{ns}-{v}")).map_err(e)?;
     }
     if let Some(src) = &p.source {
-        purl.add_qualifier("upstream", src.as_str()).map_err(|e| anyhow!("purl of package `{}`: {e}", p.name))?;
+        purl.add_qualifier("upstream", src.as_str()).map_err(e)?;
     }
     Ok(purl.to_string())
+}
+
+fn kind_name(k: PackageKind) -> &'static str {
+    match k {
+        PackageKind::Deb => "deb",
+        PackageKind::Rpm => "rpm",
+    }
 }
 
 /// The last path segment of a URL, without query or fragment: the artifact's file name.
@@ -428,8 +444,8 @@ pub fn spdx_json(input: &SbomInput) -> Result<Vec<u8>> {
     packages.push(os);
 
     for (n, p) in input.packages.iter().enumerate() {
-        let mut pkg = SpdxPackage::new(p.name.clone(), spdx_ref("Package-deb", n + 1, &p.name));
-        pkg.version_info = Some(p.version.clone()).filter(|v| !v.is_empty());
+        let mut pkg = SpdxPackage::new(p.name.clone(), spdx_ref(&format!("Package-{}", kind_name(p.kind)), n + 1, &p.name));
+        pkg.version_info = Some(p.full_version()).filter(|v| !v.is_empty());
         pkg.source_info = p.source.as_ref().map(|s| format!("built package from: {s}"));
         if let Some(l) = &p.license {
             if let Some(e) = &l.spdx {
@@ -437,7 +453,7 @@ pub fn spdx_json(input: &SbomInput) -> Result<Vec<u8>> {
             }
             pkg.comment = Some(format!("Licences in /usr/share/doc/{}/copyright: {}", p.name, l.declared.join(", ")));
         }
-        pkg.purl(deb_purl(input, p)?);
+        pkg.purl(package_purl(input, p)?);
         relationships.push(contains(&pkg.spdx_id));
         packages.push(pkg);
     }
@@ -523,8 +539,8 @@ pub fn cyclonedx_json(input: &SbomInput) -> Result<Vec<u8>> {
     os.description = input.os_release.get("PRETTY_NAME").map(|s| NormalizedString::new(s));
     components.push(os);
     for p in &input.packages {
-        let purl = deb_purl(input, p)?;
-        let mut c = component(Classification::Library, &p.name, Some(&p.version), purl.clone());
+        let purl = package_purl(input, p)?;
+        let mut c = component(Classification::Library, &p.name, Some(&p.full_version()), purl.clone());
         c.purl = Some(Purl::from_str(&purl).map_err(|()| anyhow!("purl {purl}"))?);
         if let Some(l) = &p.license {
             c.licenses = Some(Licenses(match &l.spdx {
@@ -535,10 +551,10 @@ pub fn cyclonedx_json(input: &SbomInput) -> Result<Vec<u8>> {
         }
         let mut props = Vec::new();
         if let Some(s) = &p.source {
-            props.push(property("kib:deb:source", s));
+            props.push(property(&format!("kib:{}:source", kind_name(p.kind)), s));
         }
         if p.held {
-            props.push(property("kib:deb:held", "true"));
+            props.push(property(&format!("kib:{}:held", kind_name(p.kind)), "true"));
         }
         if !props.is_empty() {
             c.properties = Some(Properties(props));
@@ -590,8 +606,8 @@ mod sbom_schema;
 mod tests {
     use super::sbom_schema::{assert_schema_valid, schema_errors, SbomKind};
     use super::*;
-    use crate::phase2::bom::parse_dpkg_status;
-    use crate::phase2::license::parse_copyright;
+    use crate::pkg::dpkg::parse_status as parse_dpkg_status;
+    use crate::pkg::license::parse_copyright;
 
     const SHA_A: &str = "7c3807c0f5c1b30110a2ff1e55da1d112a6d0096201f1beb81b269f582b5d1c5";
     const SHA_B: &str = "0d6f0b8ab82a8b5b5dd46cd34acb1ab0c8ddba1ac96ac29b03d4c4a3b1b9a45f";
@@ -633,8 +649,8 @@ mod tests {
     #[test]
     fn purls_follow_the_purl_spec() {
         let i = input();
-        assert_eq!(deb_purl(&i, &i.packages[0]).unwrap(), "pkg:deb/debian/containerd@1.6.20~ds1-1%2Bb1?arch=amd64&distro=debian-12");
-        assert_eq!(deb_purl(&i, &i.packages[2]).unwrap(), "pkg:deb/debian/libstdc%2B%2B6@12.2.0-14?arch=amd64&distro=debian-12&upstream=gcc-12");
+        assert_eq!(package_purl(&i, &i.packages[0]).unwrap(), "pkg:deb/debian/containerd@1.6.20~ds1-1%2Bb1?arch=amd64&distro=debian-12");
+        assert_eq!(package_purl(&i, &i.packages[2]).unwrap(), "pkg:deb/debian/libstdc%2B%2B6@12.2.0-14?arch=amd64&distro=debian-12&upstream=gcc-12");
         assert_eq!(
             image_purl(&i.images[0]).unwrap(),
             format!("pkg:oci/pause@sha256:{SHA_A}?repository_url=registry.k8s.io/pause&tag=3.9")
@@ -646,7 +662,7 @@ mod tests {
         let d = download_purl(&i.downloads[0]).unwrap();
         assert_eq!(d, format!("pkg:generic/kubectl?checksum=sha256:{SHA_A}&download_url=https://dl.k8s.io/release/v1.30.0/bin/linux/amd64/kubectl"));
         // Every purl reads back with the other purl implementation (the one cyclonedx-bom validates with).
-        for p in [deb_purl(&i, &i.packages[1]).unwrap(), image_purl(&i.images[0]).unwrap(), download_purl(&i.downloads[1]).unwrap()] {
+        for p in [package_purl(&i, &i.packages[1]).unwrap(), image_purl(&i.images[0]).unwrap(), download_purl(&i.downloads[1]).unwrap()] {
             let parsed = PackageUrl::from_str(&p).unwrap();
             assert!(["deb", "oci", "generic"].contains(&parsed.ty()), "{p}");
         }
@@ -741,27 +757,37 @@ mod tests {
     }
 
     #[test]
-    fn inspection_report_input_has_packages_only() {
+    fn an_inspected_image_has_packages_only() {
         let i = input();
-        let report = Report {
-            image: "/images/debian-12.qcow2".into(),
-            format: "qcow2".into(),
-            virtual_size: 1,
-            os_release: i.os_release.clone(),
-            architecture: "arm64".into(),
-            dpkg_architecture: Some("arm64".into()),
-            partition_table: crate::phase0::partition::Table { kind: crate::phase0::partition::TableKind::Gpt, sector_size: 512, partitions: Vec::new() },
-            filesystems: Vec::new(),
-            kernels: Vec::new(),
-            kubernetes: IndexMap::new(),
-            kib_release: None,
-            packages: i.packages.clone(),
-        };
-        let from = SbomInput::from_report(&report);
+        let from = SbomInput::for_image("debian-12.qcow2", i.os_release.clone(), "arm64", i.packages.clone());
         assert_eq!(from.name, "debian-12.qcow2");
         assert_eq!(from.packages.len(), 4);
         assert!(from.downloads.is_empty() && from.images.is_empty() && from.files.is_empty());
         let doc: serde_json::Value = serde_json::from_slice(&spdx_json(&from).unwrap()).unwrap();
         assert_schema_valid(&doc, SbomKind::Spdx23);
+    }
+
+    #[test]
+    fn rpm_purls_follow_the_purl_spec() {
+        let mut i = input();
+        i.os_release.insert("ID".into(), "rocky".into());
+        i.os_release.insert("VERSION_ID".into(), "9.4".into());
+        let p = Package {
+            name: "containerd.io".into(),
+            kind: PackageKind::Rpm,
+            epoch: Some(0),
+            version: "1.7.20".into(),
+            release: Some("3.1.el9".into()),
+            architecture: "x86_64".into(),
+            source: None,
+            held: true,
+            license: None,
+        };
+        assert_eq!(package_purl(&i, &p).unwrap(), "pkg:rpm/rocky/containerd.io@1.7.20-3.1.el9?arch=x86_64&distro=rocky-9.4&epoch=0");
+        assert_eq!(p.full_version(), "0:1.7.20-3.1.el9");
+        i.packages = vec![p];
+        let doc: serde_json::Value = serde_json::from_slice(&cyclonedx_json(&i).unwrap()).unwrap();
+        assert_schema_valid(&doc, SbomKind::CycloneDx15);
+        assert_eq!(doc["components"][1]["version"], "0:1.7.20-3.1.el9");
     }
 }

@@ -1,6 +1,7 @@
 //! Sysprep: removing what makes an image one machine rather than a template. Each operation
 //! works through [`GuestRoot`] (never leaving the image root) except `cloud-init`, which runs
-//! the image's own `cloud-init clean` in the chroot.
+//! the image's own `cloud-init clean` in the chroot, and the package manager's own
+//! (`package-cache`, `hold-packages`), which go through [`crate::pkg`].
 
 use std::path::Path;
 
@@ -8,12 +9,22 @@ use anyhow::{bail, Context, Result};
 
 use crate::guest::GuestRoot;
 use crate::phase1::session::Session;
+use crate::pkg::PackageManager;
+
+/// What an operation works on.
+pub struct Ctx<'a> {
+    pub root: &'a GuestRoot,
+    pub session: &'a mut Session,
+    /// The image's package manager; `None` when kib has no backend for it (its operations are
+    /// then skipped, with a warning).
+    pub manager: Option<&'a mut (dyn PackageManager + 'static)>,
+}
 
 /// A sysprep operation: its name (as `sysprep.skip` names it) and what it does.
 pub struct Operation {
     pub name: &'static str,
     pub description: &'static str,
-    run: fn(&GuestRoot, &Session<'_>) -> Result<()>,
+    run: fn(&mut Ctx<'_>) -> Result<()>,
 }
 
 /// Every operation, in the order they run.
@@ -22,13 +33,13 @@ pub const OPERATIONS: &[Operation] = &[
     Operation { name: "ssh-host-keys", description: "remove /etc/ssh/ssh_host_* (regenerated at first boot)", run: ssh_host_keys },
     Operation { name: "ssh-authorized-keys", description: "remove root's and every /home user's ~/.ssh/authorized_keys", run: authorized_keys },
     Operation { name: "cloud-init", description: "`cloud-init clean --logs`: forget the instance so cloud-init runs again at first boot", run: cloud_init },
-    Operation { name: "package-cache", description: "empty apt's package lists and downloaded archives", run: package_cache },
+    Operation { name: "package-cache", description: "empty the package manager's metadata and download caches (apt: its lists and archives)", run: package_cache },
     Operation { name: "tmp", description: "empty /tmp and /var/tmp", run: tmp },
     Operation { name: "logs", description: "truncate every file under /var/log, delete rotated ones (*.gz, *.1, ...) and the journal", run: logs },
     Operation { name: "shell-history", description: "remove root's and /home users' shell histories", run: shell_history },
     Operation { name: "net-rules", description: "remove /etc/udev/rules.d/70-persistent-net.rules", run: net_rules },
     Operation { name: "hostname", description: "empty /etc/hostname and reset /etc/hosts to localhost entries", run: hostname },
-    Operation { name: "hold-packages", description: "hold every installed package (dpkg --set-selections) so nothing upgrades on the node", run: hold_packages },
+    Operation { name: "hold-packages", description: "hold every installed package so nothing upgrades on the node (apt: dpkg --set-selections)", run: hold_packages },
 ];
 
 /// Checks `skip` names against [`OPERATIONS`].
@@ -42,19 +53,21 @@ pub fn validate(skip: &[String]) -> Result<()> {
 }
 
 /// Runs every operation not in `skip`. Returns the names of those that ran.
-pub fn run(root: &GuestRoot, session: &Session<'_>, skip: &[String]) -> Result<Vec<&'static str>> {
+pub fn run(root: &GuestRoot, session: &mut Session, manager: Option<&mut (dyn PackageManager + 'static)>, skip: &[String]) -> Result<Vec<&'static str>> {
+    let mut ctx = Ctx { root, session, manager };
     let mut done = Vec::new();
     for op in OPERATIONS {
         if skip.iter().any(|s| s == op.name) {
             continue;
         }
-        (op.run)(root, session).with_context(|| format!("sysprep operation `{}`", op.name))?;
+        (op.run)(&mut ctx).with_context(|| format!("sysprep operation `{}`", op.name))?;
         done.push(op.name);
     }
     Ok(done)
 }
 
-fn machine_id(root: &GuestRoot, _: &Session<'_>) -> Result<()> {
+fn machine_id(ctx: &mut Ctx<'_>) -> Result<()> {
+    let root = ctx.root;
     root.truncate(Path::new("/etc/machine-id"))?;
     // On Debian this is a symlink to /etc/machine-id; only a real copy is removed.
     if root.lstat(Path::new("/var/lib/dbus/machine-id"))?.is_some_and(|st| st.st_mode & 0o170000 == 0o100000) {
@@ -63,7 +76,8 @@ fn machine_id(root: &GuestRoot, _: &Session<'_>) -> Result<()> {
     Ok(())
 }
 
-fn ssh_host_keys(root: &GuestRoot, _: &Session<'_>) -> Result<()> {
+fn ssh_host_keys(ctx: &mut Ctx<'_>) -> Result<()> {
+    let root = ctx.root;
     for name in root.read_dir(Path::new("/etc/ssh"))? {
         if name.to_string_lossy().starts_with("ssh_host_") {
             root.remove(&Path::new("/etc/ssh").join(name))?;
@@ -72,32 +86,25 @@ fn ssh_host_keys(root: &GuestRoot, _: &Session<'_>) -> Result<()> {
     Ok(())
 }
 
-fn cloud_init(_: &GuestRoot, session: &Session<'_>) -> Result<()> {
-    if session.has("/usr/bin/cloud-init") {
-        session.run(&["cloud-init", "clean", "--logs"], &[], "cloud-init clean", Some(std::time::Duration::from_secs(300)))?;
+fn cloud_init(ctx: &mut Ctx<'_>) -> Result<()> {
+    if ctx.session.has("/usr/bin/cloud-init") {
+        ctx.session.run(&["cloud-init", "clean", "--logs"], &[], "cloud-init clean", Some(std::time::Duration::from_secs(300)))?;
     }
     Ok(())
 }
 
-fn package_cache(root: &GuestRoot, _: &Session<'_>) -> Result<()> {
-    for dir in ["/var/lib/apt/lists", "/var/cache/apt/archives"] {
-        for name in root.read_dir(Path::new(dir))? {
-            let keep = name == "partial" || name == "lock";
-            if !keep {
-                root.remove(&Path::new(dir).join(&name))?;
-            }
-        }
-        root.empty_dir(&Path::new(dir).join("partial"))?;
-    }
-    for name in root.read_dir(Path::new("/var/cache/apt"))? {
-        if name.to_string_lossy().ends_with(".bin") {
-            root.remove(&Path::new("/var/cache/apt").join(name))?;
+fn package_cache(ctx: &mut Ctx<'_>) -> Result<()> {
+    match &ctx.manager {
+        Some(m) => m.clean_caches(ctx.root),
+        None => {
+            tracing::warn!("sysprep: no package manager kib supports: its caches are left as they are");
+            Ok(())
         }
     }
-    Ok(())
 }
 
-fn tmp(root: &GuestRoot, _: &Session<'_>) -> Result<()> {
+fn tmp(ctx: &mut Ctx<'_>) -> Result<()> {
+    let root = ctx.root;
     root.empty_dir(Path::new("/tmp"))?;
     root.empty_dir(Path::new("/var/tmp"))?;
     Ok(())
@@ -112,7 +119,8 @@ fn homes(root: &GuestRoot) -> Result<Vec<std::path::PathBuf>> {
     Ok(h)
 }
 
-fn authorized_keys(root: &GuestRoot, _: &Session<'_>) -> Result<()> {
+fn authorized_keys(ctx: &mut Ctx<'_>) -> Result<()> {
+    let root = ctx.root;
     for home in homes(root)? {
         for f in ["authorized_keys", "authorized_keys2"] {
             root.remove(&home.join(".ssh").join(f))?;
@@ -121,7 +129,8 @@ fn authorized_keys(root: &GuestRoot, _: &Session<'_>) -> Result<()> {
     Ok(())
 }
 
-fn shell_history(root: &GuestRoot, _: &Session<'_>) -> Result<()> {
+fn shell_history(ctx: &mut Ctx<'_>) -> Result<()> {
+    let root = ctx.root;
     for home in homes(root)? {
         for f in [".bash_history", ".zsh_history", ".history", ".ash_history", ".python_history", ".lesshst", ".viminfo"] {
             root.remove(&home.join(f))?;
@@ -130,12 +139,14 @@ fn shell_history(root: &GuestRoot, _: &Session<'_>) -> Result<()> {
     Ok(())
 }
 
-fn net_rules(root: &GuestRoot, _: &Session<'_>) -> Result<()> {
+fn net_rules(ctx: &mut Ctx<'_>) -> Result<()> {
+    let root = ctx.root;
     root.remove(Path::new("/etc/udev/rules.d/70-persistent-net.rules"))?;
     Ok(())
 }
 
-fn hostname(root: &GuestRoot, _: &Session<'_>) -> Result<()> {
+fn hostname(ctx: &mut Ctx<'_>) -> Result<()> {
+    let root = ctx.root;
     if root.lstat(Path::new("/etc/hostname"))?.is_some() {
         root.write(Path::new("/etc/hostname"), b"", 0o644, 0, 0)?;
     }
@@ -150,7 +161,8 @@ fn rotated(name: &str) -> bool {
         || name.rsplit('.').next().is_some_and(|ext| !ext.is_empty() && ext.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn logs(root: &GuestRoot, _: &Session<'_>) -> Result<()> {
+fn logs(ctx: &mut Ctx<'_>) -> Result<()> {
+    let root = ctx.root;
     root.empty_dir(Path::new("/var/log/journal"))?;
     let mut dirs = vec![std::path::PathBuf::from("/var/log")];
     while let Some(dir) = dirs.pop() {
@@ -172,16 +184,14 @@ fn logs(root: &GuestRoot, _: &Session<'_>) -> Result<()> {
     Ok(())
 }
 
-fn hold_packages(_: &GuestRoot, session: &Session<'_>) -> Result<()> {
-    if session.has("/usr/bin/dpkg") {
-        session.run(
-            &["/bin/sh", "-ec", "dpkg-query -W -f '${Package} hold\\n' | dpkg --set-selections"],
-            &[],
-            "dpkg --set-selections (hold every package)",
-            Some(std::time::Duration::from_secs(300)),
-        )?;
+fn hold_packages(ctx: &mut Ctx<'_>) -> Result<()> {
+    match ctx.manager.as_deref_mut() {
+        Some(m) => m.hold_all(&mut *ctx.session, Some(std::time::Duration::from_secs(300))),
+        None => {
+            tracing::warn!("sysprep: no package manager kib supports: packages are not held");
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,6 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Whether the calling test must be skipped because it does not run as root (it attaches loop
+/// devices and mounts filesystems). Prints why, so that a normal user's `cargo test` names
+/// every test it skipped.
+pub fn skip_unless_root(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return false;
+    }
+    eprintln!("SKIPPED {test}: needs root (it attaches loop devices and mounts filesystems); run the suite as root, as scripts/test.sh does");
+    true
+}
+
 /// The Debian 12 base image that `scripts/make-base-image.sh` builds and caches.
 pub fn base_image() -> PathBuf {
     let p = std::env::var_os("KIB_BASE_IMAGE")

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::ShellArgs;
 use crate::phase0::{self, Image};
-use crate::phase1::{binfmt::Emulation, session::Session};
+use crate::phase1::OpenSession;
 use crate::phase2::convert::{self, Staging};
 
 /// The command run when none is given: root's login shell from the image's /etc/passwd when the
@@ -34,6 +34,7 @@ fn default_command(image: &Image) -> Vec<String> {
 /// failing conversion while saving. The input image is never modified, and nothing is left
 /// behind: the working copy goes with the work directory unless `--save` keeps it.
 pub fn run(args: &ShellArgs) -> Result<ExitCode> {
+    super::mounting_as_root("shell")?;
     let save_dir = match &args.save {
         Some(p) => {
             if p.file_name().is_none() || p.is_dir() {
@@ -43,6 +44,7 @@ pub fn run(args: &ShellArgs) -> Result<ExitCode> {
             if !dir.is_dir() {
                 bail!("--save {}: folder {} does not exist", p.display(), dir.display());
             }
+            crate::input::refuse_outputs_on_input(&args.disk_image, std::slice::from_ref(p))?;
             Some(dir.to_path_buf())
         }
         None => None,
@@ -59,15 +61,13 @@ pub fn run(args: &ShellArgs) -> Result<ExitCode> {
     let argv = if args.command.is_empty() { default_command(&image) } else { args.command.clone() };
     let what = format!("`{}` in the image", argv.join(" "));
     let status = {
-        let emu = Emulation::ensure(image.root(), &image.facts.arch).context("preparing to run the image's programs on this host")?;
-        let mut session = Session::open(image.root(), image.facts.debian_family(), crate::fetch::MirrorMap::default())?;
+        let open = OpenSession::open(&image, crate::fetch::MirrorMap::default())?;
         if args.command.is_empty() {
             tracing::info!("a shell in {} ({}); `exit` ends it{}", args.disk_image.display(), image.facts.arch, if args.save.is_some() { ", and `exit 0` saves the result" } else { "; nothing is kept" });
         }
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let status = crate::exec::interactive(&mut session.command(&argv, &[]), &what);
-        session.close()?;
-        emu.close()?;
+        let status = crate::exec::interactive(&mut open.session.command(&argv, &[]), &what);
+        open.close()?;
         status?
     };
     let code = exit_code(status);

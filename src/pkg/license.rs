@@ -14,12 +14,12 @@ use std::path::Path;
 
 use crate::guest::GuestRoot;
 
-/// A package's licence as its copyright file declares it.
-#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+/// A package's licence as its copyright file (deb) or its `License` tag (rpm) declares it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct PackageLicense {
     /// An SPDX licence expression equivalent to `declared`, such as
     /// `GPL-2.0-or-later AND MIT`; absent when some name has no SPDX identifier.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spdx: Option<String>,
     /// The distinct `License:` short names of the `Files:` paragraphs, in order of appearance,
     /// as Debian writes them (`GPL-2+`, `Expat`).
@@ -142,7 +142,7 @@ fn field_to_spdx(field: &str) -> Option<Mapped> {
             (false, _) => (" AND ", " and "),
         };
         let mut terms = Vec::new();
-        for t in split_words(&group.to_ascii_lowercase(), &group, sep) {
+        for t in split_words(&group.to_ascii_lowercase(), group, sep) {
             match term_to_spdx(t.trim().trim_end_matches(','))? {
                 Mapped::PublicDomain if op == " OR " => return None,
                 Mapped::PublicDomain => {}

@@ -1,0 +1,33 @@
+//! `kib cleanup`: remove what crashed or killed runs left (see [`crate::cleanup`]), and say what.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+
+use crate::cli::CleanupArgs;
+use crate::{mounts, out};
+
+pub fn run(args: &CleanupArgs) -> Result<ExitCode> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("kib cleanup must run as root: it detaches loop devices");
+    }
+    // binfmt_misc may have to be mounted to find stale handlers: in kib's own namespace.
+    mounts::enter_private_namespace()?;
+    let r = crate::cleanup::run(&args.work_dir)?;
+    for h in &r.binfmt_handlers {
+        out::line(format!("removed binfmt_misc handler {h}"));
+    }
+    for d in &r.loop_devices {
+        out::line(format!("detached loop device {d}"));
+    }
+    for d in &r.work_dirs {
+        out::line(format!("removed work directory {}", d.display()));
+    }
+    for d in &r.skipped_live {
+        out::line(format!("kept {} (its kib process is running)", d.display()));
+    }
+    if r.loop_devices.is_empty() && r.work_dirs.is_empty() && r.binfmt_handlers.is_empty() {
+        out::line(format!("nothing to clean up in {}", args.work_dir.display()));
+    }
+    Ok(ExitCode::SUCCESS)
+}

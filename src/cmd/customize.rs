@@ -1,0 +1,226 @@
+//! `kib customize`: Phase 0 → Phase 1 → Phase 2, then the records. Everything that can be checked
+//! without the image is checked first ([`Plan::new`]); on any error later, the guards undo
+//! everything in reverse order (mounts, loop devices, work directory, staging folder), and the
+//! output folder is left as it was.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use indexmap::IndexMap;
+
+use crate::bom::{Bom, Continuation, ManifestRecord};
+use crate::cli::CustomizeArgs;
+use crate::context::{BuildContext, Phase, PhaseSet};
+use crate::format::{Format, Qcow2Compression};
+use crate::lock::Lock;
+use crate::manifest::{self, Manifest};
+use crate::phase2::convert::Staging;
+use crate::phase2::sysprep;
+use crate::{phase0, phase1, phase2};
+
+/// What a run will do, decided from the arguments and the manifest before the image is touched.
+#[derive(Debug)]
+pub struct Plan {
+    pub manifest: Manifest,
+    pub phases: PhaseSet,
+    pub formats: Vec<Format>,
+    pub compression: Qcow2Compression,
+    /// The outputs' base name.
+    pub name: String,
+    /// Grow the disk to this many bytes in Phase 0.
+    pub disk_size: Option<u64>,
+}
+
+impl Plan {
+    /// Checks the arguments against each other and the manifest.
+    ///
+    /// Errors: a missing or bad manifest, contradicting options (`--format` or `--disk-size` or
+    /// `--lock` with a phase left out that they belong to), a bad output name, a missing image,
+    /// or an output that would land on the input image.
+    pub fn new(args: &CustomizeArgs) -> Result<Plan> {
+        let manifest_path = match (&args.manifest, &args.release_channel) {
+            (Some(p), _) => p.clone(),
+            (None, Some(c)) => manifest::catalogue::release_channel(c)?,
+            (None, None) => bail!("give --manifest or --release-channel"),
+        };
+        let manifest = manifest::load(&manifest_path, &args.set)?;
+        let phases = PhaseSet::from_numbers(&args.phases)?;
+        let mut formats = Format::dedup(if args.format.is_empty() { &manifest.output.formats } else { &args.format });
+        if formats.is_empty() {
+            formats.push(Format::Qcow2);
+        }
+        if !phases.contains(Phase::Artifacts) {
+            if !args.format.is_empty() {
+                bail!("--format chooses Phase 2's outputs; without Phase 2 (--phases {phases}) the result is the working copy, <name>.raw");
+            }
+            formats = vec![Format::Raw];
+        }
+        if !phases.contains(Phase::Customization) && args.lock.is_some() {
+            bail!("--lock pins what Phase 1 installs, and --phases {phases} leaves Phase 1 out");
+        }
+        let compression = args.qcow2_compression.or(manifest.output.qcow2_compression).unwrap_or_default();
+        sysprep::validate(&manifest.sysprep.skip).map_err(|e| e.context(manifest.path.display().to_string()))?;
+        let name = args.name.clone().unwrap_or_else(|| manifest.name.clone());
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            bail!("output name `{name}` must be a plain file name");
+        }
+        let mut disk_size = match &args.disk_size {
+            Some(s) => Some(manifest::parse_disk_size(s).map_err(|e| anyhow::anyhow!("--disk-size: {e}"))?),
+            None => manifest.disk_size,
+        };
+        if !phases.contains(Phase::Base) && disk_size.is_some() {
+            if args.disk_size.is_some() {
+                bail!("--disk-size grows the disk in Phase 0, and --phases {phases} leaves Phase 0 out");
+            }
+            tracing::info!("{}: disk.size is not applied: Phase 0, which grows the disk, is left out", manifest.path.display());
+            disk_size = None;
+        }
+        if formats.contains(&Format::Vhd) && disk_size.is_none() && args.disk_image.is_file() {
+            // Azure takes only whole MiB: round an odd-sized disk up (disk sizes are already whole).
+            let size = phase0::workcopy::inspect(&args.disk_image)?.virtual_size;
+            if size % (1 << 20) != 0 {
+                if !phases.contains(Phase::Base) {
+                    bail!("vhd needs a disk of whole MiB and this one has {size} bytes; growing it is Phase 0's, which --phases {phases} leaves out");
+                }
+                tracing::info!("vhd: rounding the disk up from {size} bytes to a whole MiB");
+                disk_size = Some(size.div_ceil(1 << 20) << 20);
+            }
+        }
+        if !args.disk_image.exists() {
+            bail!("disk image {} not found", args.disk_image.display());
+        }
+        Ok(Plan { manifest, phases, formats, compression, name, disk_size })
+    }
+
+    /// The files the run will write into the output folder: the images, bom.json, with Phase 2
+    /// the SBOMs, and SHA256SUMS.
+    pub fn outputs(&self) -> Vec<String> {
+        let mut files: Vec<String> = self.formats.iter().map(|f| f.file_name(&self.name)).collect();
+        files.push("bom.json".into());
+        if self.phases.contains(Phase::Artifacts) {
+            for f in [phase2::sbom::SbomFormat::Spdx, phase2::sbom::SbomFormat::Cyclonedx] {
+                files.push(format!("{}.{}", self.name, f.suffix()));
+            }
+        }
+        files.push("SHA256SUMS".into());
+        files
+    }
+}
+
+/// Runs `kib customize`.
+pub fn run(args: &CustomizeArgs) -> Result<ExitCode> {
+    super::mounting_as_root("customize")?;
+    let ctx = BuildContext::now();
+    let t0 = Instant::now();
+    let plan = Plan::new(args)?;
+    let (manifest, phases) = (&plan.manifest, plan.phases);
+    let outputs: Vec<PathBuf> = plan.outputs().iter().map(|f| args.output_dir.join(f)).collect();
+    crate::input::refuse_outputs_on_input(&args.disk_image, &outputs)?;
+    let mut fetcher = super::fetcher(&args.fetch)?;
+    let lock = args.lock.as_deref().map(Lock::load).transpose()?;
+    if let Some(lock) = &lock {
+        tracing::info!("--lock {}: {} packages and {} downloads pinned", lock.path.display(), lock.packages.packages.len(), lock.downloads.sums.len());
+        fetcher.pins = Some(Arc::new(lock.downloads.clone()));
+    }
+    phase2::ensure_output_dir(&args.output_dir)?;
+    tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
+
+    // Phase 0
+    let mut image = phase0::run(&phase0::Options {
+        image: args.disk_image.clone(),
+        verify: phases.contains(Phase::Base) && !args.no_verify,
+        work_base: args.work_dir.clone(),
+        cache_dir: Some(fetcher.cache_dir.clone()),
+        read_only: false,
+        grow_to: plan.disk_size,
+    })?;
+    let phase0_s = t0.elapsed().as_secs_f64();
+    let continuation = Continuation::find(&args.disk_image, &image.input.sha256);
+    let ctx = match &continuation {
+        Some(c) => {
+            tracing::info!(
+                "the input was made by the kib build in {} ({} steps, phases {}): its steps open this BOM",
+                c.record.bom.display(),
+                c.steps.len(),
+                c.record.phases.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
+            );
+            ctx.with_build_date(&c.record.build_started)
+        }
+        None => ctx,
+    };
+    let staging = Staging::create(&args.output_dir, Some(image.work_dir()))?;
+    let unlocked = phase1::unlocked_downloads(manifest, &image.facts, &ctx, &fetcher);
+    if !unlocked.is_empty() {
+        bail!("{} download(s) do not match the lock:\n  - {}", unlocked.len(), unlocked.join("\n  - "));
+    }
+    if fetcher.offline && phases.contains(Phase::Customization) {
+        let missing = phase1::missing_downloads(manifest, &image.facts, &ctx, &fetcher);
+        if !missing.is_empty() {
+            bail!(
+                "--offline: {} artifact(s) are not in the cache {}; fill it on a connected host with `kib fetch --manifest {} --arch {}` and copy the cache over:\n  - {}",
+                missing.len(),
+                fetcher.cache_dir.display(),
+                manifest.path.display(),
+                image.facts.arch,
+                missing.join("\n  - ")
+            );
+        }
+    }
+
+    // Phase 1
+    let mut p1 = phase1::run(&image, manifest, &ctx, &fetcher, phases, lock.as_ref().map(|l| Arc::new(l.packages.clone())))?;
+    let phase1_s = p1.seconds;
+    let steps_run = std::mem::take(&mut p1.steps);
+
+    // Phase 2
+    let t2 = Instant::now();
+    let p2 = phase2::run(&mut image, p1, manifest, &ctx, staging.dir(), &phase2::Options {
+        phases,
+        formats: plan.formats.clone(),
+        compression: plan.compression,
+        jobs: args.convert_jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        name: plan.name.clone(),
+    })?;
+    let (based_on, mut steps) = continuation.map_or((None, Vec::new()), |c| (Some(c.record), c.steps));
+    steps.extend(steps_run);
+    let bom = Bom {
+        bom_version: Bom::VERSION,
+        kib_version: ctx.kib_version.clone(),
+        build_started: ctx.started.clone(),
+        phases: phases.numbers(),
+        based_on,
+        phase_seconds: IndexMap::from([("phase0".to_string(), round(phase0_s)), ("phase1".to_string(), round(phase1_s)), ("phase2".to_string(), round(t2.elapsed().as_secs_f64()))]),
+        input: image.input.clone(),
+        manifest: ManifestRecord::new(manifest),
+        os_release: image.facts.os_release.clone(),
+        architecture: image.facts.arch.clone(),
+        emulation: p2.emulation,
+        kernels: image.facts.kernels.clone(),
+        partition_table: image.table.kind_name().to_string(),
+        filesystems: image.filesystems.clone(),
+        disk_growth: image.growth.clone(),
+        locked_from: args.lock.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        packages: p2.packages,
+        steps,
+        sysprep: p2.sysprep,
+        artifacts: p2.artifacts,
+    };
+    let files = phase2::write_records(&bom, &plan.name, phases.contains(Phase::Artifacts), staging.dir())?;
+    let names: Vec<&str> = files.iter().map(String::as_str).collect();
+    staging.commit(&args.output_dir, &names)?;
+    image.close()?;
+    let phase2_s = t2.elapsed().as_secs_f64();
+    tracing::info!(
+        "done in {:.1}s (phase 0 {phase0_s:.1}s, phase 1 {phase1_s:.1}s, phase 2 {phase2_s:.1}s): {}",
+        t0.elapsed().as_secs_f64(),
+        files.iter().map(|f| Path::new(&args.output_dir).join(f).display().to_string()).collect::<Vec<_>>().join(" ")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn round(s: f64) -> f64 {
+    (s * 1000.0).round() / 1000.0
+}

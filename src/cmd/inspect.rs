@@ -1,0 +1,41 @@
+//! `kib inspect`: what an image holds, read-only (the report is [`crate::inspect`]'s), or an SBOM
+//! of it.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::{InspectArgs, OutputFormat};
+use crate::phase0::{self, Image};
+use crate::phase2::sbom;
+use crate::{inspect, out};
+
+pub fn run(args: &InspectArgs) -> Result<ExitCode> {
+    super::mounting_as_root("inspect")?;
+    if let Some(out) = &args.sbom_output {
+        crate::input::refuse_outputs_on_input(&args.image, std::slice::from_ref(out))?;
+    }
+    let image = Image::open(&phase0::Options {
+        image: args.image.clone(),
+        verify: false,
+        work_base: args.work_dir.clone(),
+        cache_dir: None,
+        read_only: true,
+        grow_to: None,
+    })?;
+    let report = inspect::report(&image)?;
+    image.close()?;
+    if let Some(format) = args.sbom {
+        let doc = format.render(&report.sbom_input())?;
+        match &args.sbom_output {
+            Some(path) => sbom::write_file(path, &doc)?,
+            None => out::line(String::from_utf8_lossy(&doc).trim_end()),
+        }
+    } else {
+        match args.output {
+            OutputFormat::Json => out::line(serde_json::to_string_pretty(&report)?),
+            OutputFormat::Text => out::line(inspect::text(&report).trim_end()),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,38 @@
+//! One module per subcommand, each with `run(&args) -> Result<ExitCode>`; `main` is one
+//! exhaustive `match` over them. Commands sit on top: they use the phases and the shared modules,
+//! and nothing imports a command.
+
+pub mod check;
+pub mod cleanup;
+pub mod customize;
+pub mod fetch;
+pub mod inspect;
+pub mod shell;
+pub mod sysprep_operations;
+pub mod validate;
+
+use anyhow::{bail, Result};
+
+use crate::cli::FetchOptions;
+use crate::config::Config;
+use crate::fetch::Fetcher;
+use crate::{exec, mounts};
+
+/// For the subcommands that attach and mount: checks for root, then enters kib's private mount
+/// namespace (before any thread starts) and installs the SIGINT/SIGTERM handlers.
+///
+/// Errors: not root, or the namespace cannot be entered.
+pub fn mounting_as_root(subcommand: &str) -> Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        bail!("kib {subcommand} must run as root: it attaches loop devices and mounts filesystems");
+    }
+    mounts::enter_private_namespace()?;
+    exec::install_signal_handlers()?;
+    Ok(())
+}
+
+/// The fetcher the options and the configuration file describe (see [`Config::fetcher`]).
+pub fn fetcher(opts: &FetchOptions) -> Result<Fetcher> {
+    Config::load(opts.config.as_deref())?.fetcher(&opts.mirror, opts.cache_dir.as_deref(), opts.offline)
+}
+
