@@ -8,6 +8,7 @@ pub mod attach;
 pub mod facts;
 pub mod fstab;
 pub mod grow;
+pub mod lvm;
 pub mod partition;
 pub mod probe;
 pub mod verify;
