@@ -659,7 +659,7 @@ EOF
 	}
 EOF
     dev="$(attach "$disk" $((BOOT_START * 512)) $((BOOT_SIZE * 512)))"
-    MKE2FS_CONFIG="$dir/mke2fs.conf" mkfs.ext4 -q -F -t ext4 -b 4096 -U "$boot_uuid" "$dev"
+    MKE2FS_CONFIG="$dir/mke2fs.conf" mkfs.ext4 -q -F -T default -t ext4 -b 4096 -U "$boot_uuid" "$dev"
     detach "$dev"
     dev="$(attach "$disk" "$root_off" "$root_bytes")"
     mkfs.xfs -q -f -m uuid="$root_uuid" "$dev"
@@ -677,32 +677,40 @@ EOF
     # cp -a keeps hard links, ownership, modes, times, ACLs and xattrs; /boot and /var land in their filesystems.
     cp -a "$root/." "$mnt/"
     rm -rf "$root"
+    log "$variant: copied the tree ($(findmnt -rn -o TARGET | awk -v w="$mnt" 'index($0, w "/") == 1 || $0 == w' | xargs df --output=used -B1M | awk 'NR > 1 { s += $1 } END { print s }') MiB) after $((SECONDS - t0)) s"
 
     # --- 7. SELinux labels, with the image's own policy and the host's setfiles ---
     if [[ $selinux -eq 1 ]]; then
         local fc="$mnt/etc/selinux/default/contexts/files/file_contexts" policy t_label
         policy="$(ls "$mnt"/etc/selinux/default/policy/policy.* | sort -V | tail -n1)"
         [[ -f "$policy" ]] || die "no binary policy in /etc/selinux/default/policy"
+        # setfiles never crosses into another filesystem (it sets SELINUX_RESTORECON_XDEV, and -m does not change
+        # that), so every mounted filesystem of the image is named: /, /boot and (on LVM) /var.
+        local -a fss
+        mapfile -t fss < <(findmnt -rn -o TARGET | awk -v w="$mnt" 'index($0, w "/") == 1 || $0 == w' | sort)
         local nfiles
-        nfiles="$(find "$mnt" | wc -l)"
+        nfiles="$(find "${fss[@]}" -xdev | wc -l)"
         t_label=$EPOCHREALTIME
         # -r: the tree's root; -c: validate every context against the image's binary policy.
-        setfiles -r "$mnt" -c "$policy" "$fc" "$mnt"
-        log "$variant: setfiles labelled $nfiles files in $(awk -v a="$t_label" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s"
-        # A dry run must now change nothing: setfiles -n -v prints a line per file it would relabel.
+        setfiles -r "$mnt" -c "$policy" "$fc" "${fss[@]}"
+        log "$variant: setfiles labelled $nfiles files on ${#fss[@]} filesystems in $(awk -v a="$t_label" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s"
+        # A dry run must now change nothing: setfiles -n -v prints "Would relabel PATH from OLD to NEW" per file.
         local would
-        would="$(setfiles -n -v -r "$mnt" "$fc" "$mnt" 2>&1 | grep -c 'Would relabel' || true)"
+        would="$(setfiles -n -v -r "$mnt" "$fc" "${fss[@]}" 2>&1 | grep -c 'Would relabel' || true)"
         [[ "$would" -eq 0 ]] || die "setfiles -n -v would still relabel $would files"
-        # Spot check: the label on disk is what file_contexts gives the path.
-        local want have
-        want="$(matchpathcon -n -f "$fc" /etc/passwd)"
-        have="$(getfattr --absolute-names --only-values -n security.selinux "$mnt/etc/passwd" | tr -d '\0')"
-        [[ "$want" == "$have" ]] || die "/etc/passwd is labelled '$have', file_contexts says '$want'"
-        log "$variant: labels check out (/etc/passwd: $have)"
+        # Spot checks, one per filesystem: the label on disk is what file_contexts gives the path.
+        local want have f
+        for f in /etc/passwd /boot/grub/grub.cfg /var/lib/dpkg/status; do
+            want="$(matchpathcon -n -f "$fc" "$f")"
+            have="$(getfattr --absolute-names --only-values -n security.selinux "$mnt$f" | tr -d '\0')"
+            [[ "$want" == "$have" ]] || die "$f is labelled '$have', file_contexts says '$want'"
+        done
+        log "$variant: labels check out (/var/lib/dpkg/status: $have)"
     fi
 
     # --- 8. unmount and check the filesystems ---
     unmount_below "$mnt"
+    log "$variant: checking the filesystems"
     dev="$(attach "$disk" $((BOOT_START * 512)) $((BOOT_SIZE * 512)))"
     e2fsck -fn "$dev" >/dev/null 2>&1 || { e2fsck -fn "$dev" >&2 || true; die "e2fsck found problems in /boot"; }
     detach "$dev"
