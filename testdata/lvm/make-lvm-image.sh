@@ -608,7 +608,7 @@ EOF
 
     # --- 5. LVM metadata, no device-mapper ---
     # root_off/root_bytes, var_off/var_bytes: byte ranges inside the disk image.
-    local root_off root_bytes var_off=0 var_bytes=0
+    local root_off root_bytes var_off=0 var_bytes=0 pv_at_build=""
     if [[ $use_lvm -eq 1 ]]; then
         local pv
         pv="$(attach "$disk" "$data_off" "$data_bytes")"
@@ -620,6 +620,7 @@ EOF
         lvm_ "$pv" lvcreate --quiet --driverloaded n -an -Zn -Wn -l 100%FREE -n "$VAR_LV" "$VG" 2>&1 |
             grep -vE 'Activation disabled|not zeroed' >&2 || true
         lvm_reports "$pv" "$dir/report"
+        pv_at_build=$pv
         # The byte ranges, from lvm's own report: partition start + pe_start + first PE x extent size.
         local pe_start extent
         read -r pe_start extent < <(lvm_ "$pv" pvs --readonly --noheadings --units b --nosuffix -o pe_start,vg_extent_size "$pv")
@@ -677,7 +678,7 @@ EOF
     # cp -a keeps hard links, ownership, modes, times, ACLs and xattrs; /boot and /var land in their filesystems.
     cp -a "$root/." "$mnt/"
     rm -rf "$root"
-    log "$variant: copied the tree ($(findmnt -rn -o TARGET | awk -v w="$mnt" 'index($0, w "/") == 1 || $0 == w' | xargs df --output=used -B1M | awk 'NR > 1 { s += $1 } END { print s }') MiB) after $((SECONDS - t0)) s"
+    log "$variant: copied the tree ($(du -sm "$mnt" | cut -f1) MiB) after $((SECONDS - t0)) s"
 
     # --- 7. SELinux labels, with the image's own policy and the host's setfiles ---
     if [[ $selinux -eq 1 ]]; then
@@ -731,8 +732,13 @@ EOF
         pv="$(attach "$disk" "$data_off" "$data_bytes")"
         lvm_reports "$pv" "$dir/after"
         detach "$pv"
-        cmp -s "$dir/report.pvs.json" "$dir/after.pvs.json" && cmp -s "$dir/report.lvs.json" "$dir/after.lvs.json" ||
-            die "the LVM reports changed while the filesystems were made: $(diff "$dir/report.lvs.json" "$dir/after.lvs.json")"
+        # The same but for the name of the loop device, which may differ from the one the VG was made on.
+        local k
+        for k in pvs lvs; do
+            sed -i "s|\"$pv\"|\"$pv_at_build\"|g; s|$pv\([:(]\)|$pv_at_build\1|g" "$dir/after.$k.json"
+            cmp -s "$dir/report.$k.json" "$dir/after.$k.json" ||
+                die "the LVM $k report changed while the filesystems were made: $(diff "$dir/report.$k.json" "$dir/after.$k.json")"
+        done
         publish "$variant" "$disk" "$dir/report"
     else
         publish "$variant" "$disk"
