@@ -247,7 +247,7 @@ impl fmt::Display for Refusal {
             Layout::Snapshot { origin } => write!(f, "{name} is a snapshot of {origin}"),
             Layout::Origin => write!(f, "{name} is the origin of snapshots, which writing to it would invalidate"),
             Layout::NonContiguous { runs } => {
-                let r: Vec<String> = runs.iter().map(|(a, n)| format!("{}-{}", a, a + n - 1)).collect();
+                let r: Vec<String> = runs.iter().map(|(a, n)| format!("{}-{}", a, a.saturating_add(*n).saturating_sub(1))).collect();
                 write!(f, "{name} is linear but made of {} non-contiguous segments (physical extents {})", runs.len(), r.join(", "))
             }
             Layout::Spanned { pvs } => write!(f, "{name} is linear but spread over {} physical volumes ({})", pvs.len(), pvs.join(", ")),
@@ -337,7 +337,7 @@ impl VolumeGroup {
     /// number of free extents that directly follow it now. Errors name the LV that is in the way.
     pub fn growable_in_place(&self, lv: &str) -> Result<u64, String> {
         let m = self.lv(lv).ok_or_else(|| format!("{}/{lv} is not a mapped logical volume", self.name))?;
-        let end = m.first_pe + m.extent_count;
+        let end = m.first_pe.saturating_add(m.extent_count);
         let after = self.allocated.iter().filter(|(pv, first, _, owner)| *pv == m.pv_index && *first >= end && owner != lv).min_by_key(|a| a.1);
         if let Some((_, first, _, owner)) = after {
             return Err(format!(
@@ -531,15 +531,15 @@ pub fn map_volume_groups(pvs: &[PvRow], segs: &[SegRow]) -> Result<Vec<VolumeGro
             continue;
         }
         // Contiguous: each run starts where the previous one ended (lvm normally merges such runs).
-        if runs.windows(2).any(|w| w[0].1 + w[0].2 != w[1].1) {
+        if runs.windows(2).any(|w| w[0].1.checked_add(w[0].2) != Some(w[1].1)) {
             refusals.push(refuse(Layout::NonContiguous { runs: runs.iter().map(|r| (r.1, r.2)).collect() }));
             continue;
         }
         let pv_index = runs[0].0;
         let first_pe = runs[0].1;
-        let extent_count: u64 = runs.iter().map(|r| r.2).sum();
         let pv = &vg.pvs[pv_index];
         let overflow = || LvmError::Inconsistent(format!("{}/{lv_name}: extent arithmetic overflows", vg.name));
+        let extent_count = runs.iter().try_fold(0u64, |sum, r| sum.checked_add(r.2)).ok_or_else(overflow)?;
         let offset = first_pe.checked_mul(vg.extent_size).and_then(|b| b.checked_add(pv.pe_start)).ok_or_else(overflow)?;
         let size = extent_count.checked_mul(vg.extent_size).ok_or_else(overflow)?;
         if size != first.lv_size {
@@ -784,6 +784,22 @@ mod tests {
         let bad_units = r#"{"report":[{"pv":[{"pv_name":"/dev/loop0","pv_uuid":"u","dev_size":"64.00m","pe_start":"1","pv_pe_count":"1"}]}]}"#;
         let e = parse_pvs(bad_units).unwrap_err().to_string();
         assert!(e.contains("--units b --nosuffix"), "{e}");
+    }
+
+    #[test]
+    fn hostile_numbers_do_not_panic() {
+        let (p, mut s) = load("tiny-lvm-noncontig");
+        for r in s.iter_mut().filter(|r| r.lv_name == "varlv") {
+            r.devices = format!("{}({})", r.devices.split('(').next().unwrap_or_default(), u64::MAX - 1);
+            r.seg_size_pe = u64::MAX;
+        }
+        assert!(map_volume_groups(&p, &s).is_err());
+        let (mut p, mut s) = load("tiny-lvm-odd-geometry");
+        p[0].vg_extent_size = Some(u64::MAX);
+        for r in &mut s {
+            r.vg_extent_size = u64::MAX;
+        }
+        assert!(matches!(map_volume_groups(&p, &s), Err(LvmError::Inconsistent(_))));
     }
 
     #[test]
