@@ -658,8 +658,14 @@ mod tests {
     }
 
     #[test]
-    fn maps_the_fixture_image() {
-        let (p, s) = load("debian-12-lvm-amd64");
+    fn maps_the_fixture_images() {
+        for name in ["debian-12-lvm-amd64", "debian-12-lvm-selinux-amd64"] {
+            maps_a_fixture_image(name);
+        }
+    }
+
+    fn maps_a_fixture_image(name: &str) {
+        let (p, s) = load(name);
         let vgs = map_volume_groups(&p, &s).expect("maps");
         assert_eq!(vgs.len(), 1);
         let vg = &vgs[0];
