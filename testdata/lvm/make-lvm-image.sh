@@ -686,26 +686,36 @@ EOF
         policy="$(ls "$mnt"/etc/selinux/default/policy/policy.* | sort -V | tail -n1)"
         [[ -f "$policy" ]] || die "no binary policy in /etc/selinux/default/policy"
         # setfiles never crosses into another filesystem (it sets SELINUX_RESTORECON_XDEV, and -m does not change
-        # that), so every mounted filesystem of the image is named: /, /boot and (on LVM) /var.
-        local -a fss
-        mapfile -t fss < <(findmnt -rn -o TARGET | awk -v w="$mnt" 'index($0, w "/") == 1 || $0 == w' | sort)
+        # that), so each filesystem is labelled on its own: the root filesystem through a non-recursive bind mount
+        # (where the directories /boot and /var are mounted on are visible, and get labelled too: a booted system
+        # looks at them before it mounts anything), the others where they are mounted.
+        local -a others
+        mapfile -t others < <(findmnt -rn -o TARGET | awk -v w="$mnt" 'index($0, w "/") == 1' | sort)
+        local fsroot="$dir/fsroot"
+        mkdir -p "$fsroot"
+        mount --bind "$mnt" "$fsroot"
         local nfiles
-        nfiles="$(find "${fss[@]}" -xdev | wc -l)"
+        nfiles="$(find "$fsroot" "${others[@]}" -xdev | wc -l)"
         t_label=$EPOCHREALTIME
         # -r: the tree's root; -c: validate every context against the image's binary policy.
-        setfiles -r "$mnt" -c "$policy" "$fc" "${fss[@]}"
-        log "$variant: setfiles labelled $nfiles files on ${#fss[@]} filesystems in $(awk -v a="$t_label" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s"
+        setfiles -r "$fsroot" -c "$policy" "$fc" "$fsroot"
+        setfiles -r "$mnt" -c "$policy" "$fc" "${others[@]}"
+        log "$variant: setfiles labelled $nfiles files on $((1 + ${#others[@]})) filesystems in $(awk -v a="$t_label" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }') s"
         # A dry run must now change nothing: setfiles -n -v prints "Would relabel PATH from OLD to NEW" per file.
         local would
-        would="$(setfiles -n -v -r "$mnt" "$fc" "${fss[@]}" 2>&1 | grep -c 'Would relabel' || true)"
+        would="$( { setfiles -n -v -r "$fsroot" "$fc" "$fsroot"; setfiles -n -v -r "$mnt" "$fc" "${others[@]}"; } 2>&1 |
+            grep -c 'Would relabel' || true)"
         [[ "$would" -eq 0 ]] || die "setfiles -n -v would still relabel $would files"
-        # Spot checks, one per filesystem: the label on disk is what file_contexts gives the path.
+        # Spot checks, one per filesystem and the mount points: the label on disk is what file_contexts gives.
         local want have f
-        for f in /etc/passwd /boot/grub/grub.cfg /var/lib/dpkg/status; do
+        for f in /etc/passwd /boot/grub/grub.cfg /var/lib/dpkg/status "$fsroot:/var" "$fsroot:/boot"; do
+            local base=$mnt
+            if [[ "$f" == *:* ]]; then base=${f%%:*}; f=${f#*:}; fi
             want="$(matchpathcon -n -f "$fc" "$f")"
-            have="$(getfattr --absolute-names --only-values -n security.selinux "$mnt$f" | tr -d '\0')"
-            [[ "$want" == "$have" ]] || die "$f is labelled '$have', file_contexts says '$want'"
+            have="$(getfattr --absolute-names --only-values -n security.selinux "$base$f" | tr -d '\0')"
+            [[ "$want" == "$have" ]] || die "$f (in $base) is labelled '$have', file_contexts says '$want'"
         done
+        umount "$fsroot"
         log "$variant: labels check out (/var/lib/dpkg/status: $have)"
     fi
 
