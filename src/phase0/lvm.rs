@@ -32,9 +32,10 @@ lv_layout,lv_role,lv_attr,lv_size,seg_count,segtype,stripes,stripe_size,seg_star
 seg_pe_ranges,devices,origin,pool_lv";
 
 /// The `--config` string for every lvm command kib runs: no devices file, no udev, no lvmpolld,
-/// no event activation, no monitoring, no metadata backup or archive. `locking_dir` is added by
-/// [`report_args`] only for commands that write (reports run with `--readonly`, which takes no
-/// lock at all).
+/// no event activation, no monitoring, no metadata backup or archive. Reports run with
+/// `--readonly`, which takes no lock at all; commands that write metadata (`pvresize`, `lvextend
+/// --driverloaded n` for growth) must add `global { locking_dir="<private directory>" }`, or they
+/// lock `/run/lock/lvm/V_<VG>`, the same file as a host VG of the same name.
 pub const LVM_CONFIG: &str = "devices { use_devicesfile=0 obtain_device_list_from_udev=0 external_device_info_source=\"none\" \
 hints=\"none\" } activation { udev_sync=0 udev_rules=0 monitoring=0 } global { use_lvmpolld=0 event_activation=0 } \
 backup { backup=0 archive=0 }";
