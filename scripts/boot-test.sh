@@ -2,13 +2,20 @@
 # boot-test.sh: boot a raw or qcow2 disk image under QEMU (TCG) and wait for a login prompt on the serial console.
 #
 # Usage: boot-test.sh [--uefi] [--no-seed] [--no-net] [--memory MIB] [--log FILE] [--expect REGEX]
-#                     IMAGE [TIMEOUT_SECONDS]
+#                     [--expect-mounts MOUNT=SOURCE,...] IMAGE [TIMEOUT_SECONDS]
+#        boot-test.sh --lvm-fixture [options] [IMAGE] [TIMEOUT_SECONDS]
 #
 # The image is never modified (-snapshot). By default a small NoCloud seed disk (vfat, label CIDATA) is attached so
 # that cloud-init finds its data source at once instead of probing for cloud metadata services, and the guest gets
 # QEMU user-mode networking with restrict=on (DHCP from QEMU itself, no traffic leaves this machine).
 # Succeeds when "login:" (or --expect REGEX) appears on the serial console; fails after TIMEOUT_SECONDS (default 300) or when QEMU exits,
 # printing the tail of the console log. KVM guests hang on these machines, so this always uses TCG.
+#
+# --expect-mounts checks, from inside the booted guest, which device each mount point came from: the seed's
+# cloud-init runs `findmnt` at its last stage and prints "kib-boot-test mounts: /=SOURCE /var=SOURCE ..." on the
+# serial console; the test succeeds when that line is the expected one. --lvm-fixture boots the LVM fixture
+# (testdata/lvm/make-lvm-image.sh, built or taken from its cache when no IMAGE is given) and expects / and /var on
+# their logical volumes, activated by the guest's own initramfs: /=/dev/mapper/rootvg-rootlv,/var=/dev/mapper/rootvg-varlv.
 set -euo pipefail
 
 PROG="$(basename "${BASH_SOURCE[0]}")"
@@ -29,6 +36,11 @@ Boot IMAGE (raw or qcow2) with qemu-system-x86_64 -machine accel=tcg and wait fo
   --log FILE      keep the serial console log in FILE (default: a temporary file, removed on exit)
   --expect REGEX  succeed when this extended regular expression appears on the console instead of "login:"
                   (e.g. 'Cloud-init v\. .* finished' to wait for cloud-init's last stage)
+  --expect-mounts MOUNT=SOURCE,...
+                  succeed when the booted guest reports these mount sources (findmnt, run by the seed's
+                  cloud-init), e.g. /=/dev/mapper/rootvg-rootlv,/var=/dev/mapper/rootvg-varlv
+  --lvm-fixture   boot the LVM fixture (testdata/lvm/make-lvm-image.sh; built when IMAGE is not given) and
+                  expect its root and /var logical volumes mounted
   -h, --help      show this help
 
 TIMEOUT_SECONDS defaults to 300.
@@ -42,6 +54,8 @@ NET=1
 MEMORY=1024
 LOG_FILE=""
 EXPECT="login:"
+EXPECT_MOUNTS=""
+LVM_FIXTURE=0
 POSITIONAL=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -52,15 +66,33 @@ while [[ $# -gt 0 ]]; do
         --memory) [[ $# -ge 2 ]] || die "--memory needs a value"; MEMORY="$2"; shift 2 ;;
         --log) [[ $# -ge 2 ]] || die "--log needs a value"; LOG_FILE="$2"; shift 2 ;;
         --expect) [[ $# -ge 2 ]] || die "--expect needs a value"; EXPECT="$2"; shift 2 ;;
+        --expect-mounts) [[ $# -ge 2 ]] || die "--expect-mounts needs a value"; EXPECT_MOUNTS="$2"; shift 2 ;;
+        --lvm-fixture) LVM_FIXTURE=1; shift ;;
         -h|--help) usage; exit 0 ;;
         --) shift; POSITIONAL+=("$@"); break ;;
         -*) usage >&2; die "unknown option: $1" ;;
         *) POSITIONAL+=("$1"); shift ;;
     esac
 done
+if [[ "$LVM_FIXTURE" -eq 1 ]]; then
+    EXPECT_MOUNTS="${EXPECT_MOUNTS:-/=/dev/mapper/rootvg-rootlv,/var=/dev/mapper/rootvg-varlv}"
+    if [[ ${#POSITIONAL[@]} -eq 0 || "${POSITIONAL[0]}" =~ ^[0-9]+$ ]]; then
+        log "building (or taking from its cache) the LVM fixture image"
+        fixture="$("$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../testdata/lvm/make-lvm-image.sh" --variant lvm | tail -n1)"
+        POSITIONAL=("$fixture" "${POSITIONAL[@]}")
+    fi
+fi
 [[ ${#POSITIONAL[@]} -ge 1 && ${#POSITIONAL[@]} -le 2 ]] || { usage >&2; exit 2; }
 IMAGE="${POSITIONAL[0]}"
 TIMEOUT="${POSITIONAL[1]:-300}"
+if [[ -n "$EXPECT_MOUNTS" ]]; then
+    [[ -z "$USER_DATA" && "$SEED" -eq 1 ]] || die "--expect-mounts needs the seed's own user-data (no --no-seed, no --user-data)"
+    [[ "$EXPECT_MOUNTS" =~ ^/[A-Za-z0-9/_.:+@-]*=[A-Za-z0-9/_.:+@-]+(,/[A-Za-z0-9/_.:+@-]*=[A-Za-z0-9/_.:+@-]+)*$ ]] ||
+        die "--expect-mounts wants MOUNT=SOURCE,... (absolute mount points; letters, digits and /_.:+@- only): $EXPECT_MOUNTS"
+    # The guest prints the sources it sees; the expected line is matched literally (escaped for grep -E), up to the
+    # end of the console line.
+    EXPECT="$(sed -E 's/[][\\.^$*+?(){}|]/\\&/g' <<<"kib-boot-test mounts: ${EXPECT_MOUNTS//,/ }")[[:space:]]*$"
+fi
 [[ -f "$IMAGE" ]] || die "no such image: $IMAGE"
 [[ "$TIMEOUT" =~ ^[0-9]+$ ]] || die "TIMEOUT_SECONDS must be a whole number: $TIMEOUT"
 [[ "$MEMORY" =~ ^[0-9]+$ ]] || die "--memory must be a whole number of MiB: $MEMORY"
@@ -170,6 +202,14 @@ local-hostname: kib-boot-test
 EOF
     if [[ -n "$USER_DATA" ]]; then
         cp "$USER_DATA" "$TMP/user-data"
+    elif [[ -n "$EXPECT_MOUNTS" ]]; then
+        mounts=""
+        for m in ${EXPECT_MOUNTS//,/ }; do mounts+=" ${m%%=*}"; done
+        cat >"$TMP/user-data" <<EOF
+#cloud-config
+runcmd:
+  - [sh, -c, 'line="kib-boot-test mounts:"; for m in$mounts; do line="\$line \$m=\$(findmnt -n -o SOURCE --mountpoint \$m)"; done; echo "\$line" >/dev/ttyS0']
+EOF
     else
         cat >"$TMP/user-data" <<'EOF'
 #cloud-config

@@ -24,6 +24,11 @@ done
 for pkg in xfsprogs btrfs-progs; do
   have_pkg "$pkg" || need+=("$pkg")
 done
+# LVM images (lvm2's reports and metadata-only commands, never activation) and SELinux labels (setfiles,
+# matchpathcon, getfattr); testdata/lvm/make-lvm-image.sh builds the fixtures with them.
+for pkg in lvm2 policycoreutils selinux-utils attr; do
+  have_pkg "$pkg" || need+=("$pkg")
+done
 # g++: libfuzzer-sys compiles libFuzzer (C++) for scripts/fuzz.sh.
 have_pkg g++ || need+=(g++)
 # qemu-img: keep the preinstalled one (bookworm-backports' 10.x on these machines); install

@@ -22,6 +22,7 @@
 pub mod facts;
 pub mod fstab;
 pub mod grow;
+pub mod lvm;
 pub mod partition;
 pub mod probe;
 pub mod verify;
