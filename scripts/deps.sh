@@ -24,6 +24,10 @@ for pkg in xfsprogs btrfs-progs; do
 done
 # g++: libfuzzer-sys compiles libFuzzer (C++) for scripts/fuzz.sh.
 have_pkg g++ || need+=(g++)
+# podman and runc: scripts/make-container-image.sh builds kib's container image, and
+# tests/container.rs runs builds inside it. Only when podman is missing (a host with podman from
+# elsewhere keeps its own); runc because Debian's podman would otherwise pull in crun as well.
+have_cmd podman || need+=(podman runc)
 # qemu-img: keep the preinstalled one (bookworm-backports' 10.x on these machines); install
 # Debian's only when there is none. Never install qemu-system-x86 here: it replaces qemu-utils.
 have_cmd qemu-img || need+=(qemu-utils)
