@@ -165,11 +165,13 @@ enum NodeFix {
 ///    with kib however it exits; nothing is written to any /dev. devtmpfs is the kernel's own
 ///    view of every device, so every loop node kib gets later is there too. It needs
 ///    CAP_SYS_ADMIN, which mounting a loop device's filesystem needs anyway, and no CAP_MKNOD.
-///    Access is still governed by the container's device cgroup.
-/// 2. Else (the mount is refused, or mounted it lacks the node) kib creates the node with mknod,
-///    mode 0600, when /dev is not a devtmpfs. That needs CAP_MKNOD and writes into the
-///    container's /dev tmpfs, where the node stays for the container's life (other processes of
-///    the container see it; it stays right for as long as the kernel keeps that loop device).
+///    Access is still governed by the container's device cgroup. It hides the container's
+///    /dev/pts, /dev/shm and /dev/mqueue from kib, which needs none of them (the chroot session
+///    makes its own /dev).
+/// 2. Else (the mount is refused) kib creates the node with mknod, mode 0600, when /dev is not a
+///    devtmpfs. That needs CAP_MKNOD and writes into the container's /dev tmpfs, where the node
+///    stays for the container's life (other processes of the container see it; it stays right
+///    for as long as the kernel keeps that loop device).
 ///
 /// Why this order: osbuild created missing loop nodes with mknod (osbuild#1468) and reverted it
 /// (osbuild#1646) as racy against udev and impractical with partition scanning; its container
