@@ -321,7 +321,8 @@ impl Emulation {
             });
             return Ok(emu);
         }
-        for h in &candidates {
+        // Another kib run's handler goes when that run ends: never borrowed, and no reason to warn.
+        for h in candidates.iter().filter(|h| !h.name.starts_with(KIB_PREFIX)) {
             tracing::warn!(
                 "the host's binfmt_misc handler {} ({}, flags {}) matches {image_arch} but cannot work in a chroot (no F flag, and the image has no {}); kib registers its own",
                 h.name,
