@@ -12,6 +12,7 @@
 #    man page when there is one ($KIB_MAN_PAGE, default target/man/kib.1; the Containerfile's "man/" hook). It is
 #    tagged <name>:<key> (default name localhost/kib), key = sha256 of the Containerfile, this script, the kib binary,
 #    manifests/, phases/ and the man page, and also <name>:latest. When <name>:<key> exists already nothing is built.
+#    Older <name>:<key> and localhost/kib-base:<key> images are removed (unless a container uses them).
 #
 # Usage: make-container-image.sh [--kib PATH] [--name NAME] [--cache-dir DIR] [--force]
 # The image name with its tag is the LAST line of stdout; progress goes to stderr. Must run as root (rootful podman:
@@ -149,4 +150,16 @@ else
     log "built $IMAGE_REF"
 fi
 podman tag "$IMAGE_REF" "$NAME:latest"
+
+# Older images this script made under the same names (another kib binary, another base): each holds a
+# copy of kib, so they would pile up in podman's storage. One that a container still uses stays.
+remove_older() {  # repository, the tag to keep
+    local ref
+    podman images --format '{{.Repository}}:{{.Tag}}' | while read -r ref; do
+        [[ "${ref%:*}" == "$1" && "${ref##*:}" =~ ^[0-9a-f]{16}$ && "${ref##*:}" != "$2" ]] || continue
+        if podman rmi "$ref" >/dev/null 2>&1; then log "removed the older image $ref"; fi
+    done
+}
+remove_older "$NAME" "$IMAGE_KEY"
+remove_older localhost/kib-base "$BASE_KEY"
 echo "$IMAGE_REF" >&3
