@@ -31,6 +31,12 @@ for pkg in lvm2 policycoreutils selinux-utils attr; do
 done
 # g++: libfuzzer-sys compiles libFuzzer (C++) for scripts/fuzz.sh.
 have_pkg g++ || need+=(g++)
+# podman and runc: scripts/make-container-image.sh builds kib's container image, and
+# tests/container.rs runs builds inside it. Only when podman is missing (a host with podman from
+# elsewhere keeps its own); runc because Debian's podman would otherwise pull in crun as well.
+have_cmd podman || need+=(podman runc)
+# podman's default network on Debian 12 is CNI: without the plugins `podman run` has no network.
+have_pkg containernetworking-plugins || need+=(containernetworking-plugins)
 # qemu-img: keep the preinstalled one (bookworm-backports' 10.x on these machines); install
 # Debian's only when there is none. Never install qemu-system-x86 here: it replaces qemu-utils.
 have_cmd qemu-img || need+=(qemu-utils)

@@ -68,7 +68,12 @@ pub fn run(work_base: &Path) -> Result<Report> {
             continue;
         }
         for (dev, backing) in loops_backed_under(&dir) {
-            let ld = loopdev::LoopDevice::open(&dev).with_context(|| format!("opening {dev}"))?;
+            // In a container the node may be missing from /dev (see ensure_loop_node).
+            let node = match dev.strip_prefix("/dev/loop").and_then(|n| n.parse().ok()) {
+                Some(n) => crate::sys::loopnode::ensure_loop_node(n)?,
+                None => PathBuf::from(&dev),
+            };
+            let ld = loopdev::LoopDevice::open(&node).with_context(|| format!("opening {}", node.display()))?;
             match ld.detach() {
                 Ok(()) => report.loop_devices.push(format!("{dev} ({})", backing.display())),
                 Err(e) => anyhow::bail!("{dev} is backed by {} but cannot be detached ({e}); is it still mounted?", backing.display()),

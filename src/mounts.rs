@@ -23,7 +23,10 @@ pub fn enter_private_namespace() -> Result<()> {
     // SAFETY: called from main before any other thread exists; CLONE_NEWNS only changes this
     // process's view of mounts.
     unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }
-        .context("entering a private mount namespace (unshare CLONE_NEWNS; kib must run as root)")?;
+        .context(
+            "entering a private mount namespace (unshare CLONE_NEWNS): kib must run as root with CAP_SYS_ADMIN; \
+             in a container, `--cap-add SYS_ADMIN` (see README, \"Running in a container\") or `--privileged`",
+        )?;
     rustix::mount::mount_change("/", MountPropagationFlags::REC | MountPropagationFlags::PRIVATE)
         .context("making every mount private in kib's namespace")?;
     Ok(())

@@ -87,7 +87,8 @@ fn check_integrity(input: &Path, format: &str) -> Result<()> {
 /// Writes the sparse raw working copy of `input` to `dest` and returns the input's SHA-256.
 ///
 /// A raw input is copied extent by extent (`SEEK_DATA`/`SEEK_HOLE` + `copy_file_range`, so holes
-/// stay holes and the kernel moves the data) while another thread hashes it. Other formats are
+/// stay holes and the kernel moves the data; through a buffer where the input and `dest` are on
+/// different filesystem types) while another thread hashes it. Other formats are
 /// converted by `qemu-img convert` while another thread hashes the input. `known_sha256`, when
 /// given (see [`super::verify::InputCache`]), skips the hashing.
 pub fn make(input: &Path, format: &InputFormat, dest: &Path, known_sha256: Option<&str>) -> Result<String> {
@@ -121,6 +122,8 @@ fn sparse_copy(input: &Path, dest: &Path) -> std::io::Result<()> {
     let len = src.metadata()?.len();
     dst.set_len(len)?;
     let mut pos = 0u64;
+    let mut kernel_copy = true;
+    let mut buf = Vec::new();
     while pos < len {
         let data = match seek(&src, RSeek::Data(pos)) {
             Ok(d) => d,
@@ -131,7 +134,21 @@ fn sparse_copy(input: &Path, dest: &Path) -> std::io::Result<()> {
         let (mut off_in, mut off_out) = (data, data);
         while off_in < hole {
             let chunk = usize::try_from(hole - off_in).unwrap_or(usize::MAX).min(1 << 30);
-            let n = copy_file_range(&src, Some(&mut off_in), &dst, Some(&mut off_out), chunk)?;
+            let n = if kernel_copy {
+                match copy_file_range(&src, Some(&mut off_in), &dst, Some(&mut off_out), chunk) {
+                    Ok(n) => n,
+                    // copy_file_range works within one filesystem type only (Linux 5.19+): across
+                    // two, such as the input on the host's ext4 bind-mounted into a container whose
+                    // /var/tmp is overlayfs, it answers EXDEV. Copy through a buffer instead.
+                    Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
+                        kernel_copy = false;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                copy_through_buffer(&src, &dst, &mut buf, &mut off_in, &mut off_out, chunk)?
+            };
             if n == 0 {
                 return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "input shrank while being copied"));
             }
@@ -139,6 +156,19 @@ fn sparse_copy(input: &Path, dest: &Path) -> std::io::Result<()> {
         pos = hole;
     }
     Ok(())
+}
+
+/// Copies up to `len` bytes from `src` at `off_in` to `dst` at `off_out` through `buf` (1 MiB),
+/// advancing both offsets; returns how many bytes it copied (0 at the input's end).
+fn copy_through_buffer(src: &File, dst: &File, buf: &mut Vec<u8>, off_in: &mut u64, off_out: &mut u64, len: usize) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    buf.resize(1 << 20, 0);
+    let want = len.min(buf.len());
+    let n = src.read_at(&mut buf[..want], *off_in)?;
+    dst.write_all_at(&buf[..n], *off_out)?;
+    *off_in += n as u64;
+    *off_out += n as u64;
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -168,6 +198,33 @@ mod tests {
         assert_eq!(fmt.virtual_size, 9 << 20);
         let sum = make(&input, &fmt, &out, None).unwrap();
         assert_eq!(sum, crate::hash::sha256_bytes(&data));
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        assert!(std::fs::metadata(&out).unwrap().blocks() * 512 < 1 << 20, "the copy is not sparse");
+    }
+
+    /// Across two filesystem types (the input on tmpfs, the copy on the target folder's), where
+    /// copy_file_range answers EXDEV, the copy goes through a buffer and stays sparse.
+    #[test]
+    fn raw_copy_across_filesystems() {
+        let shm = Path::new("/dev/shm");
+        let d = tempfile::tempdir().unwrap();
+        let (Ok(a), Ok(b)) = (rustix::fs::statfs(shm), rustix::fs::statfs(d.path())) else { return };
+        if a.f_type == b.f_type {
+            eprintln!("skipped: /dev/shm and {} are the same filesystem type", d.path().display());
+            return;
+        }
+        let src = tempfile::NamedTempFile::new_in(shm).unwrap();
+        let mut data = vec![0u8; 6 << 20];
+        data[10] = 3;
+        data[(3 << 20) + 5] = 4;
+        src.as_file().set_len(data.len() as u64).unwrap();
+        use std::os::unix::fs::FileExt;
+        for off in [10usize, (3 << 20) + 5] {
+            src.as_file().write_at(&data[off..off + 1], off as u64).unwrap();
+        }
+        let out = d.path().join("out.raw");
+        let fmt = InputFormat { format: "raw".into(), virtual_size: data.len() as u64 };
+        assert_eq!(make(src.path(), &fmt, &out, None).unwrap(), crate::hash::sha256_bytes(&data));
         assert_eq!(std::fs::read(&out).unwrap(), data);
         assert!(std::fs::metadata(&out).unwrap().blocks() * 512 < 1 << 20, "the copy is not sparse");
     }

@@ -10,7 +10,8 @@
 //!    `/bin/sh` header, with the F (fix-binary) flag, is used as it is (Debian's
 //!    `qemu-aarch64` from qemu-user-static is such a handler), and is left alone;
 //! 3. otherwise kib registers Debian's static interpreter (`/usr/bin/qemu-aarch64-static`)
-//!    under its own name, `kib-qemu-<cpu>-<pid>`, with the F flag only: the kernel opens the
+//!    under its own name, `kib-qemu-<cpu>-<pid>` (`kib-qemu-<cpu>-<pid>-pidns<inode>` in a
+//!    container: see [`handler_name`]), with the F flag only: the kernel opens the
 //!    interpreter at registration, so nothing is copied into the image. Magic and mask come from
 //!    Debian's `/usr/share/binfmts/qemu-<cpu>` (qemu-user-static), or qemu's own
 //!    `qemu-binfmt-conf.sh` values when that file is missing. binfmt_misc tries the most
@@ -320,7 +321,8 @@ impl Emulation {
             });
             return Ok(emu);
         }
-        for h in &candidates {
+        // Another kib run's handler goes when that run ends: never borrowed, and no reason to warn.
+        for h in candidates.iter().filter(|h| !h.name.starts_with(KIB_PREFIX)) {
             tracing::warn!(
                 "the host's binfmt_misc handler {} ({}, flags {}) matches {image_arch} but cannot work in a chroot (no F flag, and the image has no {}); kib registers its own",
                 h.name,
@@ -337,7 +339,7 @@ impl Emulation {
             );
         }
         let def = definition(cpu)?;
-        let name = format!("{KIB_PREFIX}{cpu}-{}", std::process::id());
+        let name = handler_name(cpu, std::process::id(), pid_namespace());
         let ours = Handler { name: name.clone(), enabled: true, interpreter: String::new(), flags: String::new(), offset: def.offset, magic: def.magic.clone(), mask: def.mask.clone() };
         if !ours.matches(&header) {
             bail!("the binfmt definition for qemu-{cpu} ({}) does not match the image's /bin/sh: is the image really {image_arch}?", def.source);
@@ -413,16 +415,46 @@ fn remove_handler(dir: &Path, name: &str) -> Result<()> {
     }
 }
 
-/// The pid in a kib handler's name (`kib-qemu-aarch64-1234` → 1234).
-pub fn owner_pid(name: &str) -> Option<i32> {
+/// The inode of the initial (the host's) pid namespace, `PROC_PID_INIT_INO` of the kernel.
+const PROC_PID_INIT_INO: u64 = 0xEFFF_FFFC;
+
+/// The pid namespace kib runs in: `None` for the host's, else its inode number (a container's).
+fn pid_namespace() -> Option<u64> {
+    let link = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let inode: u64 = link.to_str()?.strip_prefix("pid:[")?.strip_suffix(']')?.parse().ok()?;
+    (inode != PROC_PID_INIT_INO).then_some(inode)
+}
+
+/// The name of the handler kib registers: `kib-qemu-<cpu>-<pid>` on a host, and
+/// `kib-qemu-<cpu>-<pid>-pidns<inode>` in a pid namespace of its own (a container). The
+/// binfmt_misc instance belongs to the user namespace, so rootful containers on one host share the
+/// host's, and kib is pid 1 in each of them: without the namespace in the name, one container's
+/// run would replace, then remove, another's handler.
+fn handler_name(cpu: &str, pid: u32, pid_ns: Option<u64>) -> String {
+    match pid_ns {
+        None => format!("{KIB_PREFIX}{cpu}-{pid}"),
+        Some(ns) => format!("{KIB_PREFIX}{cpu}-{pid}-pidns{ns}"),
+    }
+}
+
+/// The pid in a kib handler's name and the pid namespace it is a pid of (`None`: the host's):
+/// `kib-qemu-aarch64-1234` → (1234, None), `kib-qemu-aarch64-1-pidns4026532001` →
+/// (1, Some(4026532001)).
+pub fn owner(name: &str) -> Option<(i32, Option<u64>)> {
     let rest = name.strip_prefix(KIB_PREFIX)?;
-    rest.rsplit_once('-')?.1.parse().ok()
+    let (rest, ns) = match rest.rsplit_once("-pidns") {
+        Some((rest, ns)) => (rest, Some(ns.parse().ok()?)),
+        None => (rest, None),
+    };
+    Some((rest.rsplit_once('-')?.1.parse().ok()?, ns))
 }
 
 /// For `kib cleanup`: removes the `kib-qemu-*-<pid>` handlers whose pid `is_live` says is no
 /// longer a running kib, and returns their names. binfmt_misc is mounted first when needed (the
 /// caller runs in kib's private mount namespace, so that mount goes away with it). Handlers of
-/// the host and of live runs are left alone.
+/// the host and of live runs are left alone, and so are those of runs in another pid namespace
+/// (another container's, or the host's when cleanup runs in a container), whose pids mean nothing
+/// here.
 pub fn remove_stale(is_live: impl Fn(i32) -> bool) -> Result<Vec<String>> {
     let dir = Path::new(BINFMT_DIR);
     if !dir.join("register").exists()
@@ -432,9 +464,10 @@ pub fn remove_stale(is_live: impl Fn(i32) -> bool) -> Result<Vec<String>> {
         return Ok(Vec::new());
     }
     let mut removed = Vec::new();
+    let here = pid_namespace();
     for h in handlers(dir)? {
-        if let Some(pid) = owner_pid(&h.name) {
-            if !is_live(pid) {
+        if let Some((pid, ns)) = owner(&h.name) {
+            if ns == here && !is_live(pid) {
                 remove_handler(dir, &h.name)?;
                 removed.push(format!("{} ({})", h.name, h.interpreter));
             }
@@ -504,10 +537,17 @@ mod tests {
 
     #[test]
     fn owner_pids_of_kib_handlers() {
-        assert_eq!(owner_pid("kib-qemu-aarch64-1234"), Some(1234));
-        assert_eq!(owner_pid("kib-qemu-ppc64le-7"), Some(7));
-        assert_eq!(owner_pid("qemu-aarch64"), None);
-        assert_eq!(owner_pid("kib-mkbase-qemu-aarch64"), None);
-        assert_eq!(owner_pid("kib-qemu-aarch64"), None);
+        assert_eq!(owner("kib-qemu-aarch64-1234"), Some((1234, None)));
+        assert_eq!(owner("kib-qemu-ppc64le-7"), Some((7, None)));
+        assert_eq!(owner("kib-qemu-aarch64-1-pidns4026532001"), Some((1, Some(4026532001))));
+        assert_eq!(owner("kib-qemu-aarch64-1-pidnsx"), None);
+        assert_eq!(owner("qemu-aarch64"), None);
+        assert_eq!(owner("kib-mkbase-qemu-aarch64"), None);
+        assert_eq!(owner("kib-qemu-aarch64"), None);
+        for ns in [None, Some(4026532001)] {
+            assert_eq!(owner(&handler_name("aarch64", 42, ns)), Some((42, ns)));
+        }
+        let link = std::fs::read_link("/proc/self/ns/pid").unwrap();
+        assert_eq!(pid_namespace().is_none(), link == Path::new("pid:[4026531836]"), "{}", link.display());
     }
 }

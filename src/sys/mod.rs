@@ -21,6 +21,7 @@
 //!   (mknod b 7 N) before opening it. Callers still get a [`LoopDevice`] with its path.
 
 pub mod fake;
+pub mod loopnode;
 pub mod real;
 
 use std::io;

@@ -8,14 +8,13 @@
 //! kernel flushed the freshly written working copy.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use loopdev::LoopControl;
 use rustix::mount::UnmountFlags;
 
-use super::{LoopDevice, LoopSpec, MountFlags, MountSpec, Probe, Sys};
+use super::{loopnode, LoopDevice, LoopSpec, MountFlags, MountSpec, Probe, Sys};
 use crate::exec::{self, ExecError};
 
 /// The kernel and the host's tools, for real.
@@ -29,11 +28,14 @@ fn errno_is(e: &io::Error, errnos: &[rustix::io::Errno]) -> bool {
 impl Sys for RealSys {
     /// Retries when another process takes the free device first.
     fn loop_attach(&self, spec: &LoopSpec<'_>) -> io::Result<LoopDevice> {
-        let ctl = LoopControl::open().map_err(|e| io::Error::new(e.kind(), format!("opening /dev/loop-control (is the loop module loaded?): {e}")))?;
+        let ctl = loopnode::open_loop_control()?;
         let mut last = None;
         for _ in 0..20 {
-            let dev = ctl.next_free()?;
-            let path = dev.path().unwrap_or_else(|| PathBuf::from("/dev/loop?"));
+            // Not loopdev's `next_free`, which opens the node and so fails in a container whose
+            // /dev lacks it: the number first, then the node made to exist (see `loopnode`).
+            let number = loopnode::next_free(&ctl)?;
+            let path = loopnode::ensure_loop_node(number)?;
+            let dev = loopdev::LoopDevice::open(&path).map_err(|e| loopnode::denied_hint(e, &path))?;
             let attached = match configure(&path, spec.file, spec.offset, spec.size, spec.read_only) {
                 Err(e) if errno_is(&e, &[rustix::io::Errno::INVAL, rustix::io::Errno::NOTTY]) => {
                     // No LOOP_CONFIGURE (Linux < 5.8): the two-step attach.
