@@ -4,7 +4,12 @@
 # (scripts/make-base-image.sh, /var/cache/kib/base) and the arm64 test fixture for the
 # foreign-architecture test (testdata/arm64/make-image.sh: a minbase arm64 tree on a GPT disk,
 # not a bootable image; a few minutes under qemu-user the first time, cached in
-# /var/cache/kib/fixtures/arm64 afterwards), then runs the unit and integration tests, then
+# /var/cache/kib/fixtures/arm64 afterwards), the EL- and SUSE-shaped TEST FIXTURE images of the
+# RPM tests (testdata/el/make-el-image.sh: a Debian userland with Debian's rpm, dnf and zypper
+# dressed as Rocky 9.4 / SLES 15.6, with the signed fixture RPM repositories; cold about 3 and
+# 2.5 minutes, cached in /var/cache/kib/el keyed by the scripts' sha256) and the fixture
+# containerd release tarball (testdata/el/make-containerd-tarball.sh, about 1 minute cold),
+# then runs the unit and integration tests, then
 # fuzzes the parsers for a bounded time (scripts/fuzz.sh). The integration tests attach loop
 # devices and mount filesystems; each cleans up after itself, even when it fails.
 set -euo pipefail
@@ -16,6 +21,9 @@ KIB_BASE_IMAGE=$(bash scripts/make-base-image.sh | tail -n 1)
 export KIB_BASE_IMAGE
 KIB_BASE_IMAGE_ARM64=$(bash testdata/arm64/make-image.sh | tail -n 1)
 export KIB_BASE_IMAGE_ARM64
+bash testdata/el/make-el-image.sh --variant el >/dev/null
+bash testdata/el/make-el-image.sh --variant suse >/dev/null
+bash testdata/el/make-containerd-tarball.sh --cache-only >/dev/null
 cargo test --release --locked --no-fail-fast "$@"
 
 # Then fuzz the input parsers briefly: KIB_FUZZ_SECONDS per target (default 30; 0 skips). The

@@ -39,6 +39,8 @@ pub fn run(root: &GuestRoot, facts: &Facts, ctx: &BuildContext, manifest: Option
         root.read_dir(Path::new("/etc/ssh"))?.into_iter().map(|n| n.to_string_lossy().into_owned()).filter(|n| n.starts_with("ssh_host_")).collect();
     check(&mut out, "no SSH host keys", keys.is_empty(), keys.join(" "));
     let packages = pkg::installed(root)?;
+    let rpm_image = pkg::Database::find(root) == Some(pkg::Database::Rpm);
+    let holds = if rpm_image { Some(pkg::rpm::holds(root)?) } else { None };
     let Some(m) = manifest else { return Ok(out) };
     let vars = step_vars(m, facts, ctx);
     let os_ids = facts.os_ids();
@@ -47,6 +49,14 @@ pub fn run(root: &GuestRoot, facts: &Facts, ctx: &BuildContext, manifest: Option
         match action {
             Action::Packages(p) => {
                 for spec in &p.install {
+                    if rpm_image {
+                        // `kubelet-1.30.0`, `kubelet=1.30.0`, `kubelet-0:1.30.0-150500.1.1.x86_64`.
+                        let name = pkg::rpm::spec_name(spec, packages.iter().map(|p| p.name.as_str()));
+                        let found = packages.iter().find(|pk| pk.name == name);
+                        let ok = found.is_some_and(|pk| pkg::rpm::spec_matches(spec, pk));
+                        check(&mut out, format!("package {spec} installed"), ok, found.map_or("not installed".into(), |pk: &Package| pk.full_version()));
+                        continue;
+                    }
                     let (name, version) = spec.split_once('=').map_or((spec.as_str(), None), |(n, v)| (n, Some(v)));
                     let found = packages.iter().find(|pk| pk.name == name);
                     let ok = found.is_some_and(|pk| version.is_none_or(|v| pk.version == v));
@@ -57,7 +67,8 @@ pub fn run(root: &GuestRoot, facts: &Facts, ctx: &BuildContext, manifest: Option
                 }
                 for name in &p.hold {
                     let held = packages.iter().any(|pk| &pk.name == name && pk.held);
-                    check(&mut out, format!("package {name} held"), held, "");
+                    let how = holds.as_ref().and_then(|h| h.source_of(name)).unwrap_or_default().to_string();
+                    check(&mut out, format!("package {name} held"), held, how);
                 }
             }
             Action::File(f) => {
@@ -102,6 +113,17 @@ pub fn run(root: &GuestRoot, facts: &Facts, ctx: &BuildContext, manifest: Option
                     let ok = actual.is_some() && pinned.as_ref().is_none_or(|p| Some(p) == actual.as_ref());
                     check(&mut out, format!("download {path}"), ok, actual.unwrap_or_else(|| "missing".into()));
                 }
+            }
+            Action::Repository(r) if rpm_image => {
+                let repo = ["/etc/yum.repos.d", "/etc/zypp/repos.d"].iter().map(|d| format!("{d}/{}.repo", r.name)).find(|p| root.exists(Path::new(p)));
+                check(&mut out, format!("repository file {}.repo", r.name), repo.is_some(), repo.clone().unwrap_or_else(|| "in neither /etc/yum.repos.d nor /etc/zypp/repos.d".into()));
+                if let Some(repo) = repo {
+                    let text = root.read_string(Path::new(&repo))?.unwrap_or_default();
+                    let gpg = pkg::rpm::ini_sections(&text).into_iter().any(|s| s.name == r.name && s.get("gpgcheck") == Some("1"));
+                    check(&mut out, format!("repository {} checks signatures (gpgcheck=1)", r.name), gpg, repo);
+                }
+                let key = format!("/etc/pki/rpm-gpg/{}.asc", r.name);
+                check(&mut out, format!("repository file {key}"), root.exists(Path::new(&key)), "");
             }
             Action::Repository(r) => {
                 for p in [format!("/etc/apt/keyrings/{}.asc", r.name), format!("/etc/apt/sources.list.d/{}.list", r.name)] {

@@ -138,6 +138,7 @@ impl Action {
                 key_url: eo(&r.key_url)?,
                 key_sha256: eo(&r.key_sha256)?,
                 key: eo(&r.key)?,
+                exclude: ev(&r.exclude)?,
             }),
             Action::Images(i) => Action::Images(ImagesStep {
                 namespace: eo(&i.namespace)?,

@@ -233,11 +233,21 @@ impl Sha256Spec {
     }
 }
 
-/// `repository`: adds an apt repository with its signing key. Writes
-/// `/etc/apt/keyrings/<name>.asc` (the ASCII-armored key, fetched through the mirror map and
-/// cache) and `/etc/apt/sources.list.d/<name>.list`
-/// (`deb [signed-by=/etc/apt/keyrings/<name>.asc] <url> <suite> <components>`). The next
-/// `packages` step refreshes the package lists. Needs apt in the image (Debian family).
+/// `repository`: adds a package repository with its signing key, in the form of the image's
+/// package manager. The key is fetched through the mirror map and cache.
+///
+/// - apt: writes `/etc/apt/keyrings/<name>.asc` (the ASCII-armored key) and
+///   `/etc/apt/sources.list.d/<name>.list`
+///   (`deb [signed-by=/etc/apt/keyrings/<name>.asc] <url> <suite> <components>`).
+/// - dnf, yum, tdnf (`/etc/yum.repos.d/<name>.repo`) and zypper (`/etc/zypp/repos.d/<name>.repo`):
+///   writes the key to `/etc/pki/rpm-gpg/<name>.asc`, imports it into the rpm database with the
+///   image's `rpm --import`, and a `.repo` file with `baseurl=<url>`, `gpgcheck=1`,
+///   `gpgkey=file:///etc/pki/rpm-gpg/<name>.asc` and `exclude=` the `exclude` list (dnf/yum
+///   lift it for the packages a `packages` step names: upstream's way of holding kubelet,
+///   kubeadm and kubectl). `suite` and `components` are apt's only.
+///
+/// The next `packages` step refreshes the package lists. Needs the image's package manager
+/// (and, for RPM images, its rpm).
 #[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryStep {
@@ -257,6 +267,10 @@ pub struct RepositoryStep {
     pub key_sha256: Option<String>,
     /// The ASCII-armored key itself, inline.
     pub key: Option<String>,
+    /// RPM images: package names (or globs) the repository's `exclude=` keeps from being
+    /// installed or upgraded, except by a `packages` step that names them.
+    #[serde(default)]
+    pub exclude: Vec<String>,
 }
 
 /// `images`: pre-loads container images into containerd's store in the image, offline. Each

@@ -64,7 +64,8 @@ pub struct StepRecord {
 }
 
 /// The variables a step sees: the manifest's, plus the builtins (`arch`, `os_id`,
-/// `os_version_id`, `os_codename`, `kib_version`, `build_date`, `manifest_name`).
+/// `os_version_id`, `os_codename`, `os_family` (debian | rhel | amzn | suse | photon, empty
+/// when unknown), `package_format` (deb | rpm), `kib_version`, `build_date`, `manifest_name`).
 pub fn step_vars(manifest: &Manifest, facts: &Facts, ctx: &BuildContext) -> Vars {
     let mut v = manifest.variables.clone();
     let get = |k: &str| facts.os_release.get(k).cloned().unwrap_or_default();
@@ -72,6 +73,9 @@ pub fn step_vars(manifest: &Manifest, facts: &Facts, ctx: &BuildContext) -> Vars
     v.0.insert("os_id".into(), get("ID"));
     v.0.insert("os_version_id".into(), get("VERSION_ID"));
     v.0.insert("os_codename".into(), get("VERSION_CODENAME"));
+    let family = pkg::detect::os_family(&facts.os_ids());
+    v.0.insert("os_family".into(), family.into());
+    v.0.insert("package_format".into(), pkg::detect::package_format(family).into());
     v.0.insert("kib_version".into(), ctx.kib_version.clone());
     v.0.insert("build_date".into(), ctx.build_date.clone());
     v.0.insert("manifest_name".into(), manifest.name.clone());
@@ -329,12 +333,10 @@ fn execute(ctx: &mut StepContext<'_>, step: &manifest::ResolvedStep, action: &Ac
             Ok(())
         }
         Action::Repository(r) => {
-            match ctx.manager.as_deref().map(|m| m.kind()) {
-                Some(manifest::ManagerKind::Apt) => {}
-                Some(other) => bail!("`repository` writes apt sources only so far, and this image's package manager is {other}"),
-                None => bail!("`repository` needs a package manager kib supports, and this image has none"),
-            }
-            repository::apply(root, ctx.fetcher, r, record)?;
+            let Some(kind) = ctx.manager.as_deref().map(|m| m.kind()) else {
+                bail!("`repository` needs a package manager kib supports, and this image has none")
+            };
+            repository::apply(root, session, ctx.fetcher, r, kind, record)?;
             state.refreshed = false; // the next packages step refreshes the lists
             Ok(())
         }

@@ -81,6 +81,15 @@ impl Session {
                 env.push(((*k).to_string(), v));
             }
         }
+        // libcurl (dnf, tdnf) never reads HTTP_PROXY for http:// URLs: give the lower-case name
+        // the upper-case value when only that one is set.
+        for k in ["http_proxy", "https_proxy", "no_proxy"] {
+            if std::env::var_os(k).is_none() {
+                if let Some(v) = std::env::var_os(k.to_ascii_uppercase()) {
+                    env.push((k.to_string(), v));
+                }
+            }
+        }
         let grub_cfg = root.read(Path::new(GRUB_CFG)).ok().flatten().filter(|c| has_menuentry(c));
         let mut s = Session { root, sys: Arc::clone(sys), mounts: Stack::default(), env, mirrors, saved_sources: Vec::new(), resolv_saved: None, policy_saved: None, grub_cfg, open: true };
         s.mounts = mount_api(sys, &s.root).context("mounting /dev, /sys and /run in the image")?;

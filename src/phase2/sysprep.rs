@@ -33,11 +33,15 @@ pub const OPERATIONS: &[Operation] = &[
     Operation { name: "ssh-host-keys", description: "remove /etc/ssh/ssh_host_* (regenerated at first boot)", run: ssh_host_keys },
     Operation { name: "ssh-authorized-keys", description: "remove root's and every /home user's ~/.ssh/authorized_keys", run: authorized_keys },
     Operation { name: "cloud-init", description: "`cloud-init clean --logs`: forget the instance so cloud-init runs again at first boot", run: cloud_init },
-    Operation { name: "package-cache", description: "empty the package manager's metadata and download caches (apt: its lists and archives)", run: package_cache },
+    Operation { name: "package-cache", description: "empty the package manager's metadata and download caches (apt: its lists and archives; dnf/yum, zypper, tdnf: what their `clean all` removes)", run: package_cache },
     Operation { name: "tmp", description: "empty /tmp and /var/tmp", run: tmp },
     Operation { name: "logs", description: "truncate every file under /var/log, delete rotated ones (*.gz, *.1, ...) and the journal", run: logs },
     Operation { name: "shell-history", description: "remove root's and /home users' shell histories", run: shell_history },
-    Operation { name: "net-rules", description: "remove /etc/udev/rules.d/70-persistent-net.rules", run: net_rules },
+    Operation {
+        name: "net-rules",
+        description: "remove /etc/udev/rules.d/70-persistent-net.rules, and the network configurations bound to one NIC's MAC address: /etc/sysconfig/network-scripts/ifcfg-* with HWADDR= or MACADDR=, NetworkManager connections with mac-address=",
+        run: net_rules,
+    },
     Operation { name: "hostname", description: "empty /etc/hostname and reset /etc/hosts to localhost entries", run: hostname },
     Operation { name: "hold-packages", description: "hold every installed package so nothing upgrades on the node (apt: dpkg --set-selections)", run: hold_packages },
 ];
@@ -142,6 +146,38 @@ fn shell_history(ctx: &mut Ctx<'_>) -> Result<()> {
 fn net_rules(ctx: &mut Ctx<'_>) -> Result<()> {
     let root = ctx.root;
     root.remove(Path::new("/etc/udev/rules.d/70-persistent-net.rules"))?;
+    remove_mac_bound(root)
+}
+
+/// Removes the RPM-family network configurations bound to a MAC address (a clone's NIC has
+/// another): ifcfg files with `HWADDR=`/`MACADDR=` (EL 7/8) and NetworkManager keyfiles with
+/// `mac-address=` (EL 9). Configurations without an address stay. Only regular files are read.
+fn remove_mac_bound(root: &GuestRoot) -> Result<()> {
+    let dirs: [(&str, &str, &[&str]); 2] = [
+        ("/etc/sysconfig/network-scripts", "ifcfg-", &["HWADDR=", "MACADDR="]),
+        ("/etc/NetworkManager/system-connections", "", &["mac-address="]),
+    ];
+    for (dir, prefix, keys) in dirs {
+        for name in root.read_dir(Path::new(dir))? {
+            let n = name.to_string_lossy();
+            if !n.starts_with(prefix) || n == "ifcfg-lo" {
+                continue;
+            }
+            let path = Path::new(dir).join(&name);
+            if !root.lstat(&path)?.is_some_and(|st| st.st_mode & 0o170000 == 0o100000) {
+                continue;
+            }
+            let text = root.read_string(&path)?.unwrap_or_default();
+            let bound = text.lines().any(|l| {
+                let l = l.trim().trim_start_matches("export ");
+                keys.iter().any(|k| l.strip_prefix(k).is_some_and(|v| !v.trim().trim_matches(['"', '\'']).is_empty()))
+            });
+            if bound {
+                root.remove(&path)?;
+                tracing::info!("sysprep: removed {} (bound to a MAC address)", path.display());
+            }
+        }
+    }
     Ok(())
 }
 
@@ -206,5 +242,29 @@ mod tests {
         for n in ["syslog", "dpkg.log", "cloud-init.log", "wtmp"] {
             assert!(!rotated(n), "{n}");
         }
+    }
+
+    #[test]
+    fn mac_bound_network_configurations_go() {
+        let d = tempfile::tempdir().unwrap();
+        let w = |p: &str, s: &str| {
+            let f = d.path().join(p);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, s).unwrap();
+        };
+        w("etc/sysconfig/network-scripts/ifcfg-eth0", "DEVICE=eth0\nHWADDR=52:54:00:12:34:56\nBOOTPROTO=dhcp\n");
+        w("etc/sysconfig/network-scripts/ifcfg-eth1", "DEVICE=eth1\nBOOTPROTO=dhcp\nHWADDR=\n");
+        w("etc/sysconfig/network-scripts/ifcfg-lo", "DEVICE=lo\nMACADDR=00:00:00:00:00:00\n");
+        w("etc/NetworkManager/system-connections/ens3.nmconnection", "[ethernet]\nmac-address=52:54:00:12:34:56\n");
+        w("etc/NetworkManager/system-connections/any.nmconnection", "[ethernet]\n");
+        let root = GuestRoot::open(d.path()).unwrap();
+        remove_mac_bound(&root).unwrap();
+        let left = |dir: &str| {
+            let mut v: Vec<String> = root.read_dir(Path::new(dir)).unwrap().into_iter().map(|n| n.to_string_lossy().into_owned()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(left("/etc/sysconfig/network-scripts"), ["ifcfg-eth1", "ifcfg-lo"]);
+        assert_eq!(left("/etc/NetworkManager/system-connections"), ["any.nmconnection"]);
     }
 }

@@ -41,6 +41,54 @@ pub fn family_manager(os_id: &str) -> Option<ManagerKind> {
     })
 }
 
+/// The image's os-release `ID` followed by the words of `ID_LIKE`, read through `root`
+/// (`/etc/os-release`, else `/usr/lib/os-release`). Empty when neither can be read.
+pub fn os_ids(root: &GuestRoot) -> Vec<String> {
+    for p in ["/etc/os-release", "/usr/lib/os-release"] {
+        if let Ok(Some(text)) = root.read_string(Path::new(p)) {
+            // os-release(5): KEY=value, the value optionally quoted.
+            let get = |key: &str| {
+                text.lines().find_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=').map(|v| v.trim().trim_matches(['"', '\'']).to_string()))
+            };
+            let mut ids: Vec<String> = get("ID").into_iter().collect();
+            if let Some(like) = get("ID_LIKE") {
+                ids.extend(like.split_whitespace().map(str::to_string));
+            }
+            return ids;
+        }
+    }
+    Vec::new()
+}
+
+/// The os family of os-release IDs (`ID` then `ID_LIKE`'s words), the `${os_family}` fact:
+/// `debian` (Debian, Ubuntu), `rhel` (RHEL, Rocky, Alma, CentOS, Oracle, Fedora), `amzn`
+/// (Amazon Linux, whose ID_LIKE says rhel but whose package names differ), `suse`, `photon`
+/// (Photon OS, Azure Linux, CBL-Mariner), or empty when kib does not know it.
+pub fn os_family(os_ids: &[String]) -> &'static str {
+    if os_ids.first().is_some_and(|id| id == "amzn") {
+        return "amzn";
+    }
+    for id in os_ids {
+        match family_manager(id) {
+            Some(ManagerKind::Apt) => return "debian",
+            Some(ManagerKind::Dnf | ManagerKind::Yum) => return "rhel",
+            Some(ManagerKind::Tdnf) => return "photon",
+            Some(ManagerKind::Zypper) => return "suse",
+            None => {}
+        }
+    }
+    ""
+}
+
+/// The package format of an os family: `deb`, `rpm`, or empty (the `${package_format}` fact).
+pub fn package_format(family: &str) -> &'static str {
+    match family {
+        "debian" => "deb",
+        "rhel" | "amzn" | "suse" | "photon" => "rpm",
+        _ => "",
+    }
+}
+
 /// The tools of [`TOOLS`] the image at `root` has, in [`TOOLS`]'s order.
 pub fn tools_in(root: &GuestRoot) -> Vec<(&'static str, ManagerKind)> {
     TOOLS.iter().copied().filter(|(tool, _)| BIN_DIRS.iter().any(|d| root.exists(&Path::new(d).join(tool)))).collect()
@@ -115,6 +163,18 @@ mod tests {
         assert_eq!(detect(&ids("rocky rhel"), &tools(&["apt-get", "dnf"]), None).unwrap().kind, ManagerKind::Dnf);
         // An OS kib does not know: the first tool it has.
         assert_eq!(detect(&ids("gentoo"), &tools(&["zypper"]), None).unwrap().kind, ManagerKind::Zypper);
+    }
+
+    #[test]
+    fn families() {
+        assert_eq!(os_family(&ids("rocky rhel centos fedora")), "rhel");
+        assert_eq!(os_family(&ids("amzn centos rhel fedora")), "amzn");
+        assert_eq!(package_format("amzn"), "rpm");
+        assert_eq!(os_family(&ids("sles suse")), "suse");
+        assert_eq!(os_family(&ids("azurelinux")), "photon");
+        assert_eq!(os_family(&ids("ubuntu debian")), "debian");
+        assert_eq!(os_family(&ids("alpine")), "");
+        assert_eq!((package_format("rhel"), package_format("debian"), package_format("")), ("rpm", "deb", ""));
     }
 
     #[test]

@@ -4,24 +4,28 @@
 //! phase or a command.
 //!
 //! - [`Package`]: one installed package, RPM-ready (epoch, release, source RPM).
-//! - [`installed`]: the database readers. dpkg's status file now ([`dpkg`], with licences from
-//!   DEP-5 copyright files, [`license`]); an rpmdb reader (`rpm -qa --qf` with `--root`, or in the
-//!   chroot) is the next one, named in [`Database`].
+//! - [`installed`]: the database readers: dpkg's status file ([`dpkg`], with licences from
+//!   DEP-5 copyright files, [`license`]) and the rpmdb ([`rpm`]: the image's own `rpm -qa --qf`,
+//!   with the header's `License` and the holds of dnf/yum, zypper and tdnf).
 //! - [`PackageManager`]: the verbs a `packages` step and sysprep need, one implementation per tool.
-//!   apt is [`apt::Apt`]. [`detect`] picks one from the image ([`detect::detect`]), or the
-//!   manifest forces it (`packages: {manager: ...}`).
+//!   apt is [`apt::Apt`], dnf/yum/microdnf [`dnf::Dnf`], zypper [`zypper::Zypper`], tdnf
+//!   [`tdnf::Tdnf`]. [`detect`] picks one from the image ([`detect::detect`]), or the manifest
+//!   forces it (`packages: {manager: ...}`).
 //! - [`Chroot`]: what a backend needs from the chroot session (run a command, rewrite repository
 //!   files through the mirror map until the session closes), so that backends can be tested
 //!   with a recording fake.
 //!
-//! **Adding a backend** (dnf, yum, tdnf, zypper): write `src/pkg/<tool>.rs` with a type that
-//! implements [`PackageManager`], and make its arm of [`backend`] return it. Detection already
-//! finds the tools; until then their arm fails with "not implemented yet".
+//! **Adding a backend**: write `src/pkg/<tool>.rs` with a type that implements
+//! [`PackageManager`], and make its arm of [`backend`] return it.
 
 pub mod apt;
 pub mod detect;
+pub mod dnf;
 pub mod dpkg;
 pub mod license;
+pub mod rpm;
+pub mod tdnf;
+pub mod zypper;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -106,11 +110,18 @@ pub enum Database {
 }
 
 impl Database {
-    /// The database the image has, dpkg first. `None`: no package database at all.
+    /// The database of the image's own package manager: the rpmdb when os-release names an RPM
+    /// family (ID or ID_LIKE: rhel, fedora, suse, photon, ...) and the image has one, even if a
+    /// dpkg status file is there too (kib's EL test fixture keeps its Debian userland's);
+    /// otherwise dpkg first, then rpm. `None`: no package database at all.
     pub fn find(root: &GuestRoot) -> Option<Database> {
-        if root.exists(Path::new(dpkg::STATUS)) {
+        let has_rpm = ["/var/lib/rpm", "/usr/lib/sysimage/rpm"].iter().any(|p| root.exists(Path::new(p)));
+        let rpm_family = detect::os_ids(root).iter().find_map(|id| detect::family_manager(id)).is_some_and(|k| k != ManagerKind::Apt);
+        if has_rpm && rpm_family {
+            Some(Database::Rpm)
+        } else if root.exists(Path::new(dpkg::STATUS)) {
             Some(Database::Dpkg)
-        } else if ["/var/lib/rpm", "/usr/lib/sysimage/rpm"].iter().any(|p| root.exists(Path::new(p))) {
+        } else if has_rpm {
             Some(Database::Rpm)
         } else {
             None
@@ -121,12 +132,11 @@ impl Database {
 /// Every installed package in the image at `root`, sorted by name, each with its licence where
 /// known. Empty for an image with no package database.
 ///
-/// Errors: an unreadable or unparsable database; an rpm database (its reader is not written
-/// yet: issue 10).
+/// Errors: an unreadable or unparsable database; an rpm database without an rpm program.
 pub fn installed(root: &GuestRoot) -> Result<Vec<Package>> {
     match Database::find(root) {
         Some(Database::Dpkg) => dpkg::installed(root),
-        Some(Database::Rpm) => bail!("this image has an rpm database; reading it is not implemented yet (the rpmdb reader comes with the RPM backends)"),
+        Some(Database::Rpm) => rpm::installed(root),
         None => Ok(Vec::new()),
     }
 }
@@ -210,17 +220,15 @@ pub trait PackageManager: Send {
 
 /// The backend for `kind`, using the image's tool `tool` (`apt-get`, `dnf`, `microdnf`, ...).
 ///
-/// Errors: a manager whose backend is not written yet.
+/// Errors: none today (every manager [`detect`] finds has a backend); kept fallible for a
+/// manager detected before its backend is written.
 pub fn backend(detected: &Detected) -> Result<Box<dyn PackageManager>> {
-    match detected.kind {
-        ManagerKind::Apt => Ok(Box::new(apt::Apt)),
-        ManagerKind::Dnf | ManagerKind::Yum | ManagerKind::Tdnf | ManagerKind::Zypper => bail!(
-            "this image's package manager is {} ({}), and kib's {} backend is not implemented yet; kib installs packages with apt only so far",
-            detected.kind,
-            detected.tool,
-            detected.kind
-        ),
-    }
+    Ok(match detected.kind {
+        ManagerKind::Apt => Box::new(apt::Apt),
+        ManagerKind::Dnf | ManagerKind::Yum => Box::new(dnf::Dnf { tool: detected.tool }),
+        ManagerKind::Tdnf => Box::new(tdnf::Tdnf),
+        ManagerKind::Zypper => Box::new(zypper::Zypper),
+    })
 }
 
 /// The backend for the package database the image has, when its tools were not found (an image
@@ -229,7 +237,11 @@ pub fn backend(detected: &Detected) -> Result<Box<dyn PackageManager>> {
 pub fn backend_for_database(root: &GuestRoot) -> Option<Box<dyn PackageManager>> {
     match Database::find(root)? {
         Database::Dpkg => Some(Box::new(apt::Apt)),
-        Database::Rpm => None,
+        Database::Rpm => {
+            let tools = detect::tools_in(root);
+            let d = detect::detect(&detect::os_ids(root), &tools, None).ok()?;
+            backend(&d).ok()
+        }
     }
 }
 
@@ -365,11 +377,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backends_not_written_yet_say_so() {
-        assert_eq!(backend(&Detected { kind: ManagerKind::Apt, tool: "apt-get" }).unwrap().kind(), ManagerKind::Apt);
-        for (kind, tool) in [(ManagerKind::Dnf, "dnf"), (ManagerKind::Yum, "yum"), (ManagerKind::Tdnf, "tdnf"), (ManagerKind::Zypper, "zypper")] {
-            let e = backend(&Detected { kind, tool }).err().unwrap().to_string();
-            assert_eq!(e, format!("this image's package manager is {kind} ({tool}), and kib's {kind} backend is not implemented yet; kib installs packages with apt only so far"));
+    fn every_manager_has_a_backend() {
+        for (kind, tool) in [(ManagerKind::Apt, "apt-get"), (ManagerKind::Dnf, "dnf"), (ManagerKind::Dnf, "microdnf"), (ManagerKind::Yum, "yum"), (ManagerKind::Tdnf, "tdnf"), (ManagerKind::Zypper, "zypper")] {
+            assert_eq!(backend(&Detected { kind, tool }).unwrap().kind(), kind);
         }
     }
 
@@ -382,11 +392,15 @@ mod tests {
         assert!(backend_for_database(&root).is_none());
         std::fs::create_dir_all(d.path().join("var/lib/rpm")).unwrap();
         assert_eq!(Database::find(&root), Some(Database::Rpm));
-        assert!(installed(&root).unwrap_err().to_string().contains("reading it is not implemented yet"));
+        assert!(installed(&root).unwrap_err().to_string().contains("no rpm program"));
         std::fs::create_dir_all(d.path().join("var/lib/dpkg")).unwrap();
         std::fs::write(d.path().join("var/lib/dpkg/status"), "Package: jq\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.6-2.1\n").unwrap();
         assert_eq!(Database::find(&root), Some(Database::Dpkg));
         assert_eq!(installed(&root).unwrap()[0].name, "jq");
         assert_eq!(backend_for_database(&root).unwrap().kind(), ManagerKind::Apt);
+        // An RPM-family os-release with both databases (kib's EL fixture): the rpmdb.
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::write(d.path().join("etc/os-release"), "ID=\"rocky\"\nID_LIKE=\"rhel centos fedora\"\n").unwrap();
+        assert_eq!(Database::find(&root), Some(Database::Rpm));
     }
 }

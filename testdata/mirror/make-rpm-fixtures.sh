@@ -668,6 +668,9 @@ build_table() {
     done <<<"$table"
     [[ -z $group ]] || groups+=("$group")
     local pids=() g
+    # rpmbuild's own mkdir of %{_rpmdir}/<arch> is not safe against a second rpmbuild making it
+    # at the same moment ("File exists"): make the folders before the parallel builds.
+    mkdir -p "$out/$arch" "$out/noarch"
     for g in "${groups[@]}"; do
         build_source "$g" "$arch" "$out" &
         pids+=($!)
@@ -890,6 +893,7 @@ build_k8s() {
             # One source package per (name, version): build_table groups consecutive lines of a
             # source, so give each version its own group by building line by line.
             local line
+            mkdir -p "$tmp/unsigned/$minor/$arch" "$tmp/unsigned/$minor/noarch"
             while IFS= read -r line; do
                 [[ -n $line ]] || continue
                 build_source "$line" "$arch" "$tmp/unsigned/$minor" &

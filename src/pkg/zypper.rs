@@ -1,0 +1,143 @@
+//! The zypper backend (SLES, openSUSE), run inside the chroot with `SYSTEMD_OFFLINE=1`.
+//!
+//! - install: `zypper --non-interactive install --no-recommends SPEC ...` (zypper takes
+//!   `name=version` and `name-version` as they are);
+//! - remove: `zypper --non-interactive remove NAME ...`;
+//! - hold: `zypper --non-interactive addlock NAME ...` (written to /etc/zypp/locks);
+//! - refresh: `zypper --non-interactive refresh` (never `--gpg-auto-import-keys`: a repository's
+//!   key must come from a `repository` step or the image, not from the repository itself).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::dnf::{empty_caches, nevra};
+use super::rpm;
+use super::{Chroot, ManagerKind, Package, PackageManager, PackagePins};
+use crate::guest::GuestRoot;
+
+/// zypper's repository folder.
+pub const REPOS: &str = "/etc/zypp/repos.d";
+
+/// zypper. Needs from the image: zypper, rpm.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Zypper;
+
+fn argv<'a>(verb: &'a str) -> Vec<&'a str> {
+    vec!["env", "SYSTEMD_OFFLINE=1", "zypper", "--non-interactive", verb]
+}
+
+impl PackageManager for Zypper {
+    fn kind(&self) -> ManagerKind {
+        ManagerKind::Zypper
+    }
+
+    fn refresh(&mut self, c: &mut dyn Chroot, timeout: Option<Duration>) -> Result<()> {
+        c.run(&argv("refresh"), "zypper refresh", timeout)?;
+        Ok(())
+    }
+
+    fn install(&mut self, c: &mut dyn Chroot, specs: &[String], recommends: bool, timeout: Option<Duration>) -> Result<()> {
+        let mut a = argv("install");
+        // --oldpackage: a pin lower than what is installed downgrades, as with dnf and apt.
+        a.push("--oldpackage");
+        if !recommends {
+            a.push("--no-recommends");
+        }
+        a.extend(specs.iter().map(String::as_str));
+        c.run(&a, &format!("zypper install {}", specs.join(" ")), timeout)?;
+        Ok(())
+    }
+
+    fn remove(&mut self, c: &mut dyn Chroot, names: &[String], _purge: bool, timeout: Option<Duration>) -> Result<()> {
+        let mut a = argv("remove");
+        a.extend(names.iter().map(String::as_str));
+        c.run(&a, &format!("zypper remove {}", names.join(" ")), timeout)?;
+        Ok(())
+    }
+
+    fn hold(&mut self, c: &mut dyn Chroot, names: &[String], timeout: Option<Duration>) -> Result<()> {
+        let mut a = argv("addlock");
+        a.extend(names.iter().map(String::as_str));
+        c.run(&a, &format!("zypper addlock {}", names.join(" ")), timeout)?;
+        let locked = rpm::parse_zypp_locks(&c.root().read_string(Path::new(rpm::ZYPP_LOCKS))?.unwrap_or_default());
+        let missing: Vec<&str> = names.iter().filter(|n| !locked.contains(n)).map(String::as_str).collect();
+        if !missing.is_empty() {
+            bail!("zypper addlock: {} not in {} afterwards", missing.join(", "), rpm::ZYPP_LOCKS);
+        }
+        Ok(())
+    }
+
+    fn hold_all(&mut self, c: &mut dyn Chroot, timeout: Option<Duration>) -> Result<()> {
+        let mut names: Vec<String> = rpm::installed(c.root())?.into_iter().map(|p| p.name).collect();
+        names.dedup();
+        let mut a = argv("addlock");
+        a.extend(names.iter().map(String::as_str));
+        c.run(&a, "zypper addlock (every package)", timeout)?;
+        Ok(())
+    }
+
+    fn installed(&self, root: &GuestRoot) -> Result<Vec<Package>> {
+        rpm::installed(root)
+    }
+
+    fn clean_caches(&self, root: &GuestRoot) -> Result<()> {
+        // What `zypper clean --all` removes: packages, raw metadata, solv caches.
+        empty_caches(root, &["/var/cache/zypp/packages", "/var/cache/zypp/raw", "/var/cache/zypp/solv"])
+    }
+
+    fn repository_files(&self, root: &GuestRoot) -> Result<Vec<PathBuf>> {
+        let mut names = root.read_dir(Path::new(REPOS)).context("listing /etc/zypp/repos.d")?;
+        names.sort();
+        Ok(names.into_iter().filter(|n| n.to_string_lossy().ends_with(".repo")).map(|n| Path::new(REPOS).join(n)).collect())
+    }
+
+    fn locked_spec(&self, requested: &str, locked: &Package) -> String {
+        if requested == locked.name {
+            // zypper reads NAME-EDITION.ARCH; the epoch goes in the edition.
+            nevra(locked)
+        } else {
+            requested.to_string()
+        }
+    }
+
+    fn lock_files(&self, _pins: &PackagePins) -> Vec<(PathBuf, String)> {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::FakeChroot;
+    use super::super::{apply_step, StepState};
+    use super::*;
+    use crate::manifest::Packages;
+
+    #[test]
+    fn command_lines_of_a_step() {
+        let mut c = FakeChroot::new();
+        let uid = rustix::process::geteuid().as_raw();
+        let gid = rustix::process::getegid().as_raw();
+        c.root.write(Path::new("/etc/zypp/repos.d/kubernetes.repo"), b"[kubernetes]\n", 0o644, uid, gid).unwrap();
+        let step = Packages { install: vec!["kubelet-1.30.0".into(), "jq".into()], remove: vec!["nano".into()], hold: vec!["kubelet".into()], ..Default::default() };
+        let e = apply_step(&mut Zypper, &mut c, &step, &mut StepState::default(), None).unwrap_err().to_string();
+        // The fake runs nothing: the lock is not there afterwards, and kib says so.
+        assert_eq!(e, "zypper addlock: kubelet not in /etc/zypp/locks afterwards");
+        assert_eq!(
+            c.log(),
+            [
+                "env SYSTEMD_OFFLINE=1 zypper --non-interactive refresh",
+                "env SYSTEMD_OFFLINE=1 zypper --non-interactive install --oldpackage --no-recommends kubelet-1.30.0 jq",
+                "env SYSTEMD_OFFLINE=1 zypper --non-interactive remove nano",
+                "env SYSTEMD_OFFLINE=1 zypper --non-interactive addlock kubelet",
+            ]
+        );
+        assert_eq!(c.rewritten, [PathBuf::from("/etc/zypp/repos.d/kubernetes.repo")]);
+        c.root.write(Path::new(rpm::ZYPP_LOCKS), b"type: package\nmatch_type: glob\ncase_sensitive: on\nsolvable_name: kubelet\n", 0o644, uid, gid).unwrap();
+        Zypper.hold(&mut c, &["kubelet".into()], None).unwrap();
+        let step = Packages { install: vec!["chrony".into()], recommends: true, update: Some(false), ..Default::default() };
+        apply_step(&mut Zypper, &mut c, &step, &mut StepState::default(), None).unwrap();
+        assert_eq!(c.log().last().unwrap(), "env SYSTEMD_OFFLINE=1 zypper --non-interactive install --oldpackage chrony");
+    }
+}
