@@ -231,8 +231,8 @@ fn resolve(mut loader: Loader<'_>, path: &Path, overrides: &[String]) -> Result<
     }
     let variables = Vars(variables);
     for step in &loader.steps {
-        if let Some(k) = step.when.variables.keys().find(|k| !variables.0.contains_key(*k)) {
-            return Err(invalid(&step.origin, format!("step `{}`: `when.variables` names `{k}`, which no file declares", step.name)));
+        if let Some(k) = step.when.variables.keys().find(|k| !variables.0.contains_key(*k) && !vars::BUILTIN.contains(&k.as_str())) {
+            return Err(invalid(&step.origin, format!("step `{}`: `when.variables` names `{k}`, which no file declares (nor is it a builtin fact)", step.name)));
         }
     }
     // Check every reference now, with placeholders for the facts Phase 0 provides.

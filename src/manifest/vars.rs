@@ -5,7 +5,7 @@ use indexmap::IndexMap;
 /// Variables kib provides: the image's Debian-style architecture (`amd64`, `arm64`) and its
 /// os-release `ID`, `VERSION_ID` and `VERSION_CODENAME` (known once Phase 0 has looked at it),
 /// kib's version, the build's start date (UTC, RFC 3339) and the manifest's name.
-pub const BUILTIN: &[&str] = &["arch", "os_id", "os_version_id", "os_codename", "kib_version", "build_date", "manifest_name"];
+pub const BUILTIN: &[&str] = &["arch", "os_id", "os_version_id", "os_codename", "os_family", "package_format", "kib_version", "build_date", "manifest_name"];
 
 /// A set of variables: name to value.
 #[derive(Debug, Clone, Default)]
