@@ -195,9 +195,9 @@ fn el_fixture_node_through_k8s_1_30_then_lock() {
     for name in ["kubelet", "kubeadm", "kubectl", "kubernetes-cni", "cri-tools"] {
         assert!(locks.lines().any(|l| l.starts_with(&format!("{name}-0:"))), "{name} not versionlocked:\n{locks}");
     }
-    let repo = m.read("/etc/yum.repos.d/kubernetes.repo");
-    assert!(repo.contains("baseurl=https://pkgs.k8s.io/core:/stable:/v1.30/rpm/\n") && repo.contains("gpgcheck=1\n"), "{repo}");
-    assert!(repo.contains("gpgkey=file:///etc/pki/rpm-gpg/kubernetes.asc\n") && repo.contains("exclude=kubelet kubeadm kubectl cri-tools kubernetes-cni\n"), "{repo}");
+    let k8s_repo = m.read("/etc/yum.repos.d/kubernetes.repo");
+    assert!(k8s_repo.contains("baseurl=https://pkgs.k8s.io/core:/stable:/v1.30/rpm/\n") && k8s_repo.contains("gpgcheck=1\n"), "{k8s_repo}");
+    assert!(k8s_repo.contains("gpgkey=file:///etc/pki/rpm-gpg/kubernetes.asc\n") && k8s_repo.contains("exclude=kubelet kubeadm kubectl cri-tools kubernetes-cni\n"), "{k8s_repo}");
     assert!(m.read("/etc/pki/rpm-gpg/kubernetes.asc").contains("BEGIN PGP PUBLIC KEY BLOCK"));
     // The key is in the rpmdb (rpm --import): two gpg-pubkey entries now, the distribution's
     // and pkgs.k8s.io's fixture key.
@@ -206,7 +206,7 @@ fn el_fixture_node_through_k8s_1_30_then_lock() {
     // The mirror was for the build only.
     let rocky = m.read("/etc/yum.repos.d/rocky.repo");
     assert!(rocky.contains("https://dl.rockylinux.org/") && !rocky.contains("127.0.0.1"), "{rocky}");
-    assert!(!repo.contains("127.0.0.1"));
+    assert!(!k8s_repo.contains("127.0.0.1"));
     // containerd from the (fixture) release tarball; containerd and kubelet enabled.
     assert!(std::fs::metadata(m.path("/usr/local/bin/containerd")).is_ok());
     for unit in ["kubelet.service", "containerd.service"] {
@@ -302,8 +302,8 @@ fn sles_fixture_node_through_zypper() {
     for name in ["kubelet", "kubeadm", "kubectl"] {
         assert!(locks.contains(&format!("solvable_name: {name}\n")), "{name} not locked:\n{locks}");
     }
-    let repo = m.read("/etc/zypp/repos.d/kubernetes.repo");
-    assert!(repo.contains("gpgcheck=1\n") && repo.contains("baseurl=https://pkgs.k8s.io/core:/stable:/v1.30/rpm/\n"), "{repo}");
+    let k8s_repo = m.read("/etc/zypp/repos.d/kubernetes.repo");
+    assert!(k8s_repo.contains("gpgcheck=1\n") && k8s_repo.contains("baseurl=https://pkgs.k8s.io/core:/stable:/v1.30/rpm/\n"), "{k8s_repo}");
     for unit in ["kubelet.service", "containerd.service"] {
         assert!(std::fs::symlink_metadata(m.path(&format!("/etc/systemd/system/multi-user.target.wants/{unit}"))).is_ok(), "{unit} not enabled");
     }

@@ -256,7 +256,8 @@ pub fn rewrite_urls(text: &str, mirrors: &MirrorMap) -> String {
     for line in text.split_inclusive('\n') {
         let mut rest = line;
         while let Some(i) = rest.find("://") {
-            let start = rest[..i].rfind(|c: char| c.is_whitespace() || c == '[' || c == ']').map_or(0, |p| p + 1);
+            // `=` too: a .repo file's `baseurl=https://...`.
+            let start = rest[..i].rfind(|c: char| c.is_whitespace() || c == '[' || c == ']' || c == '=').map_or(0, |p| p + 1);
             let end = rest[i..].find(|c: char| c.is_whitespace() || c == ']').map_or(rest.len(), |p| i + p);
             out.push_str(&rest[..start]);
             out.push_str(&mirrors.resolve(&rest[start..end]));
@@ -356,5 +357,7 @@ mod tests {
         );
         let deb822 = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n";
         assert_eq!(rewrite_urls(deb822, &m), "Types: deb\nURIs: http://127.0.0.1:8080/debian\nSuites: bookworm\n");
+        let repo = "[kubernetes]\nbaseurl=https://pkgs.k8s.io/core:/stable:/v1.30/rpm/\ngpgkey=file:///etc/pki/rpm-gpg/kubernetes.asc\n";
+        assert_eq!(rewrite_urls(repo, &m), "[kubernetes]\nbaseurl=http://127.0.0.1:8080/pkgs/core:/stable:/v1.30/rpm/\ngpgkey=file:///etc/pki/rpm-gpg/kubernetes.asc\n");
     }
 }
