@@ -238,7 +238,9 @@ impl PackageManager for Dnf {
         let mut argv = vec!["env", "SYSTEMD_OFFLINE=1", self.tool, "-y", "-q", "--disablerepo=*", "versionlock", "add"];
         argv.extend(names.iter().map(String::as_str));
         c.run(&argv, &format!("{} versionlock add (every package)", self.tool), timeout)?;
-        Ok(())
+        // dnf writes its installed-package cache (@System.solv) even without repositories: sysprep
+        // emptied the caches before this, so empty them again.
+        self.clean_caches(c.root())
     }
 
     fn installed(&self, root: &GuestRoot) -> Result<Vec<Package>> {
