@@ -67,7 +67,8 @@ pub fn parse_query(text: &str) -> Result<Vec<Package>> {
         let none = |s: &str| (s != "(none)" && !s.is_empty()).then(|| s.to_string());
         let epoch: u32 = f[1].parse().with_context(|| format!("rpm -qa output line {}: epoch {:?} is not a number", i + 1, f[1]))?;
         // The source RPM's name: `iptables-1.8.10-4.el9_4.src.rpm` → `iptables`.
-        let source = none(f[5]).map(|s| source_name(&s));
+        // Kept only when it differs from the name, as for dpkg.
+        let source = none(f[5]).map(|s| source_name(&s)).filter(|s| s != f[0]);
         out.push(Package {
             name: f[0].to_string(),
             kind: PackageKind::Rpm,
@@ -357,6 +358,7 @@ mod tests {
         // A legacy Fedora tag is kept as declared, with no SPDX expression.
         assert_eq!((p[0].license.as_ref().unwrap().spdx.as_deref(), p[0].license.as_ref().unwrap().declared.as_slice()), (None, &["GPLv2".to_string()][..]));
         assert_eq!(p[2].release.as_deref(), Some("150500.1.1"));
+        assert_eq!(p[2].source, None);
         assert_eq!(p[2].kind, PackageKind::Rpm);
         let json = serde_json::to_value(&p[2]).unwrap();
         assert_eq!(json["kind"], "rpm");
