@@ -102,7 +102,7 @@ fn a_url_build_resumes_a_cut_download_then_builds_from_the_cache_with_the_server
     assert!(b.input.path.starts_with(&cache), "{:?}", b.input.path);
     assert!(tmp.path().join("out1/bench-overhead.qcow2").is_file());
     assert_nothing_left(&tmp.path().join("work"));
-    assert_eq!(cached_files(&cache).iter().filter(|f| f.contains("/tmp/")).count(), 0);
+    assert!(std::fs::read_dir(cache.join("tmp")).unwrap().next().is_none(), "a temporary download left in the cache");
 
     // The server is gone: the second build reads the list and the image from the cache.
     drop(server);
@@ -213,9 +213,10 @@ fn bad_urls_say_what_is_wrong_and_leave_nothing() {
     assert_failed_cleanly(tmp.path(), &cache);
 
     // A connection cut for good, by a server that cannot resume: the byte count is named.
+    // Back to the real image.
     drop(server);
-    std::fs::write(www.join("img/SHA256SUMS"), format!("{tampered}  node.raw\n")).unwrap();
-    let _ = std::fs::remove_dir_all(cache.join("sums"));
+    bytes[(1 << 20) + 1024] ^= 0xff;
+    std::fs::write(www.join("img/node.raw"), &bytes).unwrap();
     let server = MirrorServer::start_with(&www, Behaviour { cut_after: Some(5 << 20), cut_times: u32::MAX, ranges: false, ..Default::default() });
     let url = format!("{}/img/node.raw", server.url());
     let (ok, err) = customize_url(&url, tmp.path(), "out", &cache, &["--fetch-retries", "1"]);

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 /// How the server misbehaves. The default is a well-behaved server.
 #[derive(Debug, Clone)]
 pub struct Behaviour {
-    /// Cut the connection after sending this many bytes of a body...
+    /// Cut the connection after sending this many bytes of a body (longer than that)...
     pub cut_after: Option<u64>,
     /// ...for this many responses (then serve normally).
     pub cut_times: u32,
@@ -132,7 +132,8 @@ fn serve(mut conn: TcpStream, root: &Path, reqs: &Mutex<Vec<String>>, rngs: &Mut
         }
         None => write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n")?,
     }
-    match cut {
+    let remaining = len - start.unwrap_or(0);
+    match cut.filter(|&n| n < remaining) {
         Some(n) => {
             std::io::copy(&mut f.take(n), &mut conn)?;
             beh.lock().unwrap().cut_times -= 1;
