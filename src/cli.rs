@@ -89,13 +89,27 @@ pub struct FetchOptions {
     /// it exists.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// How many times a download that fails without progress (408, 429 or 5xx answers,
+    /// connection resets, time-outs) is retried, waiting 1, 2, 4, … s (or the server's
+    /// Retry-After). A transfer that was cut after making progress resumes where it stopped (HTTP
+    /// Range) without using one up. 0: no retries, and no resume.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub fetch_retries: u32,
 }
 
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     /// The manifest whose downloads to fetch.
-    #[arg(long, value_name = "PATH")]
-    pub manifest: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "disk_image")]
+    pub manifest: Option<PathBuf>,
+    /// Also fetch this base image (an http://, https:// or file:// URL) into the cache, verified
+    /// as `kib customize --disk-image URL` verifies it, so that a build from the same URL (with
+    /// --offline too) downloads nothing.
+    #[arg(long, value_name = "URL")]
+    pub disk_image: Option<String>,
+    /// The SHA-256 the --disk-image must have, instead of a checksum list beside it.
+    #[arg(long, value_name = "HEX", requires = "disk_image")]
+    pub disk_image_sha256: Option<String>,
     /// Override a manifest variable, as for customize.
     #[arg(long, value_name = "NAME=VALUE")]
     pub set: Vec<String>,
@@ -108,9 +122,16 @@ pub struct FetchArgs {
 
 #[derive(Debug, Args)]
 pub struct CustomizeArgs {
-    /// The input disk image: raw, qcow2, or anything qemu-img reads. It is never modified.
-    #[arg(long, value_name = "PATH")]
+    /// The input disk image: raw, qcow2, or anything qemu-img reads. It is never modified. A
+    /// local path, or an http://, https:// or file:// URL: then it is downloaded through the
+    /// mirror map and the cache, and verified before use against --disk-image-sha256, or else
+    /// the first of SHA256SUMS, sha256sum.txt, SHA512SUMS and CHECKSUM in the URL's directory
+    /// that names it (GNU or BSD format). A second build from the same URL downloads nothing.
+    #[arg(long, value_name = "PATH|URL")]
     pub disk_image: PathBuf,
+    /// The SHA-256 (64 hex digits) a --disk-image URL must have; no checksum list is fetched.
+    #[arg(long, value_name = "HEX")]
+    pub disk_image_sha256: Option<String>,
     /// The manifest (YAML, apiVersion kib/v1, kind ImageManifest).
     #[arg(long, value_name = "PATH", required_unless_present = "release_channel", conflicts_with = "release_channel")]
     pub manifest: Option<PathBuf>,
@@ -129,8 +150,9 @@ pub struct CustomizeArgs {
     /// Override a manifest variable: --set kubernetes_version=1.30.6. Repeatable.
     #[arg(long, value_name = "NAME=VALUE")]
     pub set: Vec<String>,
-    /// Do not check the image against the SHA256SUMS or sha256sum.txt beside it.
-    #[arg(long)]
+    /// Do not check the image against the SHA256SUMS or sha256sum.txt beside it (for a URL:
+    /// against any checksum list).
+    #[arg(long, conflicts_with = "disk_image_sha256")]
     pub no_verify: bool,
     /// Where the per-run work directory (holding the raw working copy) is created.
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]

@@ -8,12 +8,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indexmap::IndexMap;
 
 use crate::bom::{Bom, Continuation, ManifestRecord};
 use crate::cli::CustomizeArgs;
 use crate::context::{BuildContext, Phase, PhaseSet};
+use crate::fetch::image::{self, Check, FetchedImage};
+use crate::fetch::{redact, Fetcher};
 use crate::format::{Format, Qcow2Compression};
 use crate::lock::Lock;
 use crate::manifest::{self, Manifest};
@@ -38,8 +40,8 @@ impl Plan {
     /// Checks the arguments against each other and the manifest.
     ///
     /// Errors: a missing or bad manifest, contradicting options (`--format` or `--disk-size` or
-    /// `--lock` with a phase left out that they belong to), a bad output name, a missing image,
-    /// or an output that would land on the input image.
+    /// `--lock` with a phase left out that they belong to), a bad output name, a missing image
+    /// (a URL is fetched later, by [`input_file`]).
     pub fn new(args: &CustomizeArgs) -> Result<Plan> {
         let manifest_path = match (&args.manifest, &args.release_channel) {
             (Some(p), _) => p.clone(),
@@ -78,21 +80,37 @@ impl Plan {
             tracing::info!("{}: disk.size is not applied: Phase 0, which grows the disk, is left out", manifest.path.display());
             disk_size = None;
         }
-        if formats.contains(&Format::Vhd) && disk_size.is_none() && args.disk_image.is_file() {
-            // Azure takes only whole MiB: round an odd-sized disk up (disk sizes are already whole).
-            let size = phase0::workcopy::inspect(&args.disk_image)?.virtual_size;
+        let is_url = args.disk_image.to_str().is_some_and(image::is_url);
+        if !is_url && !args.disk_image.exists() {
+            bail!("disk image {} not found", args.disk_image.display());
+        }
+        if args.disk_image_sha256.is_some() && !is_url {
+            bail!("--disk-image-sha256 pins a --disk-image URL; {} is a local file (its SHA256SUMS beside it is used)", args.disk_image.display());
+        }
+        let mut plan = Plan { manifest, phases, formats, compression, name, disk_size };
+        if !is_url {
+            plan.fit_input(&args.disk_image)?;
+        }
+        Ok(plan)
+    }
+
+    /// Adjusts the plan to the input file: a vhd output needs a disk of whole MiB, so an odd
+    /// size is rounded up (disk sizes from `disk.size` are whole already).
+    ///
+    /// Errors: the input is no image qemu-img reads, or it needs growing and Phase 0 is left out.
+    pub fn fit_input(&mut self, input: &Path) -> Result<()> {
+        let phases = self.phases;
+        if self.formats.contains(&Format::Vhd) && self.disk_size.is_none() && input.is_file() {
+            let size = phase0::workcopy::inspect(input)?.virtual_size;
             if size % (1 << 20) != 0 {
                 if !phases.contains(Phase::Base) {
                     bail!("vhd needs a disk of whole MiB and this one has {size} bytes; growing it is Phase 0's, which --phases {phases} leaves out");
                 }
                 tracing::info!("vhd: rounding the disk up from {size} bytes to a whole MiB");
-                disk_size = Some(size.div_ceil(1 << 20) << 20);
+                self.disk_size = Some(size.div_ceil(1 << 20) << 20);
             }
         }
-        if !args.disk_image.exists() {
-            bail!("disk image {} not found", args.disk_image.display());
-        }
-        Ok(Plan { manifest, phases, formats, compression, name, disk_size })
+        Ok(())
     }
 
     /// The files the run will write into the output folder: the images, bom.json, with Phase 2
@@ -115,30 +133,39 @@ pub fn run(args: &CustomizeArgs) -> Result<ExitCode> {
     super::mounting_as_root("customize")?;
     let ctx = BuildContext::now();
     let t0 = Instant::now();
-    let plan = Plan::new(args)?;
-    let (manifest, phases) = (&plan.manifest, plan.phases);
-    let outputs: Vec<PathBuf> = plan.outputs().iter().map(|f| args.output_dir.join(f)).collect();
-    crate::input::refuse_outputs_on_input(&args.disk_image, &outputs)?;
+    let mut plan = Plan::new(args)?;
     let mut fetcher = super::fetcher(&args.fetch)?;
     let lock = args.lock.as_deref().map(Lock::load).transpose()?;
     if let Some(lock) = &lock {
         tracing::info!("--lock {}: {} packages and {} downloads pinned", lock.path.display(), lock.packages.packages.len(), lock.downloads.sums.len());
         fetcher.pins = Some(Arc::new(lock.downloads.clone()));
     }
+    let (input, fetched) = input_file(args, &fetcher, lock.as_ref())?;
+    if fetched.is_some() {
+        plan.fit_input(&input)?;
+    }
+    let (manifest, phases) = (&plan.manifest, plan.phases);
+    let outputs: Vec<PathBuf> = plan.outputs().iter().map(|f| args.output_dir.join(f)).collect();
+    crate::input::refuse_outputs_on_input(&input, &outputs)?;
     phase2::ensure_output_dir(&args.output_dir)?;
     tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
 
     // Phase 0
     let mut image = phase0::run(&phase0::Options {
-        image: args.disk_image.clone(),
-        verify: phases.contains(Phase::Base) && !args.no_verify,
+        image: input.clone(),
+        // A URL input was verified when it was fetched.
+        verify: phases.contains(Phase::Base) && !args.no_verify && fetched.is_none(),
         work_base: args.work_dir.clone(),
         cache_dir: Some(fetcher.cache_dir.clone()),
         read_only: false,
         grow_to: plan.disk_size,
     })?;
+    if let Some(f) = &fetched {
+        image.input.url = Some(f.fetched.url.clone());
+        image.input.verified_against = f.verified_against.clone();
+    }
     let phase0_s = t0.elapsed().as_secs_f64();
-    let continuation = Continuation::find(&args.disk_image, &image.input.sha256);
+    let continuation = Continuation::find(&input, &image.input.sha256);
     let ctx = match &continuation {
         Some(c) => {
             tracing::info!(
@@ -219,6 +246,31 @@ pub fn run(args: &CustomizeArgs) -> Result<ExitCode> {
         files.iter().map(|f| Path::new(&args.output_dir).join(f).display().to_string()).collect::<Vec<_>>().join(" ")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The local file to build from: `--disk-image` itself, or for a URL its verified copy in the
+/// cache (downloaded first when the cache lacks it; see [`crate::fetch::image`]), with what was
+/// fetched. The copy's SHA-256 is recorded for Phase 0, which then does not hash it again.
+///
+/// Errors: as [`crate::fetch::Fetcher::fetch_image`]; `--disk-image-sha256` and a `--lock`
+/// that disagree.
+pub fn input_file(args: &CustomizeArgs, fetcher: &Fetcher, lock: Option<&Lock>) -> Result<(PathBuf, Option<FetchedImage>)> {
+    let Some(url) = args.disk_image.to_str().filter(|s| image::is_url(s)) else {
+        return Ok((args.disk_image.clone(), None));
+    };
+    let locked = lock.and_then(|l| l.input.as_ref().filter(|(u, _)| *u == redact(url)).map(|(_, sum)| (l, sum)));
+    let check = match (&args.disk_image_sha256, locked) {
+        (Some(pin), Some((l, sum))) if !pin.eq_ignore_ascii_case(sum) => {
+            bail!("--disk-image-sha256 {pin} and --lock {} (sha256 {sum}) disagree about {}", l.path.display(), redact(url))
+        }
+        (Some(pin), _) => Check::Pinned { sha256: pin.clone(), by: "--disk-image-sha256".into() },
+        (None, Some((l, sum))) => Check::Pinned { sha256: sum.clone(), by: format!("--lock {}", l.path.display()) },
+        (None, None) if args.no_verify => Check::Unverified,
+        (None, None) => Check::Lists,
+    };
+    let got = fetcher.fetch_image(url, &check).with_context(|| format!("fetching the base image {}", redact(url)))?;
+    phase0::verify::InputCache::new(&fetcher.cache_dir).store(&got.fetched.path, &got.fetched.sha256);
+    Ok((got.fetched.path.clone(), Some(got)))
 }
 
 fn round(s: f64) -> f64 {

@@ -1,23 +1,42 @@
-//! `kib fetch`: downloads every artifact of a manifest (whose `when.arch` matches) into the
-//! cache, for air-gapped builds with `--offline`, and prints each with its SHA-256.
+//! `kib fetch`: downloads every artifact of a manifest (whose `when.arch` matches), and with
+//! `--disk-image URL` the base image (verified as `kib customize` verifies it), into the cache,
+//! for air-gapped builds with `--offline`, and prints each with its SHA-256.
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::cli::FetchArgs;
 use crate::context::BuildContext;
+use crate::fetch::image::{self, Check};
+use crate::fetch::redact;
 use crate::phase0::facts::{self, Facts};
 use crate::{manifest, out, phase1};
 
 pub fn run(args: &FetchArgs) -> Result<ExitCode> {
-    let manifest = manifest::load(&args.manifest, &args.set)?;
     let fetcher = super::fetcher(&args.fetch)?;
+    let mut count = 0;
+    if let Some(url) = &args.disk_image {
+        if !image::is_url(url) {
+            bail!("--disk-image {url}: kib fetch takes an http://, https:// or file:// URL (a local image needs no fetching)");
+        }
+        let check = match &args.disk_image_sha256 {
+            Some(pin) => Check::Pinned { sha256: pin.clone(), by: "--disk-image-sha256".into() },
+            None => Check::Lists,
+        };
+        let got = fetcher.fetch_image(url, &check).with_context(|| format!("fetching the base image {}", redact(url)))?;
+        count += 1;
+        let against = got.verified_against.as_deref().unwrap_or("nothing");
+        out::line(format!("{}  {}  ({}, verified against {against})", got.fetched.sha256, got.fetched.url, got.fetched.source));
+    }
+    let Some(manifest_path) = &args.manifest else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let manifest = manifest::load(manifest_path, &args.set)?;
     let arch = args.arch.clone().unwrap_or_else(|| facts::host_arch().to_string());
     let facts = Facts { arch, ..Default::default() };
     let vars = phase1::step_vars(&manifest, &facts, &BuildContext::now());
     let mut failed = Vec::new();
-    let mut count = 0;
     for step in manifest.steps.iter().filter(|s| s.when.arch.is_empty() || s.when.arch.contains(&facts.arch)) {
         if !step.when.variables.iter().all(|(k, v)| vars.0.get(k) == Some(v)) {
             continue;

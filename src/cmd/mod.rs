@@ -33,6 +33,8 @@ pub fn mounting_as_root(subcommand: &str) -> Result<()> {
 
 /// The fetcher the options and the configuration file describe (see [`Config::fetcher`]).
 pub fn fetcher(opts: &FetchOptions) -> Result<Fetcher> {
-    Config::load(opts.config.as_deref())?.fetcher(&opts.mirror, opts.cache_dir.as_deref(), opts.offline)
+    let mut f = Config::load(opts.config.as_deref())?.fetcher(&opts.mirror, opts.cache_dir.as_deref(), opts.offline)?;
+    f.retry.retries = opts.fetch_retries;
+    Ok(f)
 }
 

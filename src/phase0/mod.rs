@@ -65,13 +65,18 @@ pub struct Options {
 /// The input image as the BOM records it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InputRecord {
+    /// The file Phase 0 read: the local input, or for a URL input its copy in kib's cache.
     pub path: PathBuf,
+    /// The URL the image was downloaded from (`--disk-image URL`), credentials removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     pub sha256: String,
     pub format: String,
     pub virtual_size: u64,
-    /// The checksum list the image was verified against, if any.
+    /// What the image was verified against, if anything: the checksum list's path or URL
+    /// (credentials removed), or the pin (`--disk-image-sha256`, `--lock FILE`).
     #[serde(default)]
-    pub verified_against: Option<PathBuf>,
+    pub verified_against: Option<String>,
     /// `read` when kib hashed the file in this run, `cache` when the file was unchanged since a
     /// run that did (see [`verify::InputCache`]).
     #[serde(default)]
@@ -154,6 +159,7 @@ impl Image {
         let mut image = Image {
             input: InputRecord {
                 path: std::path::absolute(input).unwrap_or_else(|_| input.clone()),
+                url: None,
                 sha256: String::new(),
                 format: format.format.clone(),
                 virtual_size: format.virtual_size,
@@ -202,7 +208,7 @@ impl Image {
                 );
             }
             tracing::info!("verified {} against {}", input.display(), e.list.display());
-            image.input.verified_against = Some(e.list);
+            image.input.verified_against = Some(e.list.display().to_string());
         }
         tracing::info!("working copy ready ({}, {} bytes) in {:.1?}", format.format, format.virtual_size, t.elapsed());
         image.table = partition::read(&image.disk).with_context(|| format!("reading the partition table of {}", input.display()))?;
