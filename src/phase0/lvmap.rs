@@ -195,7 +195,7 @@ pub fn private_system_dir(work: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir.join("lock")).with_context(|| format!("creating lvm's private folder {}", dir.display()))?;
     let conf = dir.join("lvm.conf");
     if !conf.exists() {
-        std::fs::write(&conf, "# kib: lvm reads no host configuration\n").with_context(|| format!("writing {}", conf.display()))?;
+        std::fs::write(&conf, "").with_context(|| format!("writing {}", conf.display()))?;
     }
     Ok(dir)
 }
