@@ -112,7 +112,7 @@ fn lvm_selinux_fixture_through_the_node_manifest_beside_a_host_vg_of_the_same_na
         (&root_mnt, "", "/etc/hosts"),
         (&root_mnt, "", "/var"),
         (&var_mnt, "/var", "/lib/dpkg/status"),
-        (&var_mnt, "/var", "/lib/containerd"),
+        (&var_mnt, "/var", "/lib/dpkg/info/containerd.list"),
     ] {
         let image_path = format!("{prefix}{path}");
         let have = label(&mnt.path(path));
