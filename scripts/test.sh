@@ -16,6 +16,12 @@ KIB_BASE_IMAGE=$(bash scripts/make-base-image.sh | tail -n 1)
 export KIB_BASE_IMAGE
 KIB_BASE_IMAGE_ARM64=$(bash testdata/arm64/make-image.sh | tail -n 1)
 export KIB_BASE_IMAGE_ARM64
+# The LVM and SELinux FIXTURES the tests use (tests/lvm.rs, tests/crash.rs): only the LVM+SELinux image and the
+# tiny metadata-only bad layouts, cached in /var/cache/kib/lvm under the script's sha256.
+KIB_LVM_FIXTURE_DIR=/var/cache/kib/lvm
+bash testdata/lvm/make-lvm-image.sh --output-dir "$KIB_LVM_FIXTURE_DIR" --variant lvm-selinux --variant tiny-missing-pv \
+    --variant tiny-striped --variant tiny-thin --variant tiny-snapshot --variant tiny-noncontig >/dev/null
+export KIB_LVM_FIXTURE_DIR
 cargo test --release --locked --no-fail-fast "$@"
 
 # Then fuzz the input parsers briefly: KIB_FUZZ_SECONDS per target (default 30; 0 skips). The

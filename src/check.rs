@@ -22,6 +22,28 @@ pub struct Check {
     pub detail: String,
 }
 
+/// SELinux: when the image runs it, a dry run of setfiles with its own file_contexts must find
+/// nothing to relabel (see [`crate::selinux::verify`]). Nothing to check without SELinux.
+///
+/// Errors: setfiles missing or failing.
+pub fn selinux_labels(image: &crate::phase0::Image) -> anyhow::Result<Vec<Check>> {
+    let mut out = Vec::new();
+    match crate::selinux::detect(image.root()) {
+        Ok(None) => {}
+        Err(e) => check(&mut out, "SELinux policy has file contexts", false, format!("{e:#}")),
+        Ok(Some(policy)) => {
+            let t = std::time::Instant::now();
+            let would = crate::selinux::verify(image.sys(), image.root(), &image.root_dir, &image.filesystems, &policy, image.work_dir())?;
+            let mut detail = format!("policy {} ({}), dry run {:.1} s", policy.name, policy.mode, t.elapsed().as_secs_f64());
+            if !would.is_empty() {
+                detail = format!("{detail}; {} file(s) would be relabelled: {}", would.len(), would.iter().take(5).cloned().collect::<Vec<_>>().join("; "));
+            }
+            check(&mut out, "SELinux labels match file_contexts", would.is_empty(), detail);
+        }
+    }
+    Ok(out)
+}
+
 fn check(out: &mut Vec<Check>, name: impl Into<String>, ok: bool, detail: impl Into<String>) {
     out.push(Check { name: name.into(), ok, detail: detail.into() });
 }

@@ -244,6 +244,7 @@ fn die_with_parent(cmd: &mut Command) {
 
 /// Runs a host tool and returns its standard output. Errors carry its standard error.
 pub fn capture(cmd: &mut Command, what: &str) -> Result<String, ExecError> {
+    die_with_parent(cmd);
     let out = cmd.stdin(Stdio::null()).output().map_err(|source| ExecError::Spawn { what: what.into(), source })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

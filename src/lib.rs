@@ -31,5 +31,6 @@ pub mod phase0;
 pub mod phase1;
 pub mod phase2;
 pub mod pkg;
+pub mod selinux;
 pub mod sys;
 pub mod workdir;

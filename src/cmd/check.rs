@@ -30,7 +30,8 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
         None => BuildContext::now(),
     };
     let image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: false, work_base: args.work_dir.clone(), cache_dir: None, read_only: true, grow_to: None })?;
-    let checks = crate::check::run(image.root(), &image.facts, &ctx, manifest.as_ref(), bom.as_ref())?;
+    let mut checks = crate::check::run(image.root(), &image.facts, &ctx, manifest.as_ref(), bom.as_ref())?;
+    checks.extend(crate::check::selinux_labels(&image)?);
     image.close()?;
     let failed = checks.iter().filter(|c| !c.ok).count();
     match args.output {

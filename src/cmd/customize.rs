@@ -165,6 +165,12 @@ pub fn run(args: &CustomizeArgs) -> Result<ExitCode> {
         image.input.verified_against = f.verified_against.clone();
     }
     let phase0_s = t0.elapsed().as_secs_f64();
+    if phases.contains(Phase::Artifacts) && !manifest.sysprep.skip.iter().any(|s| s == crate::selinux::SKIP_NAME) {
+        // An SELinux image kib could not label fails now, not after Phase 1.
+        if let Err(e) = crate::selinux::detect(image.root()) {
+            return Err(e.context(format!("{}: checking the image's SELinux policy before customizing it", input.display())));
+        }
+    }
     let continuation = Continuation::find(&input, &image.input.sha256);
     let ctx = match &continuation {
         Some(c) => {
@@ -228,6 +234,8 @@ pub fn run(args: &CustomizeArgs) -> Result<ExitCode> {
         kernels: image.facts.kernels.clone(),
         partition_table: image.table.kind_name().to_string(),
         filesystems: image.filesystems.clone(),
+        volume_groups: image.volume_groups.clone(),
+        selinux: p2.selinux.clone(),
         disk_growth: image.growth.clone(),
         locked_from: args.lock.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
         packages: p2.packages,

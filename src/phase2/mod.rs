@@ -46,6 +46,8 @@ pub struct Phase2Output {
     pub emulation: Option<EmulationRecord>,
     /// The images written into the staging folder, with their SHA-256.
     pub artifacts: Vec<Artifact>,
+    /// The SELinux labelling, when the image has SELinux.
+    pub selinux: Option<crate::selinux::SelinuxRecord>,
 }
 
 /// Runs Phase 2 on `image` with the session `p1` left open: sysprep (when Phase 2 runs and the
@@ -75,6 +77,9 @@ pub fn run(image: &mut Image, p1: Phase1Output, manifest: &Manifest, ctx: &Build
         }
         emulation = open.close()?;
     }
+    // After the last write into the tree (the steps, sysprep's rewrites of /etc/hosts and
+    // dpkg's status, the session's restored files), before the package list and fstrim.
+    let selinux = if artifacts_phase { label(image, manifest)? } else { None };
     let packages = match &manager {
         Some(m) => m.installed(image.root())?,
         None => crate::pkg::installed(image.root())?,
@@ -91,7 +96,28 @@ pub fn run(image: &mut Image, p1: Phase1Output, manifest: &Manifest, ctx: &Build
         ovf: opts.formats.contains(&Format::Ova).then(|| ova::OvfInfo::for_image(image, manifest, &packages, &ctx.build_date)),
     };
     let artifacts = convert::convert_all(&image.disk, staging, &opts.name, &opts.formats, &plan)?;
-    Ok(Phase2Output { sysprep, packages, emulation, artifacts })
+    Ok(Phase2Output { sysprep, packages, emulation, artifacts, selinux })
+}
+
+/// Labels the tree with the image's SELinux policy when it has one (see [`crate::selinux`]);
+/// `sysprep.skip: [selinux-relabel]` turns it off (recorded as not relabelled).
+fn label(image: &Image, manifest: &Manifest) -> Result<Option<crate::selinux::SelinuxRecord>> {
+    let skip = manifest.sysprep.skip.iter().any(|s| s == crate::selinux::SKIP_NAME);
+    let policy = match crate::selinux::detect(image.root()) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(None),
+        Err(e) if skip => {
+            tracing::warn!("{e:#} (sysprep.skip has {}: not labelled)", crate::selinux::SKIP_NAME);
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    if skip {
+        tracing::warn!("the image runs SELinux ({}, policy {}) and sysprep.skip has {}: files the steps wrote stay unlabelled", policy.mode, policy.name, crate::selinux::SKIP_NAME);
+        return Ok(Some(crate::selinux::SelinuxRecord { mode: policy.mode, policy: policy.name, relabelled: false, seconds: 0.0 }));
+    }
+    let rec = crate::selinux::relabel(image.sys(), image.root(), &image.root_dir, &image.filesystems, &policy, image.work_dir())?;
+    Ok(Some(rec))
 }
 
 /// Writes `bom.json`, with `sboms` the SPDX and CycloneDX documents, and `SHA256SUMS` (the

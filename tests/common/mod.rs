@@ -162,3 +162,46 @@ pub fn processes_rooted_in(dir: &Path) -> Vec<String> {
         .map(|e| std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default().replace('\0', " "))
         .collect()
 }
+
+/// An image of the LVM fixtures (testdata/lvm/make-lvm-image.sh, cached in
+/// `KIB_LVM_FIXTURE_DIR` or /var/cache/kib/lvm; scripts/test.sh builds the ones the tests use).
+pub fn lvm_fixture(file: &str) -> PathBuf {
+    let dir = std::env::var_os("KIB_LVM_FIXTURE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache/kib/lvm"));
+    let p = dir.join(file);
+    assert!(p.exists(), "LVM fixture {} missing: run testdata/lvm/make-lvm-image.sh (scripts/test.sh does)", p.display());
+    p
+}
+
+/// A volume group of a raw image as lvm reports it, read-only, the way kib reads it (its PV
+/// partition on a read-only loop device of the test's own, a private LVM_SYSTEM_DIR,
+/// `--readonly --devices`): the mapped VG, the PV partition's start in bytes and the pvs rows.
+pub fn read_vg(disk: &Path, partition: u32, tmp: &Path) -> (kib::phase0::lvm::VolumeGroup, u64, Vec<kib::phase0::lvm::PvRow>) {
+    let json: serde_json::Value = serde_json::from_str(&sh(Command::new("sfdisk").arg("--json").arg(disk))).unwrap();
+    let parts = json["partitiontable"]["partitions"].as_array().unwrap();
+    let p = parts.iter().find(|p| p["node"].as_str().unwrap().ends_with(&partition.to_string())).expect("partition listed");
+    let start = p["start"].as_u64().unwrap() * 512;
+    let size = p["size"].as_u64().unwrap() * 512;
+    let dev = sh(Command::new("losetup").args(["--find", "--show", "--read-only", "--offset", &start.to_string(), "--sizelimit", &size.to_string()]).arg(disk));
+    let dev = dev.trim().to_string();
+    let sysdir = kib::phase0::lvmap::private_system_dir(tmp).unwrap();
+    let report = |r| {
+        let out = kib::phase0::lvmap::lvm_command(&sysdir, &kib::phase0::lvm::report_args(r, &[&dev])).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (pvs, lvs) = (report(kib::phase0::lvm::Report::Pvs), report(kib::phase0::lvm::Report::Lvs));
+    sh(Command::new("losetup").arg("-d").arg(&dev));
+    let pvs = kib::phase0::lvm::parse_pvs(&pvs).unwrap();
+    let segs = kib::phase0::lvm::parse_lvs(&lvs).unwrap();
+    let mut vgs = kib::phase0::lvm::map_volume_groups(&pvs, &segs).unwrap();
+    assert_eq!(vgs.len(), 1);
+    (vgs.remove(0), start, pvs)
+}
+
+/// An LV of `disk` mounted read-only (xfs without log recovery) at `dir` through an autoclear
+/// loop device at its byte range; unmounted on drop.
+pub fn mount_lv(disk: &Path, offset: u64, size: u64, fstype: &str, dir: &Path) -> Mounted {
+    std::fs::create_dir_all(dir).unwrap();
+    let opt = if fstype == "xfs" { "norecovery" } else { "noload" };
+    sh(Command::new("mount").args(["-t", fstype, "-o", &format!("ro,{opt},loop,offset={offset},sizelimit={size}")]).arg(disk).arg(dir));
+    Mounted { dir: dir.to_path_buf() }
+}
