@@ -29,6 +29,8 @@ done
 for pkg in lvm2 policycoreutils selinux-utils attr; do
   have_pkg "$pkg" || need+=("$pkg")
 done
+# python3-venv: scripts/k8s-validators.sh makes a venv for PyPI's kubernetes-validate (tests/matrix.rs).
+have_pkg python3-venv || need+=(python3-venv)
 # g++: libfuzzer-sys compiles libFuzzer (C++) for scripts/fuzz.sh.
 have_pkg g++ || need+=(g++)
 # podman and runc: scripts/make-container-image.sh builds kib's container image, and

