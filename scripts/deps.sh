@@ -37,6 +37,8 @@ have_pkg g++ || need+=(g++)
 # tests/container.rs runs builds inside it. Only when podman is missing (a host with podman from
 # elsewhere keeps its own); runc because Debian's podman would otherwise pull in crun as well.
 have_cmd podman || need+=(podman runc)
+# catatonit: `podman kube play` (tests/matrix.rs) builds its pod's infra (pause) image from it.
+have_pkg catatonit || need+=(catatonit)
 # podman's default network on Debian 12 is CNI: without the plugins `podman run` has no network.
 have_pkg containernetworking-plugins || need+=(containernetworking-plugins)
 # qemu-img: keep the preinstalled one (bookworm-backports' 10.x on these machines); install

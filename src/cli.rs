@@ -111,8 +111,8 @@ pub struct MatrixRunArgs {
     pub only: Option<String>,
     /// Only build I of the plan (0-based, as `kib matrix plan` numbers them; with --arch, the
     /// I-th of that architecture's builds): what the pod of a Kubernetes Indexed Job runs, with
-    /// I = $JOB_COMPLETION_INDEX.
-    #[arg(long, value_name = "I")]
+    /// I = $JOB_COMPLETION_INDEX, which it is read from when that is set (a Job's pod).
+    #[arg(long, value_name = "I", env = "JOB_COMPLETION_INDEX")]
     pub index: Option<usize>,
     /// Only the builds of this architecture.
     #[arg(long, value_enum)]

@@ -12,7 +12,8 @@
 //! - **kubernetes**: an Indexed Job per architecture (a Job's pods share one nodeSelector; with
 //!   `--emulate-foreign` one Job for all, on amd64 nodes): `completionMode: Indexed`, one
 //!   completion per build, `parallelism`, `backoffLimitPerIndex`, `ttlSecondsAfterFinished`; its
-//!   pod runs `kib matrix run FILE --arch ARCH --index $(JOB_COMPLETION_INDEX)`.
+//!   pod runs `kib matrix run FILE --arch ARCH`, which takes its index from
+//!   `JOB_COMPLETION_INDEX` (declared from the pod's completion-index annotation).
 //! - **argo**: a Workflow whose one steps template runs every build as a parallel step (limited
 //!   by `parallelism`), each with a `retryStrategy`, through one container template per arch.
 
@@ -404,13 +405,18 @@ fn container(opts: &RenderOptions, command: Vec<String>, env: Vec<EnvVar>, resou
     }
 }
 
-/// The `kib matrix run` command line of a pod.
-fn run_command(matrix: &str, arch: Option<Arch>, index: &str) -> Vec<String> {
+/// The `kib matrix run` command line of a pod. Without `index`, kib reads it from
+/// `JOB_COMPLETION_INDEX` (`$(VAR)` expansion in a command is the kubelet's, which other engines,
+/// such as `podman kube play`, do not do).
+fn run_command(matrix: &str, arch: Option<Arch>, index: Option<&str>) -> Vec<String> {
     let mut c: Vec<String> = ["kib", "matrix", "run", matrix].iter().map(|s| s.to_string()).collect();
     if let Some(a) = arch {
         c.extend(["--arch".into(), a.name().into()]);
     }
-    c.extend(["--index".into(), index.into(), "--output-dir".into(), OUT_DIR.into(), "--cache-dir".into(), CACHE_DIR.into()]);
+    if let Some(i) = index {
+        c.extend(["--index".into(), i.into()]);
+    }
+    c.extend(["--output-dir".into(), OUT_DIR.into(), "--cache-dir".into(), CACHE_DIR.into()]);
     c
 }
 
@@ -469,7 +475,7 @@ pub fn render(plan: &Plan, opts: &RenderOptions) -> Result<String> {
                             spec: PodSpec {
                                 restart_policy: "Never",
                                 node_selector: selector(arch.unwrap_or(Arch::Amd64)),
-                                containers: vec![container(opts, run_command(&matrix_in_pod, arch, "$(JOB_COMPLETION_INDEX)"), env, resources.clone())],
+                                containers: vec![container(opts, run_command(&matrix_in_pod, arch, None), env, resources.clone())],
                                 volumes: volumes(&cm_name, items.clone(), opts, &work_limit),
                             },
                         },
@@ -498,7 +504,7 @@ pub fn render(plan: &Plan, opts: &RenderOptions) -> Result<String> {
                     steps: None,
                     retry_strategy: Some(RetryStrategy { limit: opts.retries.to_string(), retry_policy: "OnFailure".into() }),
                     node_selector: selector(a.unwrap_or(Arch::Amd64)),
-                    container: Some(container(opts, run_command(&matrix_in_pod, None, "{{inputs.parameters.index}}"), Vec::new(), resources.clone())),
+                    container: Some(container(opts, run_command(&matrix_in_pod, None, Some("{{inputs.parameters.index}}")), Vec::new(), resources.clone())),
                 });
             }
             let wf = Workflow {
