@@ -29,12 +29,16 @@ done
 for pkg in lvm2 policycoreutils selinux-utils attr; do
   have_pkg "$pkg" || need+=("$pkg")
 done
+# python3-venv: scripts/k8s-validators.sh makes a venv for PyPI's kubernetes-validate (tests/matrix.rs).
+have_pkg python3-venv || need+=(python3-venv)
 # g++: libfuzzer-sys compiles libFuzzer (C++) for scripts/fuzz.sh.
 have_pkg g++ || need+=(g++)
 # podman and runc: scripts/make-container-image.sh builds kib's container image, and
 # tests/container.rs runs builds inside it. Only when podman is missing (a host with podman from
 # elsewhere keeps its own); runc because Debian's podman would otherwise pull in crun as well.
 have_cmd podman || need+=(podman runc)
+# catatonit: `podman kube play` (tests/matrix.rs) builds its pod's infra (pause) image from it.
+have_pkg catatonit || need+=(catatonit)
 # podman's default network on Debian 12 is CNI: without the plugins `podman run` has no network.
 have_pkg containernetworking-plugins || need+=(containernetworking-plugins)
 # qemu-img: keep the preinstalled one (bookworm-backports' 10.x on these machines); install

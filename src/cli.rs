@@ -53,6 +53,125 @@ pub enum Command {
     /// archives, checksum files) into the cache, so that an air-gapped host (given the cache
     /// folder, say on a USB disk) can build with --offline.
     Fetch(FetchArgs),
+    /// Image matrices (`kind: ImageMatrix`): list the builds with their keys (plan), run them on
+    /// this host, N at a time (run), or write a Kubernetes Indexed Job or an Argo Workflow whose
+    /// pods each run one (render). Each build is one `kib customize`.
+    #[command(subcommand)]
+    Matrix(MatrixCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MatrixCommand {
+    /// Expand and check a matrix, and list every build: index, name, build key, and whether its
+    /// outputs are up to date. Needs no root and touches no image.
+    Plan(MatrixPlanArgs),
+    /// Run a matrix's builds on this host, each a `kib customize` child process with its own log
+    /// and output folder, sharing one cache; skip the up-to-date ones. Prints a table and writes
+    /// matrix.json; exits non-zero when a build failed. Needs root.
+    Run(MatrixRunArgs),
+    /// Write YAML that runs the matrix on Kubernetes (a ConfigMap and an Indexed Job) or Argo (a
+    /// ConfigMap and a Workflow), each pod running `kib matrix run --index I`.
+    Render(MatrixRenderArgs),
+}
+
+/// Where a matrix's builds go: shared by plan, run and render.
+#[derive(Debug, Args)]
+pub struct MatrixOutputOptions {
+    /// The output root (each build in `<DIR>/<name>/`, logs in `<DIR>/logs/`, `<DIR>/matrix.json`).
+    /// Overrides the matrix's output.dir (default out/matrix).
+    #[arg(short, long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// kib's cache folder, shared by every build (downloads, checksum lists, input checksums).
+    #[arg(long, value_name = "DIR", default_value = "/var/cache/kib")]
+    pub cache_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct MatrixPlanArgs {
+    /// The matrix file (YAML, apiVersion kib/v1, kind ImageMatrix).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub out: MatrixOutputOptions,
+    /// How to print the plan.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct MatrixRunArgs {
+    /// The matrix file.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub out: MatrixOutputOptions,
+    /// How many builds run at once.
+    #[arg(short, long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub jobs: u32,
+    /// Only the builds whose names match this glob (`*`, `?`), such as `*-arm64`.
+    #[arg(long, value_name = "PATTERN", conflicts_with = "index")]
+    pub only: Option<String>,
+    /// Only build I of the plan (0-based, as `kib matrix plan` numbers them; with --arch, the
+    /// I-th of that architecture's builds): what the pod of a Kubernetes Indexed Job runs, with
+    /// I = $JOB_COMPLETION_INDEX, which it is read from when that is set (a Job's pod).
+    #[arg(long, value_name = "I", env = "JOB_COMPLETION_INDEX")]
+    pub index: Option<usize>,
+    /// Only the builds of this architecture.
+    #[arg(long, value_enum)]
+    pub arch: Option<crate::matrix::Arch>,
+    /// Rebuild even the up-to-date builds.
+    #[arg(long)]
+    pub force: bool,
+    /// Where each build's work directory is created (its --work-dir).
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    pub work_dir: PathBuf,
+    /// How many format conversions each build runs at once (its --convert-jobs). Default: the
+    /// number of CPUs divided by --jobs, at least 1.
+    #[arg(long, value_name = "N")]
+    pub convert_jobs: Option<usize>,
+}
+
+/// What `kib matrix render` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RenderTarget {
+    /// A ConfigMap and an Indexed Job (batch/v1).
+    Kubernetes,
+    /// A ConfigMap and an Argo Workflow (argoproj.io/v1alpha1).
+    Argo,
+}
+
+#[derive(Debug, Args)]
+pub struct MatrixRenderArgs {
+    /// The matrix file.
+    pub file: PathBuf,
+    /// What to write for.
+    #[arg(long, value_enum)]
+    pub target: RenderTarget,
+    /// The kib container image the pods run (see scripts/make-container-image.sh).
+    #[arg(long, value_name = "IMAGE", default_value = "localhost/kib:latest")]
+    pub image: String,
+    /// How many builds run at once (the Job's parallelism, the Workflow's parallelism).
+    #[arg(short, long, value_name = "N", default_value_t = 2)]
+    pub jobs: u32,
+    /// The PersistentVolumeClaim mounted at /var/cache/kib in every pod: kib's cache, and the
+    /// base images (a base `path` must lie under /var/cache/kib).
+    #[arg(long, value_name = "NAME", default_value = "kib-cache")]
+    pub cache_pvc: String,
+    /// The PersistentVolumeClaim the outputs go to (mounted at /out).
+    #[arg(long, value_name = "NAME", default_value = "kib-output")]
+    pub output_pvc: String,
+    /// Run every build on amd64 nodes (arm64 ones under qemu-user) instead of selecting nodes by
+    /// `kubernetes.io/arch`.
+    #[arg(long)]
+    pub emulate_foreign: bool,
+    /// The output root whose matrix.json (from earlier `kib matrix run`s) sizes the pods'
+    /// resource requests; default: the matrix's output.dir.
+    #[arg(long, value_name = "DIR")]
+    pub measured: Option<PathBuf>,
+    /// Retries per build (the Job's backoffLimitPerIndex, the Workflow step's retryStrategy).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub retries: u32,
+    /// Write the YAML to FILE (atomically) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
 }
 
 /// How a command prints its result: `text` for people, `json` for programs.
@@ -296,6 +415,12 @@ mod tests {
         assert!(e.contains("invalid value 'qcow3' for '--format <LIST>'") && e.contains("raw.zst"), "{e}");
         let e = Cli::try_parse_from(["kib", "inspect", "x", "--output", "yaml"]).unwrap_err().to_string();
         assert!(e.contains("invalid value 'yaml' for '--output <OUTPUT>'"), "{e}");
+        let c = Cli::try_parse_from(["kib", "matrix", "run", "m.yaml", "-j", "2", "--index", "3"]).unwrap();
+        assert!(matches!(c.command, Command::Matrix(MatrixCommand::Run(MatrixRunArgs { jobs: 2, index: Some(3), .. }))));
+        let e = Cli::try_parse_from(["kib", "matrix", "run", "m.yaml", "-j", "0"]).unwrap_err().to_string();
+        assert!(e.contains("invalid value '0' for '--jobs <N>'"), "{e}");
+        let e = Cli::try_parse_from(["kib", "matrix", "render", "m.yaml", "--target", "nomad"]).unwrap_err().to_string();
+        assert!(e.contains("invalid value 'nomad' for '--target <TARGET>'"), "{e}");
         let c = Cli::try_parse_from(["kib", "check", "--disk-image", "x", "--output", "json"]).unwrap();
         assert!(matches!(c.command, Command::Check(CheckArgs { output: OutputFormat::Json, .. })));
     }

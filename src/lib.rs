@@ -25,6 +25,7 @@ pub mod input;
 pub mod inspect;
 pub mod lock;
 pub mod manifest;
+pub mod matrix;
 pub mod mounts;
 pub mod out;
 pub mod phase0;

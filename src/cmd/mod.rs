@@ -7,6 +7,7 @@ pub mod cleanup;
 pub mod customize;
 pub mod fetch;
 pub mod inspect;
+pub mod matrix;
 pub mod shell;
 pub mod sysprep_operations;
 pub mod validate;

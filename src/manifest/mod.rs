@@ -388,6 +388,14 @@ impl<'a> Loader<'a> {
 
 /// Parses one file's YAML into the schema, turning serde's error into file:line:column + field.
 fn parse(path: &Path, text: &str) -> Result<ManifestFile, ManifestError> {
+    parse_yaml(path, text)
+}
+
+/// Parses YAML `text` (read from `path`) into any kib/v1 schema type `T` (a manifest, a phase, an
+/// image matrix), turning serde's error into [`ManifestError::Parse`] with the file, line,
+/// column and the path of the field (`steps[2].file.mode`): unknown fields, wrong types and
+/// unknown enum values all name where they are.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ManifestError> {
     let de = yaml_serde::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();

@@ -24,12 +24,14 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// Creates `<work_dir>/staging`, or `<out_dir>/.kib-staging-<pid>` when there is no work
-    /// directory on the output folder's filesystem.
+    /// Creates `<work_dir>/staging`, or `<out_dir>/.kib-staging-<pid>` when a file cannot be
+    /// renamed from the work directory into the output folder. Having the same filesystem is not
+    /// enough: two bind mounts of one filesystem (a pod's volumes, say) share `st_dev` but
+    /// rename(2) between them fails with EXDEV, so this probes with a real rename.
     pub fn create(out_dir: &Path, work_dir: Option<&Path>) -> Result<Self> {
         use std::os::unix::fs::MetadataExt;
         let out_dev = std::fs::metadata(out_dir).with_context(|| format!("output folder {}", out_dir.display()))?.dev();
-        let dir = match work_dir.filter(|w| std::fs::metadata(w).is_ok_and(|m| m.dev() == out_dev)) {
+        let dir = match work_dir.filter(|w| std::fs::metadata(w).is_ok_and(|m| m.dev() == out_dev) && renames_into(w, out_dir)) {
             Some(w) => w.join("staging"),
             None => out_dir.join(format!(".kib-staging-{}", std::process::id())),
         };
@@ -100,6 +102,19 @@ fn command(format: Format, compression: Qcow2Compression, disk: &Path, dest: &Pa
             c
         }
     }
+}
+
+/// Whether a file renames from `from` into `to`: creates an empty probe file in `from`, renames it
+/// into `to` and removes it. Any failure (EXDEV across mounts, permissions) means no.
+fn renames_into(from: &Path, to: &Path) -> bool {
+    let name = format!(".kib-rename-probe-{}", std::process::id());
+    let (src, dst) = (from.join(&name), to.join(&name));
+    if std::fs::File::create(&src).is_err() {
+        return false;
+    }
+    let ok = std::fs::rename(&src, &dst).is_ok();
+    let _ = std::fs::remove_file(if ok { &dst } else { &src });
+    ok
 }
 
 /// Moves the raw working copy `disk` to `dest`: a rename on the same filesystem, else a sparse
