@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Cleanup(args) => cmd::cleanup::run(args),
         Command::Fetch(args) => cmd::fetch::run(args),
+        Command::Build(args) => cmd::build::run(args),
     };
     match result {
         Ok(code) => code,

@@ -11,7 +11,7 @@ use crate::phase0::facts::{self, Facts};
 use crate::{manifest, out, phase1};
 
 pub fn run(args: &FetchArgs) -> Result<ExitCode> {
-    let manifest = manifest::load(&args.manifest, &args.set)?;
+    let manifest = manifest::load_with(&args.manifest, &args.set, args.provider.as_deref())?;
     let fetcher = super::fetcher(&args.fetch)?;
     let arch = args.arch.clone().unwrap_or_else(|| facts::host_arch().to_string());
     let facts = Facts { arch, ..Default::default() };

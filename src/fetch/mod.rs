@@ -81,6 +81,8 @@ pub enum FetchError {
     Offline(Vec<String>),
     #[error("cache {path}: {source}")]
     Cache { path: PathBuf, source: std::io::Error },
+    #[error("{url} (fetched from {from}): {message}; nothing was cached")]
+    Unverified { url: String, from: String, message: String },
 }
 
 /// The downloads of a `--lock` build: the SHA-256 each URL must have, as the locked BOM
@@ -254,6 +256,42 @@ impl Fetcher {
         let from = self.mirrors.resolve(url);
         tracing::info!("downloading {} (unpinned)", redact(&from));
         let (tmp, sha256, size) = self.download_to_cache_tmp(url, &from)?;
+        let path = self.cached_path(&sha256);
+        std::fs::rename(&tmp, &path).map_err(Self::cache_err(&path))?;
+        let dir = self.cache_dir.join("urls");
+        std::fs::create_dir_all(&dir).map_err(Self::cache_err(&dir))?;
+        std::fs::write(&index, &sha256).map_err(Self::cache_err(&index))?;
+        Ok(Fetched { url: redact(url), source: redact(&from), sha256, size, path })
+    }
+
+    /// Fetches `url` whose published digest is not a SHA-256 (Debian's SHA512SUMS, say):
+    /// `verify` checks the downloaded file before it enters the cache, and a failure caches
+    /// nothing. The content is then cached by its SHA-256 and the URL remembered, as
+    /// [`Fetcher::fetch_unpinned`] does, so that a second run (or an `--offline` one) takes it
+    /// from the cache; a cache hit is verified again.
+    ///
+    /// Errors: offline and not cached; the server fails; `verify` refuses the content (its
+    /// message is kept).
+    pub fn fetch_verified(&self, url: &str, verify: &dyn Fn(&Path) -> Result<(), String>) -> Result<Fetched, FetchError> {
+        let index = self.cache_dir.join("urls").join(crate::hash::sha256_bytes(url.as_bytes()));
+        if let Ok(sum) = std::fs::read_to_string(&index) {
+            let path = self.cached_path(sum.trim());
+            if let Ok(meta) = std::fs::metadata(&path) {
+                if verify(&path).is_ok() {
+                    return Ok(Fetched { url: redact(url), source: "cache".into(), sha256: sum.trim().to_string(), size: meta.len(), path });
+                }
+            }
+        }
+        if self.offline {
+            return Err(FetchError::Offline(vec![redact(url)]));
+        }
+        let from = self.mirrors.resolve(url);
+        tracing::info!("downloading {}", redact(&from));
+        let (tmp, sha256, size) = self.download_to_cache_tmp(url, &from)?;
+        if let Err(message) = verify(&tmp) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(FetchError::Unverified { url: redact(url), from: redact(&from), message });
+        }
         let path = self.cached_path(&sha256);
         std::fs::rename(&tmp, &path).map_err(Self::cache_err(&path))?;
         let dir = self.cache_dir.join("urls");

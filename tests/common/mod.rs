@@ -162,3 +162,24 @@ pub fn processes_rooted_in(dir: &Path) -> Vec<String> {
         .map(|e| std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default().replace('\0', " "))
         .collect()
 }
+
+/// Validates an OVF descriptor against DMTF's OVF envelope schema DSP8023 1.1.1, vendored in
+/// testdata/schemas/ovf/ (see its README), with xmllint (Debian libxml2-utils) and no network.
+/// Returns xmllint's output on failure.
+pub fn validate_ovf(xml: &str) -> Result<(), String> {
+    use std::io::Write;
+    let schema = repo().join("testdata/schemas/ovf/dsp8023_1.1.1.xsd");
+    let mut child = Command::new("xmllint")
+        .args(["--noout", "--nonet", "--schema"])
+        .arg(&schema)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("xmllint (Debian libxml2-utils; scripts/deps.sh installs it)");
+    child.stdin.take().unwrap().write_all(xml.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() { Ok(()) } else { Err(text) }
+}

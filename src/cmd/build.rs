@@ -1,0 +1,125 @@
+//! `kib build --os OS --provider NAME --release-channel 1-30`: EKS Anywhere's entry point. It
+//! picks three things and runs `customize` with them:
+//! - the base image, from the OS catalogue (`bases/catalogue.yaml`, see [`crate::bases`]) or
+//!   `--base-image PATH|URL`; a download goes through the mirror map and the cache, and is
+//!   verified against its checksum list before Phase 0;
+//! - the release channel's manifest ([`crate::manifest::catalogue::release_channel`]);
+//! - the provider profile (`--provider`, or `--hypervisor vsphere|baremetal|nutanix`), whose
+//!   formats are the default outputs.
+//!
+//! After Phase 0 the image's os-release must be what the catalogue says it is.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+use crate::bases::{self, Catalogue};
+use crate::cli::{BuildArgs, CustomizeArgs, FetchOptions};
+use crate::fetch::Fetcher;
+use crate::manifest;
+
+/// The Debian name of the host's architecture.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "powerpc64" => "ppc64el",
+        other => other,
+    }
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// Downloads (or takes from the cache) the catalogue's image for `src`, verified against its
+/// checksum list or pin. Returns the cached file.
+///
+/// Errors: the list or image cannot be fetched (offline and not cached, HTTP failure), the list
+/// does not name the image, or the digest differs (both shown; nothing is cached).
+pub fn fetch_base(fetcher: &Fetcher, src: &bases::Source) -> Result<PathBuf> {
+    let name = src.url.rsplit('/').next().unwrap_or(&src.url).to_string();
+    let expected = match (&src.pinned, &src.list) {
+        (Some(pin), _) => pin.clone(),
+        (None, Some((list_url, format))) => {
+            let list = fetcher.fetch_unpinned(list_url).with_context(|| format!("fetching the checksum list of {name}"))?;
+            let text = std::fs::read_to_string(&list.path).with_context(|| format!("reading {}", list.path.display()))?;
+            bases::digest_from_list(&text, *format, src.algorithm, &name).map_err(|e| anyhow::anyhow!("{list_url}: {e}"))?
+        }
+        (None, None) => bail!("{}: no checksum list and no pin", src.url),
+    };
+    let fetched = match src.algorithm {
+        bases::Algorithm::Sha256 => fetcher.fetch(&src.url, &expected)?,
+        algorithm => {
+            let verify = |p: &std::path::Path| -> Result<(), String> {
+                let got = algorithm.digest_file(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+                if got == expected {
+                    Ok(())
+                } else {
+                    Err(format!("{} mismatch: the checksum list says {expected}, the download has {got}", algorithm.name()))
+                }
+            };
+            fetcher.fetch_verified(&src.url, &verify)?
+        }
+    };
+    tracing::info!("base image {} ({} {expected}) from {}: {}", name, src.algorithm.name(), fetched.source, fetched.path.display());
+    Ok(fetched.path)
+}
+
+/// Runs `kib build`.
+pub fn run(args: &BuildArgs) -> Result<ExitCode> {
+    super::mounting_as_root("build")?;
+    let provider = match (&args.provider, args.hypervisor) {
+        (Some(p), _) => p.clone(),
+        (None, Some(h)) => h.provider().to_string(),
+        (None, None) => bail!("give --provider NAME or --hypervisor vsphere|baremetal|nutanix"),
+    };
+    let manifest_path = manifest::catalogue::release_channel(&args.release_channel)?;
+    // Check the manifest with its profile before anything is downloaded.
+    manifest::load_with(&manifest_path, &args.set, Some(&provider))?;
+    let (catalogue_path, catalogue) = Catalogue::load(args.catalogue.as_deref())?;
+    let (key, base) = catalogue.find(&args.os).with_context(|| format!("--os (catalogue {})", catalogue_path.display()))?;
+    let arch = args.arch.clone().unwrap_or_else(|| host_arch().to_string());
+    let fetch_opts = || FetchOptions {
+        mirror: args.fetch.mirror.clone(),
+        offline: args.fetch.offline,
+        cache_dir: args.fetch.cache_dir.clone(),
+        config: args.fetch.config.clone(),
+    };
+    let fetcher = super::fetcher(&fetch_opts())?;
+    let (disk_image, verified) = match &args.base_image {
+        Some(b) if is_url(b) => {
+            let sums = format!("{}/SHA256SUMS", b.rsplit_once('/').map_or(b.as_str(), |(d, _)| d));
+            let src = bases::Source { url: b.clone(), algorithm: bases::Algorithm::Sha256, list: Some((sums, bases::ListFormat::Gnu)), pinned: None };
+            (fetch_base(&fetcher, &src)?, true)
+        }
+        // A local file: Phase 0 verifies it against the SHA256SUMS beside it, as customize does.
+        Some(b) => (PathBuf::from(b), false),
+        None => {
+            let src = base.source(key, &arch, args.variant.as_deref())?;
+            (fetch_base(&fetcher, &src)?, true)
+        }
+    };
+    tracing::info!("kib build: {key} ({arch}), provider {provider}, release channel {} ({})", args.release_channel, manifest_path.display());
+    let customize = CustomizeArgs {
+        disk_image,
+        manifest: Some(manifest_path),
+        release_channel: None,
+        provider: Some(provider),
+        output_dir: args.output_dir.clone(),
+        format: args.format.clone(),
+        set: args.set.clone(),
+        no_verify: verified,
+        work_dir: args.work_dir.clone(),
+        fetch: fetch_opts(),
+        name: args.name.clone(),
+        disk_size: args.disk_size.clone(),
+        lock: None,
+        convert_jobs: None,
+        qcow2_compression: None,
+        phases: vec![0, 1, 2],
+        expect_os: Some((base.os_release.id.clone(), base.os_release.version_id.clone())),
+    };
+    super::customize::run_in_namespace(&customize)
+}
