@@ -239,7 +239,7 @@ fn qemu_command(opts: &Options, dir: &Path, overlay: &Path, seed: &Path, console
         "amd64" => {
             need_tool("qemu-system-x86_64", "qemu-system-x86")?;
             let mut c = Command::new("qemu-system-x86_64");
-            c.args(["-machine", if kvm { "q35,accel=kvm" } else { "q35,accel=tcg" }]);
+            c.args(["-machine", if kvm { "pc,accel=kvm" } else { "pc,accel=tcg" }]);
             c.args(["-cpu", if kvm { "host" } else { "max" }]);
             if opts.uefi {
                 let (code, vars) = [("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"), ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd")]
@@ -268,7 +268,7 @@ fn qemu_command(opts: &Options, dir: &Path, overlay: &Path, seed: &Path, console
     };
     c.args(["-m", &opts.memory_mib.to_string(), "-smp", "2", "-display", "none", "-monitor", "none", "-parallel", "none", "-no-reboot"]);
     c.arg("-serial").arg(format!("file:{}", console.display()));
-    c.arg("-drive").arg(format!("file={},format=qcow2,if=virtio", overlay.display()));
+    c.arg("-drive").arg(format!("file={},format=qcow2,if=virtio,cache=unsafe", overlay.display()));
     c.arg("-drive").arg(format!("file={},format=raw,if=virtio,readonly=on", seed.display()));
     // DHCP from QEMU itself; nothing leaves this machine.
     c.args(["-nic", "user,model=virtio-net-pci,restrict=on"]);
