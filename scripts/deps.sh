@@ -31,6 +31,8 @@ for pkg in lvm2 policycoreutils selinux-utils attr; do
 done
 # python3-venv: scripts/k8s-validators.sh makes a venv for PyPI's kubernetes-validate (tests/matrix.rs).
 have_pkg python3-venv || need+=(python3-venv)
+# xmllint validates OVA descriptors against DMTF's OVF schema in the tests (libxml2-utils).
+have_pkg libxml2-utils || need+=(libxml2-utils)
 # g++: libfuzzer-sys compiles libFuzzer (C++) for scripts/fuzz.sh.
 have_pkg g++ || need+=(g++)
 # podman and runc: scripts/make-container-image.sh builds kib's container image, and
@@ -50,6 +52,20 @@ if [ "${#need[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# qemu-system-x86_64 for `kib check --boot` (tests/boot.rs) and scripts/boot-test.sh. Debian
+# bookworm's qemu-system-x86 (7.2) would replace the preinstalled qemu-utils 10.0 from
+# bookworm-backports, and qemu-img would disappear: both come from bookworm-backports, together.
+if ! have_cmd qemu-system-x86_64; then
+  export DEBIAN_FRONTEND=noninteractive
+  if ! grep -rqsE '^[^#]*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' > /etc/apt/sources.list.d/backports.list
+  fi
+  echo "deps.sh: installing qemu-system-x86 and qemu-utils from bookworm-backports" >&2
+  apt-get update -qq
+  apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils seabios ipxe-qemu >/dev/null
+  qemu-img --version >/dev/null || { echo "deps.sh: qemu-img no longer works after installing qemu-system-x86" >&2; exit 1; }
 fi
 
 if ! have_cmd cargo; then

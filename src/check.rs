@@ -145,6 +145,30 @@ pub fn run(root: &GuestRoot, facts: &Facts, ctx: &BuildContext, manifest: Option
     Ok(out)
 }
 
+/// What a booted node must show (`kib check --boot`): the modules the manifest's
+/// kernel-modules steps load, the sysctls its sysctl steps set (with `${...}` expanded as the
+/// build did), and the images bom.json says were pre-loaded.
+pub fn boot_expectations(manifest: Option<&Manifest>, facts: &Facts, ctx: &BuildContext, bom: Option<&Bom>) -> crate::boot::Expect {
+    let mut e = crate::boot::Expect::default();
+    if let Some(m) = manifest {
+        let vars = step_vars(m, facts, ctx);
+        let os_ids = facts.os_ids();
+        for step in m.steps.iter().filter(|s| s.applies(&os_ids, &facts.arch, &vars)) {
+            match step.action.expand(&vars) {
+                Ok(Action::KernelModules(k)) => e.modules.extend(k.load),
+                Ok(Action::Sysctl(s)) => e.sysctls.extend(s.settings),
+                _ => {}
+            }
+        }
+    }
+    if let Some(b) = bom {
+        e.images = b.steps.iter().flat_map(|s| &s.images).map(|i| i.name.clone()).collect();
+    }
+    e.modules.dedup();
+    e.images.dedup();
+    e
+}
+
 /// containerd's metadata store is read up to this size (bytes): a node's is a few MiB.
 const MAX_META_DB: u64 = 256 << 20;
 

@@ -49,6 +49,11 @@ pub enum Command {
     /// Remove what crashed or killed runs left: work directories whose kib process is gone, and
     /// loop devices backed by files in them. Reports what it removed. Needs root.
     Cleanup(CleanupArgs),
+    /// EKS Anywhere's entry point: pick a base image from the OS catalogue (bases/catalogue.yaml),
+    /// the release channel's manifest and a provider profile, then run customize. The base is
+    /// downloaded through the mirror map and the cache and verified against its checksum list
+    /// (sha256 or sha512, GNU or BSD lines) first. Needs root.
+    Build(BuildArgs),
     /// Download every artifact a manifest needs (`download` files, repository keys, image
     /// archives, checksum files) into the cache, so that an air-gapped host (given the cache
     /// folder, say on a USB disk) can build with --offline.
@@ -229,12 +234,90 @@ pub struct FetchArgs {
     /// The SHA-256 the --disk-image must have, instead of a checksum list beside it.
     #[arg(long, value_name = "HEX", requires = "disk_image")]
     pub disk_image_sha256: Option<String>,
+    /// Apply a provider profile, phases/providers/NAME.yaml (or a profile that lists NAME among
+    /// its aliases, such as vsphere for ova), after the manifest's includes. Overrides the
+    /// manifest's `provider:`.
+    #[arg(long, value_name = "NAME")]
+    pub provider: Option<String>,
     /// Override a manifest variable, as for customize.
     #[arg(long, value_name = "NAME=VALUE")]
     pub set: Vec<String>,
     /// The image architecture to fetch for (`${arch}`): amd64, arm64, ... Default: the host's.
     #[arg(long)]
     pub arch: Option<String>,
+    #[command(flatten)]
+    pub fetch: FetchOptions,
+}
+
+/// EKS Anywhere's `--hypervisor` values, each a provider profile's alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Hypervisor {
+    /// VMware vSphere: the `ova` profile.
+    Vsphere,
+    /// Bare metal (Tinkerbell): the `raw` profile.
+    Baremetal,
+    /// Nutanix AHV: the `nutanix` profile.
+    Nutanix,
+}
+
+impl Hypervisor {
+    /// The provider name it stands for (an alias of a shipped profile).
+    pub fn provider(self) -> &'static str {
+        match self {
+            Hypervisor::Vsphere => "vsphere",
+            Hypervisor::Baremetal => "baremetal",
+            Hypervisor::Nutanix => "nutanix",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The operating system: a key or alias of the OS catalogue, such as ubuntu-24.04,
+    /// debian-12, rocky-9.
+    #[arg(long, value_name = "OS")]
+    pub os: String,
+    /// The provider profile (phases/providers/NAME.yaml or an alias, such as qemu, vsphere).
+    #[arg(long, value_name = "NAME", required_unless_present = "hypervisor", conflicts_with = "hypervisor")]
+    pub provider: Option<String>,
+    /// EKS Anywhere's word for the provider.
+    #[arg(long, value_enum)]
+    pub hypervisor: Option<Hypervisor>,
+    /// The Kubernetes release channel, such as 1-30 (manifests/k8s-1.30.yaml).
+    #[arg(long, value_name = "CHANNEL")]
+    pub release_channel: String,
+    /// Use this base image (a path, or an http(s) URL verified against the SHA256SUMS beside
+    /// it) instead of the catalogue's.
+    #[arg(long, value_name = "PATH|URL")]
+    pub base_image: Option<String>,
+    /// The image architecture: amd64, arm64. Default: the host's.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// A catalogue variant of the OS image, such as Debian's `generic` (full kernel).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// The OS catalogue file. Default: bases/catalogue.yaml, looked up in ./bases, beside kib's
+    /// executable and in /usr/share/kib/bases.
+    #[arg(long, value_name = "PATH")]
+    pub catalogue: Option<PathBuf>,
+    /// Output formats; default: the provider profile's.
+    #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',')]
+    pub format: Vec<Format>,
+    /// Override a manifest variable. Repeatable.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    /// Where the images, bom.json and SHA256SUMS go.
+    #[arg(short, long, value_name = "DIR", default_value = "out")]
+    pub output_dir: PathBuf,
+    /// Base name of the output files; default: the manifest's metadata.name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Grow the disk to this size, as customize's --disk-size.
+    #[arg(long, value_name = "SIZE")]
+    pub disk_size: Option<String>,
+    /// Where the per-run work directory is created.
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    pub work_dir: PathBuf,
     #[command(flatten)]
     pub fetch: FetchOptions,
 }
@@ -259,6 +342,11 @@ pub struct CustomizeArgs {
     /// /usr/share/kib/manifests).
     #[arg(long, value_name = "CHANNEL")]
     pub release_channel: Option<String>,
+    /// Apply a provider profile, phases/providers/NAME.yaml (or a profile that lists NAME among
+    /// its aliases, such as vsphere for ova), after the manifest's includes. Overrides the
+    /// manifest's `provider:`. Its formats become the default output formats.
+    #[arg(long, value_name = "NAME")]
+    pub provider: Option<String>,
     /// Where the images, bom.json and SHA256SUMS go. Created if missing.
     #[arg(short, long, value_name = "DIR", default_value = "out")]
     pub output_dir: PathBuf,
@@ -305,6 +393,10 @@ pub struct CustomizeArgs {
     /// run's steps and input.
     #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "0,1,2", value_parser = clap::value_parser!(u8).range(0..=2))]
     pub phases: Vec<u8>,
+    /// Set by `kib build`: the os-release `ID` and `VERSION_ID` pattern the OS catalogue
+    /// promises; an image that says otherwise is refused after Phase 0.
+    #[arg(skip)]
+    pub expect_os: Option<(String, Option<String>)>,
 }
 
 #[derive(Debug, Args)]
@@ -340,6 +432,11 @@ pub struct ValidateArgs {
     /// The manifest to check.
     #[arg(long, value_name = "PATH")]
     pub manifest: PathBuf,
+    /// Apply a provider profile, phases/providers/NAME.yaml (or a profile that lists NAME among
+    /// its aliases, such as vsphere for ova), after the manifest's includes. Overrides the
+    /// manifest's `provider:`.
+    #[arg(long, value_name = "NAME")]
+    pub provider: Option<String>,
     /// Override a manifest variable, as for customize.
     #[arg(long, value_name = "NAME=VALUE")]
     pub set: Vec<String>,
@@ -353,6 +450,10 @@ pub struct CheckArgs {
     /// The manifest it was built from.
     #[arg(long, value_name = "PATH")]
     pub manifest: Option<PathBuf>,
+    /// The provider profile it was built with (as customize's --provider): its steps are
+    /// checked too.
+    #[arg(long, value_name = "NAME", requires = "manifest")]
+    pub provider: Option<String>,
     /// Variable overrides it was built with.
     #[arg(long, value_name = "NAME=VALUE")]
     pub set: Vec<String>,
@@ -362,9 +463,28 @@ pub struct CheckArgs {
     /// How to print the checks.
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
-    /// Where the work directory is created (only used for non-raw images).
+    /// Where the work directory is created (for non-raw images, and --boot's overlay and seed).
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,
+    /// Also boot the image under QEMU, from a throwaway overlay with a NoCloud seed, and check
+    /// the running node: containerd active, kubelet enabled but not running, the manifest's
+    /// modules loaded and sysctls live, swap off, no failed units, the images ctr lists, a fresh
+    /// machine-id. The image itself is not written.
+    #[arg(long)]
+    pub boot: bool,
+    /// --boot: give up (kill QEMU, fail the boot checks) after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 900, requires = "boot")]
+    pub boot_timeout: u64,
+    /// --boot: the accelerator; `auto` uses KVM when the guest's kernel starts under it within
+    /// 45 s, else TCG.
+    #[arg(long, value_enum, default_value_t, requires = "boot")]
+    pub accel: crate::boot::Accel,
+    /// --boot: guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 1536, requires = "boot")]
+    pub memory: u32,
+    /// --boot: keep the serial console log in FILE.
+    #[arg(long, value_name = "FILE", requires = "boot")]
+    pub console_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

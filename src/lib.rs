@@ -8,7 +8,9 @@
 //! and managers), [`sys`] (the seam over loop devices, mounts, probes and host commands),
 //! [`fetch`], [`guest`], [`exec`], and the records [`bom`] and [`lock`].
 
+pub mod bases;
 pub mod bolt;
+pub mod boot;
 pub mod bom;
 pub mod check;
 pub mod cleanup;

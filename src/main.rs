@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Cleanup(args) => cmd::cleanup::run(args),
         Command::Fetch(args) => cmd::fetch::run(args),
         Command::Matrix(c) => cmd::matrix::run(c),
+        Command::Build(args) => cmd::build::run(args),
     };
     match result {
         Ok(code) => code,

@@ -48,9 +48,9 @@ impl Plan {
             (None, Some(c)) => manifest::catalogue::release_channel(c)?,
             (None, None) => bail!("give --manifest or --release-channel"),
         };
-        let manifest = manifest::load(&manifest_path, &args.set)?;
+        let manifest = manifest::load_with(&manifest_path, &args.set, args.provider.as_deref())?;
         let phases = PhaseSet::from_numbers(&args.phases)?;
-        let mut formats = Format::dedup(if args.format.is_empty() { &manifest.output.formats } else { &args.format });
+        let mut formats = Format::dedup(&default_formats(&args.format, args.provider.is_some(), &manifest));
         if formats.is_empty() {
             formats.push(Format::Qcow2);
         }
@@ -128,9 +128,54 @@ impl Plan {
     }
 }
 
+/// The output formats: `--format`; else, with `--provider`, the profile's; else the manifest's
+/// `output.formats`; else the profile's (one the manifest names or includes itself). Empty when
+/// none says (the caller's default is qcow2).
+pub fn default_formats(flag: &[Format], provider_flag: bool, manifest: &Manifest) -> Vec<Format> {
+    let profile: &[Format] = manifest.provider.as_ref().map_or(&[], |(_, p)| &p.formats);
+    if !flag.is_empty() {
+        flag.to_vec()
+    } else if provider_flag && !profile.is_empty() {
+        profile.to_vec()
+    } else if !manifest.output.formats.is_empty() {
+        manifest.output.formats.clone()
+    } else {
+        profile.to_vec()
+    }
+}
+
+/// Refuses an image the provider profile says its platform cannot run: another architecture,
+/// or a disk that boots with none of the platform's firmware.
+///
+/// Errors: the mismatch, naming the profile file, what it allows and what the image has.
+pub fn check_provider_fits(manifest: &Manifest, arch: &str, table: &crate::phase0::partition::Table) -> Result<()> {
+    let Some((path, p)) = &manifest.provider else { return Ok(()) };
+    if !p.arches.is_empty() && !p.arches.iter().any(|a| a == arch) {
+        bail!("provider `{}` ({}) runs {} images, and this image is {arch}", p.name, path.display(), p.arches.join(", "));
+    }
+    let has: Vec<&str> = [(table.boots_bios(), "bios"), (table.boots_uefi(), "uefi")].into_iter().filter(|(b, _)| *b).map(|(_, n)| n).collect();
+    if !p.firmware.is_empty() && !p.firmware.iter().any(|f| has.contains(&f.name())) {
+        bail!(
+            "provider `{}` ({}) boots with {} firmware, and this image's disk boots with {} (its partition table: {:?}, partition types {})",
+            p.name,
+            path.display(),
+            p.firmware.iter().map(|f| f.name()).collect::<Vec<_>>().join(" or "),
+            if has.is_empty() { "neither BIOS nor UEFI".to_string() } else { has.join(" and ") },
+            table.kind,
+            table.partitions.iter().map(|x| x.type_id.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Runs `kib customize`.
 pub fn run(args: &CustomizeArgs) -> Result<ExitCode> {
     super::mounting_as_root("customize")?;
+    run_in_namespace(args)
+}
+
+/// Runs the build, once [`super::mounting_as_root`] has been called (by `customize` or `build`).
+pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
     let ctx = BuildContext::now();
     let t0 = Instant::now();
     let mut plan = Plan::new(args)?;
@@ -165,6 +210,18 @@ pub fn run(args: &CustomizeArgs) -> Result<ExitCode> {
         image.input.verified_against = f.verified_against.clone();
     }
     let phase0_s = t0.elapsed().as_secs_f64();
+    check_provider_fits(manifest, &image.facts.arch, &image.table)?;
+    if let Some((id, version)) = &args.expect_os {
+        let got_id = image.facts.os_release.get("ID").map_or("", String::as_str);
+        let got_version = image.facts.os_release.get("VERSION_ID").map_or("", String::as_str);
+        if got_id != id || version.as_deref().is_some_and(|v| !crate::bases::version_matches(v, got_version)) {
+            bail!(
+                "{}: the OS catalogue promises os-release ID={id}{}, and the image says ID={got_id} VERSION_ID={got_version}",
+                input.display(),
+                version.as_deref().map(|v| format!(" VERSION_ID={v}")).unwrap_or_default()
+            );
+        }
+    }
     if phases.contains(Phase::Artifacts) && !manifest.sysprep.skip.iter().any(|s| s == crate::selinux::SKIP_NAME) {
         // An SELinux image kib could not label fails now, not after Phase 1.
         if let Err(e) = crate::selinux::detect(image.root()) {

@@ -32,7 +32,7 @@ pub fn run(args: &FetchArgs) -> Result<ExitCode> {
     let Some(manifest_path) = &args.manifest else {
         return Ok(ExitCode::SUCCESS);
     };
-    let manifest = manifest::load(manifest_path, &args.set)?;
+    let manifest = manifest::load_with(manifest_path, &args.set, args.provider.as_deref())?;
     let arch = args.arch.clone().unwrap_or_else(|| facts::host_arch().to_string());
     let facts = Facts { arch, ..Default::default() };
     let vars = phase1::step_vars(&manifest, &facts, &BuildContext::now());

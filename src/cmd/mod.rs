@@ -2,6 +2,7 @@
 //! exhaustive `match` over them. Commands sit on top: they use the phases and the shared modules,
 //! and nothing imports a command.
 
+pub mod build;
 pub mod check;
 pub mod cleanup;
 pub mod customize;

@@ -9,8 +9,12 @@ use crate::cli::ValidateArgs;
 use crate::{manifest, out};
 
 pub fn run(args: &ValidateArgs) -> Result<ExitCode> {
-    let m = manifest::load(&args.manifest, &args.set)?;
+    let m = manifest::load_with(&args.manifest, &args.set, args.provider.as_deref())?;
     out::line(format!("{} ({}): {} steps from {} files", m.name, m.path.display(), m.steps.len(), m.files.len()));
+    if let Some((path, p)) = &m.provider {
+        let formats: Vec<&str> = p.formats.iter().map(|f| f.name()).collect();
+        out::line(format!("provider {} ({}): formats {}", p.name, path.display(), if formats.is_empty() { "-".into() } else { formats.join(", ") }));
+    }
     for (i, s) in m.steps.iter().enumerate() {
         out::line(format!("{:3}. {:<14} {}  [{}]", i + 1, s.action.kind(), s.name, s.origin.display()));
     }

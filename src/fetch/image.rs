@@ -88,7 +88,7 @@ impl Fetcher {
                 if sum.hex.len() != 64 || !sum.hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(FetchError::BadSum(sha256.clone(), by.clone()));
                 }
-                self.fetch_verified(url, sum, by)
+                self.fetch_image_with_sum(url, sum, by)
             }
             Check::Unverified => {
                 tracing::warn!("{}: --no-verify: the image is not checked against any checksum", redact(url));
@@ -109,7 +109,7 @@ impl Fetcher {
                         Err(e) => return Err(e),
                     };
                     match sums::find(&text, name) {
-                        Some(sum) => return self.fetch_verified(url, sum, &redact(list_url)),
+                        Some(sum) => return self.fetch_image_with_sum(url, sum, &redact(list_url)),
                         None => without.push(redact(list_url)),
                     }
                 }
@@ -131,8 +131,11 @@ impl Fetcher {
     }
 
     /// The image at `url`, which must have the digest `sum` (`against` names where it comes
-    /// from): from the cache when it holds it, else downloaded and checked.
-    fn fetch_verified(&self, url: &str, sum: Sum, against: &str) -> Result<FetchedImage, FetchError> {
+    /// from, such as a checksum list's URL): from the cache when it holds it, else downloaded and
+    /// checked. `kib build` calls it with the digest its OS catalogue's list gives.
+    ///
+    /// Errors: as [`Fetcher::fetch_image`].
+    pub fn fetch_image_with_sum(&self, url: &str, sum: Sum, against: &str) -> Result<FetchedImage, FetchError> {
         let record_path = self.image_record_path(url);
         let record: Option<Record> = std::fs::read(&record_path).ok().and_then(|b| serde_json::from_slice(&b).ok());
         let cached_sha256 = match sum.algo {

@@ -38,6 +38,59 @@ pub struct ManifestFile {
     pub disk: Option<Disk>,
     /// Only in an `ImageManifest`. How `packages` steps run.
     pub packages: Option<PackageSettings>,
+    /// In an `ImageManifest`: the name of the provider profile to apply
+    /// (`phases/providers/<name>.yaml`, or a profile whose `aliases` list the name); `--provider`
+    /// overrides. In a `Phase` file: the file *is* a provider profile, and this says what kib
+    /// needs to know about the platform ([`ProviderProfile`]).
+    pub provider: Option<ProviderField>,
+}
+
+/// `provider:` is a name in an `ImageManifest` and a [`ProviderProfile`] in a `Phase` file.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum ProviderField {
+    Name(String),
+    Profile(ProviderProfile),
+}
+
+/// The `provider:` section of a provider profile (`phases/providers/<name>.yaml`).
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderProfile {
+    /// The name `--provider` and a manifest's `provider:` take: the file's stem.
+    pub name: String,
+    /// Other names accepted for it (`vsphere` for `ova`, EKS Anywhere's `--hypervisor` words).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The formats the platform imports: the default output formats of a build with this
+    /// provider when `--format` is not given.
+    #[serde(default)]
+    pub formats: Vec<crate::format::Format>,
+    /// Boot firmware the platform supports: `bios`, `uefi`. An image that boots only with
+    /// another is refused after Phase 0. Empty: any.
+    #[serde(default)]
+    pub firmware: Vec<Firmware>,
+    /// Architectures the platform runs (`amd64`, `arm64`, ...). An image of another is refused
+    /// after Phase 0. Empty: any.
+    #[serde(default)]
+    pub arches: Vec<String>,
+}
+
+/// A boot firmware.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl Firmware {
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

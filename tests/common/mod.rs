@@ -205,3 +205,24 @@ pub fn mount_lv(disk: &Path, offset: u64, size: u64, fstype: &str, dir: &Path) -
     sh(Command::new("mount").args(["-t", fstype, "-o", &format!("ro,{opt},loop,offset={offset},sizelimit={size}")]).arg(disk).arg(dir));
     Mounted { dir: dir.to_path_buf() }
 }
+
+/// Validates an OVF descriptor against DMTF's OVF envelope schema DSP8023 1.1.1, vendored in
+/// testdata/schemas/ovf/ (see its README), with xmllint (Debian libxml2-utils) and no network.
+/// Returns xmllint's output on failure.
+pub fn validate_ovf(xml: &str) -> Result<(), String> {
+    use std::io::Write;
+    let schema = repo().join("testdata/schemas/ovf/dsp8023_1.1.1.xsd");
+    let mut child = Command::new("xmllint")
+        .args(["--noout", "--nonet", "--schema"])
+        .arg(&schema)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("xmllint (Debian libxml2-utils; scripts/deps.sh installs it)");
+    child.stdin.take().unwrap().write_all(xml.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() { Ok(()) } else { Err(text) }
+}
