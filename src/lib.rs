@@ -30,6 +30,8 @@ pub mod out;
 pub mod phase0;
 pub mod phase1;
 pub mod phase2;
+pub mod progress;
 pub mod pkg;
 pub mod sys;
+pub mod ui;
 pub mod workdir;

@@ -4,9 +4,12 @@
 
 pub mod check;
 pub mod cleanup;
+pub mod completions;
 pub mod customize;
 pub mod fetch;
 pub mod inspect;
+pub mod man;
+pub mod schema;
 pub mod shell;
 pub mod sysprep_operations;
 pub mod validate;
