@@ -17,7 +17,7 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok install
 # createrepo-c its RPM side (make-rpm-fixtures.sh: rpmbuild, rpmsign, rpmkeys, createrepo_c), which
 # testdata/el/make-el-image.sh's fixture images use too.
 for pkg in mmdebstrap fdisk dosfstools mtools e2fsprogs util-linux mount libclang-dev pkg-config ca-certificates \
-           qemu-user-static arch-test dpkg-dev apt-utils gnupg gpgv umoci skopeo python3 rpm createrepo-c openssl; do
+           qemu-user-static arch-test dpkg-dev apt-utils gnupg gpgv umoci skopeo python3 python3-venv rpm createrepo-c openssl; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 # Disk growth (disk.size) grows xfs and btrfs roots with their own tools.
@@ -67,6 +67,21 @@ if ! have_cmd qemu-system-x86_64; then
   apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-utils seabios ipxe-qemu >/dev/null
   qemu-img --version >/dev/null || { echo "deps.sh: qemu-img no longer works after installing qemu-system-x86" >&2; exit 1; }
 fi
+# The SBOM standards' own reference tools, from PyPI, for the SBOM tests (tests/common/sbom_schema.rs
+# runs scripts/lib/sbom-validate.py with this venv's python): spdx-tools (pyspdxtools, the SPDX
+# project's parser and validator) and cyclonedx-python-lib (CycloneDX's JsonStrictValidator). Pinned,
+# in a venv under /var/cache/kib keyed by the pins; KIB_SBOM_VALIDATORS points the tests elsewhere.
+sbom_pins="spdx-tools==0.8.5 cyclonedx-python-lib[json-validation]==11.12.0"
+sbom_venv=/var/cache/kib/sbom-validators/$(printf '%s' "$sbom_pins" | sha256sum | cut -c1-12)
+if [ ! -e "$sbom_venv/.complete" ]; then
+  echo "deps.sh: installing the SBOM validators ($sbom_pins) into $sbom_venv" >&2
+  rm -rf "$sbom_venv"
+  /usr/bin/python3 -m venv "$sbom_venv"
+  # shellcheck disable=SC2086 # the pins are words
+  "$sbom_venv/bin/pip" install -q --disable-pip-version-check $sbom_pins || { rm -rf "$sbom_venv"; exit 1; }
+  touch "$sbom_venv/.complete"
+fi
+ln -sfn "$sbom_venv" /var/cache/kib/sbom-validators/current
 
 if ! have_cmd cargo; then
   for c in "$HOME/.cargo/bin/cargo" /root/.cargo/bin/cargo /usr/local/cargo/bin/cargo; do

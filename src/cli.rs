@@ -17,6 +17,15 @@ pub struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// How to print results: `text` for people (on a terminal, live progress bars and a summary;
+    /// in a pipe or with NO_COLOR, plain lines), `json` for programs (`customize` streams
+    /// JSON-lines events, see the README; other commands print one JSON document).
+    #[arg(long, global = true, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// Also write the log, with timestamps and the output of every command kib runs, to FILE
+    /// (appended).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -63,6 +72,14 @@ pub enum Command {
     /// pods each run one (render). Each build is one `kib customize`.
     #[command(subcommand)]
     Matrix(MatrixCommand),
+    /// Print a shell completion script for bash, zsh or fish: `kib completions bash >
+    /// /etc/bash_completion.d/kib`.
+    Completions(CompletionsArgs),
+    /// Print kib's man page (roff): `kib man > /usr/share/man/man1/kib.1`.
+    Man(ManArgs),
+    /// Print the JSON Schema of kib manifests and phase files, derived from the types kib reads
+    /// them with. Editors use it for completion and checking (see the README's modeline).
+    Schema(SchemaArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,9 +114,6 @@ pub struct MatrixPlanArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub out: MatrixOutputOptions,
-    /// How to print the plan.
-    #[arg(long, value_enum, default_value_t)]
-    pub output: OutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +192,21 @@ pub struct MatrixRenderArgs {
     #[arg(long, value_name = "FILE")]
     pub output_file: Option<PathBuf>,
 }
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `kib man` takes no arguments.
+#[derive(Debug, Args)]
+pub struct ManArgs {}
+
+/// `kib schema` takes no arguments.
+#[derive(Debug, Args)]
+pub struct SchemaArgs {}
 
 /// How a command prints its result: `text` for people, `json` for programs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -460,9 +489,6 @@ pub struct CheckArgs {
     /// Its bom.json, to check the pre-loaded images by name. Default: bom.json beside the image.
     #[arg(long, value_name = "PATH")]
     pub bom: Option<PathBuf>,
-    /// How to print the checks.
-    #[arg(long, value_enum, default_value_t)]
-    pub output: OutputFormat,
     /// Where the work directory is created (for non-raw images, and --boot's overlay and seed).
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,
@@ -498,9 +524,6 @@ pub struct CleanupArgs {
 pub struct InspectArgs {
     /// The image (raw is attached directly, read-only; other formats are copied first).
     pub image: PathBuf,
-    /// How to print the report.
-    #[arg(long, value_enum, default_value_t, conflicts_with = "sbom")]
-    pub output: OutputFormat,
     /// Print an SBOM of the image instead of the report: `spdx` (SPDX 2.3 JSON) or `cyclonedx`
     /// (CycloneDX 1.5 JSON). It lists the OS and every installed package with its purl and,
     /// where its copyright file declares one, its licence; downloads and pre-loaded images are
@@ -542,6 +565,12 @@ mod tests {
         let e = Cli::try_parse_from(["kib", "matrix", "render", "m.yaml", "--target", "nomad"]).unwrap_err().to_string();
         assert!(e.contains("invalid value 'nomad' for '--target <TARGET>'"), "{e}");
         let c = Cli::try_parse_from(["kib", "check", "--disk-image", "x", "--output", "json"]).unwrap();
-        assert!(matches!(c.command, Command::Check(CheckArgs { output: OutputFormat::Json, .. })));
+        assert!(matches!(c.command, Command::Check(_)) && c.output == OutputFormat::Json);
+        let c = Cli::try_parse_from(["kib", "--output", "json", "validate", "--manifest", "m"]).unwrap();
+        assert_eq!(c.output, OutputFormat::Json);
+        let e = Cli::try_parse_from(["kib", "customize", "--disk-image", "x", "--manifest", "m", "--output", "yaml"]).unwrap_err().to_string();
+        assert!(e.contains("invalid value 'yaml'") && e.contains("[possible values: text, json]"), "{e}");
+        let c = Cli::try_parse_from(["kib", "completions", "zsh"]).unwrap();
+        assert!(matches!(c.command, Command::Completions(CompletionsArgs { shell: clap_complete::Shell::Zsh })));
     }
 }

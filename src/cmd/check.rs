@@ -11,7 +11,7 @@ use crate::context::BuildContext;
 use crate::phase0::{self, Image};
 use crate::{manifest, out};
 
-pub fn run(args: &CheckArgs) -> Result<ExitCode> {
+pub fn run(args: &CheckArgs, output: OutputFormat) -> Result<ExitCode> {
     super::mounting_as_root("check")?;
     let manifest = args.manifest.as_deref().map(|m| manifest::load_with(m, &args.set, args.provider.as_deref())).transpose()?;
     let bom_path = args.bom.clone().unwrap_or_else(|| args.disk_image.with_file_name("bom.json"));
@@ -53,7 +53,7 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
         checks.extend(report.checks);
     }
     let failed = checks.iter().filter(|c| !c.ok).count();
-    match args.output {
+    match output {
         OutputFormat::Json => out::line(serde_json::to_string_pretty(&checks)?),
         OutputFormat::Text => {
             for c in &checks {

@@ -21,6 +21,7 @@ use crate::lock::Lock;
 use crate::manifest::{self, Manifest};
 use crate::phase2::convert::Staging;
 use crate::phase2::sysprep;
+use crate::progress::{self, Activity, Event, OutputFile, Status};
 use crate::{phase0, phase1, phase2};
 
 /// What a run will do, decided from the arguments and the manifest before the image is touched.
@@ -196,6 +197,7 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
     tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
 
     // Phase 0
+    let activity = Activity::phase(if phases.contains(Phase::Base) { "Phase 0: verify, working copy, mount" } else { "Phase 0 (attach and mount only)" });
     let mut image = phase0::run(&phase0::Options {
         image: input.clone(),
         // A URL input was verified when it was fetched.
@@ -209,6 +211,7 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
         image.input.url = Some(f.fetched.url.clone());
         image.input.verified_against = f.verified_against.clone();
     }
+    activity.finish();
     let phase0_s = t0.elapsed().as_secs_f64();
     check_provider_fits(manifest, &image.facts.arch, &image.table)?;
     if let Some((id, version)) = &args.expect_os {
@@ -261,12 +264,15 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
     }
 
     // Phase 1
+    let activity = Activity::phase(if phases.contains(Phase::Customization) { "Phase 1: the manifest's steps" } else { "Phase 1 (left out)" });
     let mut p1 = phase1::run(&image, manifest, &ctx, &fetcher, phases, lock.as_ref().map(|l| Arc::new(l.packages.clone())))?;
+    activity.finish();
     let phase1_s = p1.seconds;
     let steps_run = std::mem::take(&mut p1.steps);
 
     // Phase 2
     let t2 = Instant::now();
+    let activity = Activity::phase(if phases.contains(Phase::Artifacts) { "Phase 2: sysprep, BOM, conversion" } else { "Phase 2 (left out: the working copy as it is)" });
     let p2 = phase2::run(&mut image, p1, manifest, &ctx, staging.dir(), &phase2::Options {
         phases,
         formats: plan.formats.clone(),
@@ -304,8 +310,10 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
     let names: Vec<&str> = files.iter().map(String::as_str).collect();
     staging.commit(&args.output_dir, &names)?;
     image.close()?;
+    activity.finish();
     let phase2_s = t2.elapsed().as_secs_f64();
-    tracing::info!(
+    progress::emit(Event::Result { status: Status::Ok, seconds: t0.elapsed().as_secs_f64(), outputs: output_files(&args.output_dir, &files)?, error: None });
+    tracing::debug!(
         "done in {:.1}s (phase 0 {phase0_s:.1}s, phase 1 {phase1_s:.1}s, phase 2 {phase2_s:.1}s): {}",
         t0.elapsed().as_secs_f64(),
         files.iter().map(|f| Path::new(&args.output_dir).join(f).display().to_string()).collect::<Vec<_>>().join(" ")
@@ -336,6 +344,25 @@ pub fn input_file(args: &CustomizeArgs, fetcher: &Fetcher, lock: Option<&Lock>) 
     let got = fetcher.fetch_image(url, &check).with_context(|| format!("fetching the base image {}", redact(url)))?;
     phase0::verify::InputCache::new(&fetcher.cache_dir).store(&got.fetched.path, &got.fetched.sha256);
     Ok((got.fetched.path.clone(), Some(got)))
+}
+
+/// The published files with their sizes and sums (from SHA256SUMS; its own sum is computed).
+fn output_files(dir: &Path, files: &[String]) -> Result<Vec<OutputFile>> {
+    let sums_path = dir.join("SHA256SUMS");
+    let sums = std::fs::read_to_string(&sums_path).with_context(|| format!("reading {}", sums_path.display()))?;
+    let listed: std::collections::HashMap<&str, &str> = sums.lines().filter_map(|l| l.split_once("  ")).map(|(s, f)| (f, s)).collect();
+    files
+        .iter()
+        .map(|f| {
+            let path = dir.join(f);
+            let bytes = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len();
+            let sha256 = match listed.get(f.as_str()) {
+                Some(s) => s.to_string(),
+                None => crate::hash::sha256_file(&path).with_context(|| format!("reading {}", path.display()))?,
+            };
+            Ok(OutputFile { path, bytes, sha256 })
+        })
+        .collect()
 }
 
 fn round(s: f64) -> f64 {

@@ -12,9 +12,9 @@ use crate::matrix::run::{self as runner, RunOptions, Status};
 use crate::matrix::{LoadOptions, Plan};
 use crate::{exec, out};
 
-pub fn run(c: &MatrixCommand) -> Result<ExitCode> {
+pub fn run(c: &MatrixCommand, output: OutputFormat) -> Result<ExitCode> {
     match c {
-        MatrixCommand::Plan(a) => plan(a),
+        MatrixCommand::Plan(a) => plan(a, output),
         MatrixCommand::Run(a) => run_builds(a),
         MatrixCommand::Render(a) => render(a),
     }
@@ -29,10 +29,10 @@ fn load(file: &Path, o: &MatrixOutputOptions) -> Result<Plan> {
     Plan::load(file, &opts)
 }
 
-fn plan(a: &MatrixPlanArgs) -> Result<ExitCode> {
+fn plan(a: &MatrixPlanArgs, output: OutputFormat) -> Result<ExitCode> {
     let plan = load(&a.file, &a.out)?;
     let root = &plan.output_dir;
-    match a.output {
+    match output {
         OutputFormat::Json => {
             #[derive(serde::Serialize)]
             struct Row<'a> {

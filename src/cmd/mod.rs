@@ -5,10 +5,13 @@
 pub mod build;
 pub mod check;
 pub mod cleanup;
+pub mod completions;
 pub mod customize;
 pub mod fetch;
 pub mod inspect;
 pub mod matrix;
+pub mod man;
+pub mod schema;
 pub mod shell;
 pub mod sysprep_operations;
 pub mod validate;

@@ -222,9 +222,11 @@ impl Image {
             tracing::info!("verified {} against {}", input.display(), e.list.display());
             image.input.verified_against = Some(e.list.display().to_string());
         }
-        tracing::info!("working copy ready ({}, {} bytes) in {:.1?}", format.format, format.virtual_size, t.elapsed());
+        tracing::debug!("working copy ready ({}, {} bytes) in {:.1?}", format.format, format.virtual_size, t.elapsed());
+        let activity = crate::progress::Activity::step("partition table, loop devices, mounts");
         image.table = partition::read(&image.disk).with_context(|| format!("reading the partition table of {}", input.display()))?;
         image.mount_tree().with_context(|| format!("mounting the filesystems of {}", input.display()))?;
+        activity.finish();
         if let Err(e) = image.facts.check_arch() {
             if opts.read_only {
                 tracing::warn!("{}: {e}", input.display());

@@ -14,6 +14,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use crate::bom::{Artifact, Bom};
+use crate::progress::Activity;
 use crate::context::{BuildContext, Phase, PhaseSet};
 use crate::format::{Format, Qcow2Compression};
 use crate::manifest::Manifest;
@@ -64,9 +65,13 @@ pub fn run(image: &mut Image, p1: Phase1Output, manifest: &Manifest, ctx: &Build
     if let Some(mut open) = session {
         if artifacts_phase && manifest.sysprep.enabled {
             let root = image.root().try_clone().context("opening the image root for sysprep")?;
+            let activity = Activity::step("sysprep");
             let ran = sysprep::run(&root, &mut open.session, manager.as_deref_mut(), &manifest.sysprep.skip);
             match ran {
-                Ok(done) => sysprep = done.into_iter().map(str::to_string).collect(),
+                Ok(done) => {
+                    activity.finish();
+                    sysprep = done.into_iter().map(str::to_string).collect();
+                }
                 Err(e) => {
                     if let Err(c) = open.close() {
                         tracing::warn!("closing the chroot session: {c:#}");
@@ -80,16 +85,22 @@ pub fn run(image: &mut Image, p1: Phase1Output, manifest: &Manifest, ctx: &Build
     // After the last write into the tree (the steps, sysprep's rewrites of /etc/hosts and
     // dpkg's status, the session's restored files), before the package list and fstrim.
     let selinux = if artifacts_phase { label(image, manifest)? } else { None };
+    let activity = Activity::step("package list for the BOM");
     let packages = match &manager {
         Some(m) => m.installed(image.root())?,
         None => crate::pkg::installed(image.root())?,
     };
+    activity.finish();
     if artifacts_phase {
+        let activity = Activity::step("fstrim");
         trim(image);
+        activity.finish();
     } else {
         tracing::info!("Phase 2 is left out (--phases {}): no sysprep; the result is the working copy as the steps left it", opts.phases);
     }
+    let activity = Activity::step("unmount and detach");
     image.unmount()?;
+    activity.finish();
     let plan = convert::Plan {
         compression: opts.compression,
         jobs: opts.jobs.max(1),
