@@ -94,6 +94,8 @@ fn a_url_build_resumes_a_cut_download_then_builds_from_the_cache_with_the_server
     eprintln!("first URL build (download included): {:.1?}", t.elapsed());
     assert!(ok, "{err}");
     assert!(err.contains(&format!("resuming at byte {cut}")), "{err}");
+    // The transfer is a task of the progress display: piped, a line when it ends.
+    assert!(err.lines().any(|l| l.trim_start().starts_with(&format!("download {url}: done in"))), "{err}");
     assert_eq!(*server.ranges.lock().unwrap(), [format!("/debian/12/{NAME} bytes={cut}-")]);
     let b = bom(&tmp.path().join("out1"));
     assert_eq!(b.input.url.as_deref(), Some(url.as_str()));
