@@ -146,26 +146,7 @@ fn k8s_1_30_from_pkgs_repository_through_the_mirror() {
         .arg(&console);
     cmd.args(VERSION_SETS).args(["--set", "kubernetes_source=pkg"]);
     let out = cmd.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let log = std::fs::read_to_string(&console).unwrap_or_default();
-    assert!(out.status.success(), "{text}\n{}\nconsole tail:\n{}", String::from_utf8_lossy(&out.stderr), log.lines().rev().take(40).collect::<Vec<_>>().join("\n"));
-    eprintln!("kib check --boot (TCG): {:.0}s", t0.elapsed().as_secs_f64());
-    let checks: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
-    let passed = |name: &str| checks.iter().any(|c| c["name"] == name && c["ok"] == true);
-    for name in [
-        "boot: report complete",
-        "boot: containerd active",
-        "boot: kubelet enabled",
-        "boot: kubelet not running",
-        "boot: swap off",
-        "boot: no failed units",
-        "boot: machine-id fresh",
-        "boot: module br_netfilter loaded",
-        "boot: sysctl net.ipv4.ip_forward = 1",
-        "boot: image registry.k8s.io/pause:3.9 listed by ctr",
-    ] {
-        assert!(passed(name), "{name}: {checks:#?}");
-    }
+    assert_booted_node(&out, &console, t0);
     assert_eq!(sha256(&raw), before, "the booted image was written");
     assert_nothing_left(&tmp.path().join("work"));
 }

@@ -226,3 +226,30 @@ pub fn validate_ovf(xml: &str) -> Result<(), String> {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if out.status.success() { Ok(()) } else { Err(text) }
 }
+
+/// Asserts that `kib check --boot --output json` (its `out`) passed every boot check the node
+/// manifests promise; on failure shows stderr and the newest 40 lines of the serial `console`
+/// log. `t0` is when the boot started (the wall time is printed).
+pub fn assert_booted_node(out: &std::process::Output, console: &Path, t0: std::time::Instant) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let log = std::fs::read_to_string(console).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    assert!(out.status.success(), "{text}\n{}\nconsole tail (newest first):\n{}", String::from_utf8_lossy(&out.stderr), tail.join("\n"));
+    eprintln!("kib check --boot (TCG): {:.0}s", t0.elapsed().as_secs_f64());
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let passed = |name: &str| checks.iter().any(|c| c["name"] == name && c["ok"] == true);
+    for name in [
+        "boot: report complete",
+        "boot: containerd active",
+        "boot: kubelet enabled",
+        "boot: kubelet not running",
+        "boot: swap off",
+        "boot: no failed units",
+        "boot: machine-id fresh",
+        "boot: module br_netfilter loaded",
+        "boot: sysctl net.ipv4.ip_forward = 1",
+        "boot: image registry.k8s.io/pause:3.9 listed by ctr",
+    ] {
+        assert!(passed(name), "{name}: {checks:#?}");
+    }
+}
