@@ -9,7 +9,7 @@
 #    the Containerfile names by default; the Containerfile's RUN line then finds every package installed.
 # 2. Image: `podman build` of the Containerfile on that base, with a build context staged from the host: the kib
 #    binary (default target/release/kib, built with `cargo build --release --locked`), manifests/, phases/ and the
-#    man page when there is one ($KIB_MAN_PAGE, default target/man/kib.1; the Containerfile's "man/" hook). It is
+#    man page ($KIB_MAN_PAGE when that file exists, else `kib man`'s; the Containerfile's "man/" folder). It is
 #    tagged <name>:<key> (default name localhost/kib), key = sha256 of the Containerfile, this script, the kib binary,
 #    manifests/, phases/ and the man page, and also <name>:latest. When <name>:<key> exists already nothing is built.
 #    Older <name>:<key> and localhost/kib-base:<key> images are removed (unless a container uses them).
@@ -133,7 +133,8 @@ if [[ -f "$MAN_PAGE" ]]; then
     cp "$MAN_PAGE" "$CTX/man/kib.1"
     log "man page: $MAN_PAGE"
 else
-    log "no man page at $MAN_PAGE (the image gets none)"
+    "$KIB" man > "$CTX/man/kib.1"
+    log "man page: generated with \`kib man\`"
 fi
 cp "$CONTAINERFILE" "$CTX/Containerfile"
 

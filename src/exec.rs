@@ -224,15 +224,21 @@ pub fn interactive(cmd: &mut Command, what: &str) -> Result<ExitStatus, ExecErro
 
 /// Makes the child get SIGKILL when the thread that started it (and so kib) dies, however it
 /// dies. For chroot commands, `unshare --kill-child` passes it on to the whole PID namespace.
+pub fn die_with_parent(cmd: &mut Command) {
+    signal_with_parent(cmd, rustix::process::Signal::KILL);
+}
+
+/// Makes the child get `signal` when the thread that started it (and so kib) dies, however it
+/// dies; `kib matrix run` gives its `kib customize` children SIGTERM, so that they clean up.
 #[allow(unsafe_code)]
-fn die_with_parent(cmd: &mut Command) {
+pub fn signal_with_parent(cmd: &mut Command, signal: rustix::process::Signal) {
     use std::os::unix::process::CommandExt;
     let parent = rustix::process::getpid();
     // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid are async-signal-safe and touch no memory of
     // the parent.
     unsafe {
         cmd.pre_exec(move || {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            rustix::process::set_parent_process_death_signal(Some(signal))?;
             // kib died between fork and prctl: the signal will never come, so do not start.
             if rustix::process::getppid() != Some(parent) {
                 return Err(std::io::Error::other("kib exited before the command started"));
@@ -244,6 +250,7 @@ fn die_with_parent(cmd: &mut Command) {
 
 /// Runs a host tool and returns its standard output. Errors carry its standard error.
 pub fn capture(cmd: &mut Command, what: &str) -> Result<String, ExecError> {
+    die_with_parent(cmd);
     let out = cmd.stdin(Stdio::null()).output().map_err(|source| ExecError::Spawn { what: what.into(), source })?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())

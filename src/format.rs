@@ -5,7 +5,7 @@
 use std::fmt;
 
 /// A disk format kib can write. `--format` and `output.formats` spell it as [`Format::name`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, schemars::JsonSchema, serde::Deserialize, serde::Serialize)]
 pub enum Format {
     /// Plain raw disk (sparse).
     #[value(name = "raw")]
@@ -92,7 +92,7 @@ impl fmt::Display for Format {
 }
 
 /// qcow2 cluster compression: `--qcow2-compression` and `output.qcow2_compression`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, schemars::JsonSchema, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Qcow2Compression {
     /// No compression (the default): fastest.

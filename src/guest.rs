@@ -202,6 +202,18 @@ impl GuestRoot {
     /// the final name (which replaces a symlink there instead of following it). Missing parent
     /// folders are created with mode 0755.
     pub fn write(&self, guest: &Path, content: &[u8], mode: u32, uid: u32, gid: u32) -> io::Result<()> {
+        let mut r = content;
+        self.write_from(guest, &mut r, mode, uid, gid).map(|_| ())
+    }
+
+    /// [`GuestRoot::write`] with the content streamed from `r` in 1 MiB pieces (never held whole
+    /// in memory: image archives and downloads may be GiBs). Returns the bytes written and
+    /// their SHA-256 (lowercase hex).
+    ///
+    /// Errors: `r` fails, the path leaves the root or cannot be created, or the disk is full
+    /// (ENOSPC, as an `io::Error`); the temporary file is removed on error.
+    pub fn write_from(&self, guest: &Path, r: &mut dyn io::Read, mode: u32, uid: u32, gid: u32) -> io::Result<(u64, String)> {
+        use sha2::Digest;
         let (parent, name) = self.parent(guest, true)?;
         let mut tmp_name = OsString::from(".kib-tmp-");
         tmp_name.push(&name);
@@ -212,13 +224,26 @@ impl GuestRoot {
             OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )?;
-        let result = (|| -> io::Result<()> {
+        let result = (|| -> io::Result<(u64, String)> {
             let mut f = File::from(fd);
-            f.write_all(content)?;
+            let mut hash = sha2::Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut size = 0u64;
+            loop {
+                let n = match r.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                f.write_all(&buf[..n])?;
+                hash.update(&buf[..n]);
+                size += n as u64;
+            }
             rfs::fchown(f.as_fd(), Some(rfs::Uid::from_raw(uid)), Some(rfs::Gid::from_raw(gid)))?;
             rfs::fchmod(f.as_fd(), Mode::from_raw_mode(mode))?;
             rfs::renameat(&parent, &tmp_name, &parent, &name)?;
-            Ok(())
+            Ok((size, hex::encode(hash.finalize())))
         })();
         if result.is_err() {
             let _ = rfs::unlinkat(&parent, &tmp_name, AtFlags::empty());

@@ -25,6 +25,11 @@ pub struct Report {
     pub dpkg_architecture: Option<String>,
     pub partition_table: Table,
     pub filesystems: Vec<Filesystem>,
+    /// LVM volume groups, their PVs and LVs with the filesystems on them (empty without LVM).
+    pub volume_groups: Vec<crate::phase0::lvmap::VgRecord>,
+    /// The SELinux policy when `/etc/selinux/config` says enforcing or permissive:
+    /// `default (permissive)`.
+    pub selinux: Option<String>,
     pub kernels: Vec<String>,
     /// Kubernetes components found: name to version (from packages, /etc/kubernetes-version
     /// and /etc/kib-release).
@@ -68,6 +73,12 @@ pub fn report(image: &Image) -> Result<Report> {
         dpkg_architecture: image.facts.dpkg_arch.clone(),
         partition_table: image.table.clone(),
         filesystems: image.filesystems.clone(),
+        volume_groups: image.volume_groups.clone(),
+        selinux: match crate::selinux::detect(root) {
+            Ok(Some(p)) => Some(format!("{} ({})", p.name, p.mode)),
+            Ok(None) => None,
+            Err(e) => Some(format!("broken: {e:#}")),
+        },
         kernels: image.facts.kernels.clone(),
         kubernetes,
         kib_release: root.read_string(Path::new("/etc/kib-release"))?,
@@ -87,7 +98,7 @@ pub fn text(r: &Report) -> String {
     s.push_str(&format!("os:           {os}\narchitecture: {}{dpkg_note}\n", r.architecture));
     s.push_str(&format!("partitions:   {}\n", r.partition_table.kind_name()));
     for p in &r.partition_table.partitions {
-        let fs = r.filesystems.iter().find(|f| f.partition == p.number);
+        let fs = r.filesystems.iter().find(|f| f.partition == p.number && f.lv.is_none());
         s.push_str(&format!(
             "  {:>3}  start {:>12}  size {:>12}  type {}{}\n",
             p.number,
@@ -96,6 +107,31 @@ pub fn text(r: &Report) -> String {
             p.type_id,
             fs.map(|f| format!("  {} on {}", f.fstype, f.mount_point)).unwrap_or_default()
         ));
+    }
+    for vg in &r.volume_groups {
+        s.push_str(&format!(
+            "lvm:          volume group {} (uuid {}, seqno {}, extent size {}) on partition(s) {}\n",
+            vg.name,
+            vg.uuid,
+            vg.seqno,
+            vg.extent_size,
+            vg.pvs.iter().map(|p| p.partition.to_string()).collect::<Vec<_>>().join(", ")
+        ));
+        for lv in &vg.lvs {
+            s.push_str(&format!(
+                "  {:<12} start {:>12}  size {:>12}  extents {}-{}{}{}\n",
+                lv.name,
+                lv.offset,
+                lv.size,
+                lv.first_pe,
+                lv.first_pe + lv.extent_count.saturating_sub(1),
+                if lv.fstype.is_empty() { String::new() } else { format!("  {}", lv.fstype) },
+                lv.mount_point.as_ref().map(|m| format!(" on {m}")).unwrap_or_default()
+            ));
+        }
+    }
+    if let Some(se) = &r.selinux {
+        s.push_str(&format!("selinux:      {se}\n"));
     }
     s.push_str(&format!("kernels:      {}\n", r.kernels.join(", ")));
     for (k, v) in &r.kubernetes {

@@ -8,7 +8,9 @@
 //! and managers), [`sys`] (the seam over loop devices, mounts, probes and host commands),
 //! [`fetch`], [`guest`], [`exec`], and the records [`bom`] and [`lock`].
 
+pub mod bases;
 pub mod bolt;
+pub mod boot;
 pub mod bom;
 pub mod check;
 pub mod cleanup;
@@ -25,11 +27,15 @@ pub mod input;
 pub mod inspect;
 pub mod lock;
 pub mod manifest;
+pub mod matrix;
 pub mod mounts;
 pub mod out;
 pub mod phase0;
 pub mod phase1;
 pub mod phase2;
+pub mod progress;
 pub mod pkg;
+pub mod selinux;
 pub mod sys;
+pub mod ui;
 pub mod workdir;

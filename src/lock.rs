@@ -11,6 +11,8 @@
 //!   a step names, pins every package of the BOM while `packages` steps run (apt: a
 //!   priority-1001 preferences file), and after each `packages` step every recorded package that
 //!   is installed must have its recorded version (see [`crate::pkg::apply_step`]).
+//! - [`Lock::input`]: a base image taken from a URL must have the SHA-256 the BOM recorded for
+//!   that URL (instead of its checksum list's).
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +30,9 @@ pub struct Lock {
     pub path: PathBuf,
     pub packages: PackagePins,
     pub downloads: DownloadPins,
+    /// The base image's URL (credentials removed) and SHA-256, when the locked build took it
+    /// from a URL: a build from the same URL must get the same image.
+    pub input: Option<(String, String)>,
 }
 
 impl Lock {
@@ -57,6 +62,7 @@ impl Lock {
             path: path.to_path_buf(),
             packages: PackagePins { source: path.to_path_buf(), packages },
             downloads: DownloadPins { source: path.to_path_buf(), sums },
+            input: bom.input.url.clone().map(|u| (u, bom.input.sha256.clone())),
         })
     }
 }
@@ -84,6 +90,18 @@ mod tests {
         assert!(e.contains("the manifest pins sha256 cdcd") && e.contains("the lock abab"), "{e}");
         let e = p.sum_for("https://dl.k8s.io/v2/kubectl", None).unwrap_err();
         assert!(e.contains("old/bom.json: https://dl.k8s.io/v2/kubectl is not in the lock"), "{e}");
+    }
+
+    #[test]
+    fn pins_a_base_image_taken_from_a_url() {
+        let mut b = bom(serde_json::json!([]));
+        assert_eq!(Lock::from_bom(Path::new("b.json"), &b).unwrap().input, None);
+        b.input.url = Some("https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.raw".into());
+        b.input.sha256 = "ef".repeat(32);
+        // Written and read back, the BOM still pins it.
+        let b = Bom::from_slice(&b.to_json().unwrap(), Path::new("b.json")).unwrap();
+        let l = Lock::from_bom(Path::new("b.json"), &b).unwrap();
+        assert_eq!(l.input, Some((b.input.url.clone().unwrap(), "ef".repeat(32))));
     }
 
     #[test]

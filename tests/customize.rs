@@ -146,6 +146,9 @@ fn node_manifest_builds_a_kubernetes_node_image() {
     sbom_schema::assert_schema_valid(&spdx, sbom_schema::SbomKind::Spdx23);
     let cdx: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("k8s-node-debian.cdx.json")).unwrap()).unwrap();
     sbom_schema::assert_schema_valid(&cdx, sbom_schema::SbomKind::CycloneDx15);
+    // And the standards' own reference tools accept them, beyond their JSON Schemas.
+    sbom_schema::assert_reference_tool_accepts(&out.join("k8s-node-debian.spdx.json"), sbom_schema::SbomKind::Spdx23);
+    sbom_schema::assert_reference_tool_accepts(&out.join("k8s-node-debian.cdx.json"), sbom_schema::SbomKind::CycloneDx15);
     let version = containerd["version"].as_str().unwrap();
     let purl = format!("pkg:deb/debian/containerd@{}?arch=amd64&distro=debian-12", version.replace('+', "%2B"));
     let spdx_pkgs = spdx["packages"].as_array().unwrap();
@@ -238,6 +241,7 @@ fn inspect_lists_what_a_plain_base_image_holds() {
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let spdx: serde_json::Value = serde_json::from_slice(&std::fs::read(&sbom_file).unwrap()).unwrap();
     sbom_schema::assert_schema_valid(&spdx, sbom_schema::SbomKind::Spdx23);
+    sbom_schema::assert_reference_tool_accepts(&sbom_file, sbom_schema::SbomKind::Spdx23);
     let pkgs = spdx["packages"].as_array().unwrap();
     let listed: Vec<&str> = pkgs.iter().filter(|p| p["externalRefs"][0]["referenceLocator"].as_str().is_some_and(|u| u.starts_with("pkg:deb/debian/"))).map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(listed, names, "the SPDX document lists other packages than the report");

@@ -133,6 +133,21 @@ fn every_format_from_the_node_image() {
     assert!(ovf.contains(r#"xmlns="http://schemas.dmtf.org/ovf/envelope/1""#));
     assert!(ovf.contains(&format!(r#"ovf:href="{n}-disk1.vmdk" ovf:size="{}""#, std::fs::metadata(&disk).unwrap().len())), "{ovf}");
     assert!(ovf.contains(&format!(r#"ovf:capacity="{size}""#)));
+    // DMTF's OVF envelope schema (DSP8023), and what vCenter's importer reads: the disk section
+    // matches the vmdk in the archive (capacity = its virtual size, file size = its bytes), a
+    // VirtualHardwareSection, and the firmware the disk boots with (the base image has a BIOS
+    // boot partition).
+    validate_ovf(&ovf).unwrap_or_else(|e| panic!("the OVF descriptor does not validate against DSP8023:\n{e}\n{ovf}"));
+    assert_eq!(d["virtual-size"].as_u64().unwrap(), size, "the vmdk's virtual size is the disk's");
+    let attr = |name: &str| -> u64 {
+        let i = ovf.find(&format!("{name}=\"")).unwrap_or_else(|| panic!("{name} missing")) + name.len() + 2;
+        ovf[i..ovf[i..].find('"').unwrap() + i].parse().unwrap()
+    };
+    assert_eq!(attr("ovf:capacity"), d["virtual-size"].as_u64().unwrap());
+    assert_eq!(attr("ovf:size"), std::fs::metadata(&disk).unwrap().len());
+    assert!(attr("ovf:populatedSize") <= attr("ovf:capacity"));
+    assert!(ovf.contains("<VirtualHardwareSection>") && ovf.contains("<vssd:VirtualSystemType>"), "{ovf}");
+    assert!(ovf.contains(r#"vmw:key="firmware" vmw:value="bios""#), "{ovf}");
     let bom: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("bom.json")).unwrap()).unwrap();
     let version = |pkg: &str| bom["packages"].as_array().unwrap().iter().find(|p| p["name"] == pkg).unwrap()["version"].as_str().unwrap().to_string();
     assert!(version("containerd").starts_with(&props["CONTAINERD_VERSION"]), "{props:?}");

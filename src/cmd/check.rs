@@ -11,9 +11,9 @@ use crate::context::BuildContext;
 use crate::phase0::{self, Image};
 use crate::{manifest, out};
 
-pub fn run(args: &CheckArgs) -> Result<ExitCode> {
+pub fn run(args: &CheckArgs, output: OutputFormat) -> Result<ExitCode> {
     super::mounting_as_root("check")?;
-    let manifest = args.manifest.as_deref().map(|m| manifest::load(m, &args.set)).transpose()?;
+    let manifest = args.manifest.as_deref().map(|m| manifest::load_with(m, &args.set, args.provider.as_deref())).transpose()?;
     let bom_path = args.bom.clone().unwrap_or_else(|| args.disk_image.with_file_name("bom.json"));
     let bom = match Bom::read(&bom_path) {
         Ok(b) => Some(b),
@@ -30,10 +30,30 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
         None => BuildContext::now(),
     };
     let image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: false, work_base: args.work_dir.clone(), cache_dir: None, read_only: true, grow_to: None })?;
-    let checks = crate::check::run(image.root(), &image.facts, &ctx, manifest.as_ref(), bom.as_ref())?;
+    let mut checks = crate::check::run(image.root(), &image.facts, &ctx, manifest.as_ref(), bom.as_ref())?;
+    checks.extend(crate::check::selinux_labels(&image)?);
+    let expect = crate::check::boot_expectations(manifest.as_ref(), &image.facts, &ctx, bom.as_ref());
+    let (arch, uefi) = (image.facts.arch.clone(), !image.table.boots_bios() && image.table.boots_uefi());
     image.close()?;
+    if args.boot {
+        let report = crate::boot::run(
+            &crate::boot::Options {
+                image: args.disk_image.clone(),
+                arch,
+                uefi,
+                work_base: args.work_dir.clone(),
+                timeout: std::time::Duration::from_secs(args.boot_timeout),
+                accel: args.accel,
+                memory_mib: args.memory,
+                console_log: args.console_log.clone(),
+            },
+            &expect,
+        )?;
+        tracing::info!("booted under {:?} and checked in {:.1}s", report.accel, report.seconds);
+        checks.extend(report.checks);
+    }
     let failed = checks.iter().filter(|c| !c.ok).count();
-    match args.output {
+    match output {
         OutputFormat::Json => out::line(serde_json::to_string_pretty(&checks)?),
         OutputFormat::Text => {
             for c in &checks {

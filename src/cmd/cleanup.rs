@@ -4,16 +4,20 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
-use crate::cli::CleanupArgs;
+use crate::cli::{CleanupArgs, OutputFormat};
 use crate::{mounts, out};
 
-pub fn run(args: &CleanupArgs) -> Result<ExitCode> {
+pub fn run(args: &CleanupArgs, output: OutputFormat) -> Result<ExitCode> {
     if !rustix::process::geteuid().is_root() {
         bail!("kib cleanup must run as root: it detaches loop devices");
     }
     // binfmt_misc may have to be mounted to find stale handlers: in kib's own namespace.
     mounts::enter_private_namespace()?;
     let r = crate::cleanup::run(&args.work_dir)?;
+    if output == OutputFormat::Json {
+        out::line(serde_json::to_string_pretty(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     for h in &r.binfmt_handlers {
         out::line(format!("removed binfmt_misc handler {h}"));
     }

@@ -8,17 +8,20 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use indexmap::IndexMap;
 
 use crate::bom::{Bom, Continuation, ManifestRecord};
 use crate::cli::CustomizeArgs;
 use crate::context::{BuildContext, Phase, PhaseSet};
+use crate::fetch::image::{self, Check, FetchedImage};
+use crate::fetch::{redact, Fetcher};
 use crate::format::{Format, Qcow2Compression};
 use crate::lock::Lock;
 use crate::manifest::{self, Manifest};
 use crate::phase2::convert::Staging;
 use crate::phase2::sysprep;
+use crate::progress::{self, Activity, Event, OutputFile, Status};
 use crate::{phase0, phase1, phase2};
 
 /// What a run will do, decided from the arguments and the manifest before the image is touched.
@@ -38,17 +41,17 @@ impl Plan {
     /// Checks the arguments against each other and the manifest.
     ///
     /// Errors: a missing or bad manifest, contradicting options (`--format` or `--disk-size` or
-    /// `--lock` with a phase left out that they belong to), a bad output name, a missing image,
-    /// or an output that would land on the input image.
+    /// `--lock` with a phase left out that they belong to), a bad output name, a missing image
+    /// (a URL is fetched later, by [`input_file`]).
     pub fn new(args: &CustomizeArgs) -> Result<Plan> {
         let manifest_path = match (&args.manifest, &args.release_channel) {
             (Some(p), _) => p.clone(),
             (None, Some(c)) => manifest::catalogue::release_channel(c)?,
             (None, None) => bail!("give --manifest or --release-channel"),
         };
-        let manifest = manifest::load(&manifest_path, &args.set)?;
+        let manifest = manifest::load_with(&manifest_path, &args.set, args.provider.as_deref())?;
         let phases = PhaseSet::from_numbers(&args.phases)?;
-        let mut formats = Format::dedup(if args.format.is_empty() { &manifest.output.formats } else { &args.format });
+        let mut formats = Format::dedup(&default_formats(&args.format, args.provider.is_some(), &manifest));
         if formats.is_empty() {
             formats.push(Format::Qcow2);
         }
@@ -78,21 +81,37 @@ impl Plan {
             tracing::info!("{}: disk.size is not applied: Phase 0, which grows the disk, is left out", manifest.path.display());
             disk_size = None;
         }
-        if formats.contains(&Format::Vhd) && disk_size.is_none() && args.disk_image.is_file() {
-            // Azure takes only whole MiB: round an odd-sized disk up (disk sizes are already whole).
-            let size = phase0::workcopy::inspect(&args.disk_image)?.virtual_size;
+        let is_url = args.disk_image.to_str().is_some_and(image::is_url);
+        if !is_url && !args.disk_image.exists() {
+            bail!("disk image {} not found", args.disk_image.display());
+        }
+        if args.disk_image_sha256.is_some() && !is_url {
+            bail!("--disk-image-sha256 pins a --disk-image URL; {} is a local file (its SHA256SUMS beside it is used)", args.disk_image.display());
+        }
+        let mut plan = Plan { manifest, phases, formats, compression, name, disk_size };
+        if !is_url {
+            plan.fit_input(&args.disk_image)?;
+        }
+        Ok(plan)
+    }
+
+    /// Adjusts the plan to the input file: a vhd output needs a disk of whole MiB, so an odd
+    /// size is rounded up (disk sizes from `disk.size` are whole already).
+    ///
+    /// Errors: the input is no image qemu-img reads, or it needs growing and Phase 0 is left out.
+    pub fn fit_input(&mut self, input: &Path) -> Result<()> {
+        let phases = self.phases;
+        if self.formats.contains(&Format::Vhd) && self.disk_size.is_none() && input.is_file() {
+            let size = phase0::workcopy::inspect(input)?.virtual_size;
             if size % (1 << 20) != 0 {
                 if !phases.contains(Phase::Base) {
                     bail!("vhd needs a disk of whole MiB and this one has {size} bytes; growing it is Phase 0's, which --phases {phases} leaves out");
                 }
                 tracing::info!("vhd: rounding the disk up from {size} bytes to a whole MiB");
-                disk_size = Some(size.div_ceil(1 << 20) << 20);
+                self.disk_size = Some(size.div_ceil(1 << 20) << 20);
             }
         }
-        if !args.disk_image.exists() {
-            bail!("disk image {} not found", args.disk_image.display());
-        }
-        Ok(Plan { manifest, phases, formats, compression, name, disk_size })
+        Ok(())
     }
 
     /// The files the run will write into the output folder: the images, bom.json, with Phase 2
@@ -110,35 +129,109 @@ impl Plan {
     }
 }
 
+/// The output formats: `--format`; else, with `--provider`, the profile's; else the manifest's
+/// `output.formats`; else the profile's (one the manifest names or includes itself). Empty when
+/// none says (the caller's default is qcow2).
+pub fn default_formats(flag: &[Format], provider_flag: bool, manifest: &Manifest) -> Vec<Format> {
+    let profile: &[Format] = manifest.provider.as_ref().map_or(&[], |(_, p)| &p.formats);
+    if !flag.is_empty() {
+        flag.to_vec()
+    } else if provider_flag && !profile.is_empty() {
+        profile.to_vec()
+    } else if !manifest.output.formats.is_empty() {
+        manifest.output.formats.clone()
+    } else {
+        profile.to_vec()
+    }
+}
+
+/// Refuses an image the provider profile says its platform cannot run: another architecture,
+/// or a disk that boots with none of the platform's firmware.
+///
+/// Errors: the mismatch, naming the profile file, what it allows and what the image has.
+pub fn check_provider_fits(manifest: &Manifest, arch: &str, table: &crate::phase0::partition::Table) -> Result<()> {
+    let Some((path, p)) = &manifest.provider else { return Ok(()) };
+    if !p.arches.is_empty() && !p.arches.iter().any(|a| a == arch) {
+        bail!("provider `{}` ({}) runs {} images, and this image is {arch}", p.name, path.display(), p.arches.join(", "));
+    }
+    let has: Vec<&str> = [(table.boots_bios(), "bios"), (table.boots_uefi(), "uefi")].into_iter().filter(|(b, _)| *b).map(|(_, n)| n).collect();
+    if !p.firmware.is_empty() && !p.firmware.iter().any(|f| has.contains(&f.name())) {
+        bail!(
+            "provider `{}` ({}) boots with {} firmware, and this image's disk boots with {} (its partition table: {:?}, partition types {})",
+            p.name,
+            path.display(),
+            p.firmware.iter().map(|f| f.name()).collect::<Vec<_>>().join(" or "),
+            if has.is_empty() { "neither BIOS nor UEFI".to_string() } else { has.join(" and ") },
+            table.kind,
+            table.partitions.iter().map(|x| x.type_id.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// Runs `kib customize`.
 pub fn run(args: &CustomizeArgs) -> Result<ExitCode> {
     super::mounting_as_root("customize")?;
+    run_in_namespace(args)
+}
+
+/// Runs the build, once [`super::mounting_as_root`] has been called (by `customize` or `build`).
+pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
     let ctx = BuildContext::now();
     let t0 = Instant::now();
-    let plan = Plan::new(args)?;
-    let (manifest, phases) = (&plan.manifest, plan.phases);
-    let outputs: Vec<PathBuf> = plan.outputs().iter().map(|f| args.output_dir.join(f)).collect();
-    crate::input::refuse_outputs_on_input(&args.disk_image, &outputs)?;
+    let mut plan = Plan::new(args)?;
     let mut fetcher = super::fetcher(&args.fetch)?;
     let lock = args.lock.as_deref().map(Lock::load).transpose()?;
     if let Some(lock) = &lock {
         tracing::info!("--lock {}: {} packages and {} downloads pinned", lock.path.display(), lock.packages.packages.len(), lock.downloads.sums.len());
         fetcher.pins = Some(Arc::new(lock.downloads.clone()));
     }
+    let (input, fetched) = input_file(args, &fetcher, lock.as_ref())?;
+    if fetched.is_some() {
+        plan.fit_input(&input)?;
+    }
+    let (manifest, phases) = (&plan.manifest, plan.phases);
+    let outputs: Vec<PathBuf> = plan.outputs().iter().map(|f| args.output_dir.join(f)).collect();
+    crate::input::refuse_outputs_on_input(&input, &outputs)?;
     phase2::ensure_output_dir(&args.output_dir)?;
     tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
 
     // Phase 0
+    let activity = Activity::phase(if phases.contains(Phase::Base) { "Phase 0: verify, working copy, mount" } else { "Phase 0 (attach and mount only)" });
     let mut image = phase0::run(&phase0::Options {
-        image: args.disk_image.clone(),
-        verify: phases.contains(Phase::Base) && !args.no_verify,
+        image: input.clone(),
+        // A URL input was verified when it was fetched.
+        verify: phases.contains(Phase::Base) && !args.no_verify && fetched.is_none(),
         work_base: args.work_dir.clone(),
         cache_dir: Some(fetcher.cache_dir.clone()),
         read_only: false,
         grow_to: plan.disk_size,
     })?;
+    if let Some(f) = &fetched {
+        image.input.url = Some(f.fetched.url.clone());
+        image.input.verified_against = f.verified_against.clone();
+    }
+    activity.finish();
     let phase0_s = t0.elapsed().as_secs_f64();
-    let continuation = Continuation::find(&args.disk_image, &image.input.sha256);
+    check_provider_fits(manifest, &image.facts.arch, &image.table)?;
+    if let Some((id, version)) = &args.expect_os {
+        let got_id = image.facts.os_release.get("ID").map_or("", String::as_str);
+        let got_version = image.facts.os_release.get("VERSION_ID").map_or("", String::as_str);
+        if got_id != id || version.as_deref().is_some_and(|v| !crate::bases::version_matches(v, got_version)) {
+            bail!(
+                "{}: the OS catalogue promises os-release ID={id}{}, and the image says ID={got_id} VERSION_ID={got_version}",
+                input.display(),
+                version.as_deref().map(|v| format!(" VERSION_ID={v}")).unwrap_or_default()
+            );
+        }
+    }
+    if phases.contains(Phase::Artifacts) && !manifest.sysprep.skip.iter().any(|s| s == crate::selinux::SKIP_NAME) {
+        // An SELinux image kib could not label fails now, not after Phase 1.
+        if let Err(e) = crate::selinux::detect(image.root()) {
+            return Err(e.context(format!("{}: checking the image's SELinux policy before customizing it", input.display())));
+        }
+    }
+    let continuation = Continuation::find(&input, &image.input.sha256);
     let ctx = match &continuation {
         Some(c) => {
             tracing::info!(
@@ -171,12 +264,15 @@ pub fn run(args: &CustomizeArgs) -> Result<ExitCode> {
     }
 
     // Phase 1
+    let activity = Activity::phase(if phases.contains(Phase::Customization) { "Phase 1: the manifest's steps" } else { "Phase 1 (left out)" });
     let mut p1 = phase1::run(&image, manifest, &ctx, &fetcher, phases, lock.as_ref().map(|l| Arc::new(l.packages.clone())))?;
+    activity.finish();
     let phase1_s = p1.seconds;
     let steps_run = std::mem::take(&mut p1.steps);
 
     // Phase 2
     let t2 = Instant::now();
+    let activity = Activity::phase(if phases.contains(Phase::Artifacts) { "Phase 2: sysprep, BOM, conversion" } else { "Phase 2 (left out: the working copy as it is)" });
     let p2 = phase2::run(&mut image, p1, manifest, &ctx, staging.dir(), &phase2::Options {
         phases,
         formats: plan.formats.clone(),
@@ -201,6 +297,8 @@ pub fn run(args: &CustomizeArgs) -> Result<ExitCode> {
         kernels: image.facts.kernels.clone(),
         partition_table: image.table.kind_name().to_string(),
         filesystems: image.filesystems.clone(),
+        volume_groups: image.volume_groups.clone(),
+        selinux: p2.selinux.clone(),
         disk_growth: image.growth.clone(),
         locked_from: args.lock.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
         packages: p2.packages,
@@ -212,13 +310,59 @@ pub fn run(args: &CustomizeArgs) -> Result<ExitCode> {
     let names: Vec<&str> = files.iter().map(String::as_str).collect();
     staging.commit(&args.output_dir, &names)?;
     image.close()?;
+    activity.finish();
     let phase2_s = t2.elapsed().as_secs_f64();
-    tracing::info!(
+    progress::emit(Event::Result { status: Status::Ok, seconds: t0.elapsed().as_secs_f64(), outputs: output_files(&args.output_dir, &files)?, error: None });
+    tracing::debug!(
         "done in {:.1}s (phase 0 {phase0_s:.1}s, phase 1 {phase1_s:.1}s, phase 2 {phase2_s:.1}s): {}",
         t0.elapsed().as_secs_f64(),
         files.iter().map(|f| Path::new(&args.output_dir).join(f).display().to_string()).collect::<Vec<_>>().join(" ")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The local file to build from: `--disk-image` itself, or for a URL its verified copy in the
+/// cache (downloaded first when the cache lacks it; see [`crate::fetch::image`]), with what was
+/// fetched. The copy's SHA-256 is recorded for Phase 0, which then does not hash it again.
+///
+/// Errors: as [`crate::fetch::Fetcher::fetch_image`]; `--disk-image-sha256` and a `--lock`
+/// that disagree.
+pub fn input_file(args: &CustomizeArgs, fetcher: &Fetcher, lock: Option<&Lock>) -> Result<(PathBuf, Option<FetchedImage>)> {
+    let Some(url) = args.disk_image.to_str().filter(|s| image::is_url(s)) else {
+        return Ok((args.disk_image.clone(), None));
+    };
+    let locked = lock.and_then(|l| l.input.as_ref().filter(|(u, _)| *u == redact(url)).map(|(_, sum)| (l, sum)));
+    let check = match (&args.disk_image_sha256, locked) {
+        (Some(pin), Some((l, sum))) if !pin.eq_ignore_ascii_case(sum) => {
+            bail!("--disk-image-sha256 {pin} and --lock {} (sha256 {sum}) disagree about {}", l.path.display(), redact(url))
+        }
+        (Some(pin), _) => Check::Pinned { sha256: pin.clone(), by: "--disk-image-sha256".into() },
+        (None, Some((l, sum))) => Check::Pinned { sha256: sum.clone(), by: format!("--lock {}", l.path.display()) },
+        (None, None) if args.no_verify => Check::Unverified,
+        (None, None) => Check::Lists,
+    };
+    let got = fetcher.fetch_image(url, &check).with_context(|| format!("fetching the base image {}", redact(url)))?;
+    phase0::verify::InputCache::new(&fetcher.cache_dir).store(&got.fetched.path, &got.fetched.sha256);
+    Ok((got.fetched.path.clone(), Some(got)))
+}
+
+/// The published files with their sizes and sums (from SHA256SUMS; its own sum is computed).
+fn output_files(dir: &Path, files: &[String]) -> Result<Vec<OutputFile>> {
+    let sums_path = dir.join("SHA256SUMS");
+    let sums = std::fs::read_to_string(&sums_path).with_context(|| format!("reading {}", sums_path.display()))?;
+    let listed: std::collections::HashMap<&str, &str> = sums.lines().filter_map(|l| l.split_once("  ")).map(|(s, f)| (f, s)).collect();
+    files
+        .iter()
+        .map(|f| {
+            let path = dir.join(f);
+            let bytes = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.len();
+            let sha256 = match listed.get(f.as_str()) {
+                Some(s) => s.to_string(),
+                None => crate::hash::sha256_file(&path).with_context(|| format!("reading {}", path.display()))?,
+            };
+            Ok(OutputFile { path, bytes, sha256 })
+        })
+        .collect()
 }
 
 fn round(s: f64) -> f64 {

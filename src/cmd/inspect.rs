@@ -10,7 +10,10 @@ use crate::phase0::{self, Image};
 use crate::phase2::sbom;
 use crate::{inspect, out};
 
-pub fn run(args: &InspectArgs) -> Result<ExitCode> {
+pub fn run(args: &InspectArgs, output: OutputFormat) -> Result<ExitCode> {
+    if args.sbom.is_some() && output == OutputFormat::Json {
+        anyhow::bail!("--sbom prints an SBOM, which is JSON already; leave out --output json");
+    }
     super::mounting_as_root("inspect")?;
     if let Some(out) = &args.sbom_output {
         crate::input::refuse_outputs_on_input(&args.image, std::slice::from_ref(out))?;
@@ -32,7 +35,7 @@ pub fn run(args: &InspectArgs) -> Result<ExitCode> {
             None => out::line(String::from_utf8_lossy(&doc).trim_end()),
         }
     } else {
-        match args.output {
+        match output {
             OutputFormat::Json => out::line(serde_json::to_string_pretty(&report)?),
             OutputFormat::Text => out::line(inspect::text(&report).trim_end()),
         }

@@ -33,7 +33,10 @@ fn default_command(image: &Image) -> Vec<String> {
 /// `--save` folder that does not exist, an image whose programs cannot run on this host, or a
 /// failing conversion while saving. The input image is never modified, and nothing is left
 /// behind: the working copy goes with the work directory unless `--save` keeps it.
-pub fn run(args: &ShellArgs) -> Result<ExitCode> {
+pub fn run(args: &ShellArgs, output: crate::cli::OutputFormat) -> Result<ExitCode> {
+    if output == crate::cli::OutputFormat::Json {
+        bail!("kib shell is interactive and exits with the command's status; --output json does not apply");
+    }
     super::mounting_as_root("shell")?;
     let save_dir = match &args.save {
         Some(p) => {

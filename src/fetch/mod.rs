@@ -8,10 +8,15 @@
 //! - `<cache>/sums/<sha256 of url>`: checksum files fetched from `sha256_url`s, so that offline
 //!   builds can use them too.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+pub mod download;
+pub mod image;
+pub mod sums;
 
-use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use download::{Progress, ProgressHook, RetryPolicy};
+use sums::Digests;
 
 /// A URL prefix rewrite: `from` is replaced by `to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,14 +76,41 @@ pub enum FetchError {
     BadMirror(String),
     #[error("sha256 mismatch for {url} (fetched from {from}): expected {expected}, got {actual}")]
     Mismatch { url: String, from: String, expected: String, actual: String },
-    #[error("size mismatch for {url} (fetched from {from}): the server announced {announced} bytes but sent {received}")]
-    Truncated { url: String, from: String, announced: u64, received: u64 },
+    #[error(
+        "downloading {url} (from {from}): the connection was cut after {received} of {} bytes ({detail}), and {tries} {} could not \
+         finish it; nothing was cached",
+        total.map_or_else(|| "an unknown number of".to_string(), |t| t.to_string()),
+        if *tries == 1 { "try" } else { "tries" }
+    )]
+    Cut { url: String, from: String, received: u64, total: Option<u64>, detail: String, tries: u32 },
     #[error("downloading {url} (from {from}): {message}")]
     Http { url: String, from: String, message: String },
     #[error("{url}: `{0}` is not a SHA-256 (64 hex digits)", url = .1)]
     BadSum(String, String),
     #[error("offline: not in the cache: {}", .0.join("; "))]
     Offline(Vec<String>),
+    #[error(
+        "{url}: the download's {algo} is {actual}, but {list} {verb} {expected}; the file on the server (fetched from {from}) is \
+         corrupt or was tampered with, or the checksum belongs to another file. Nothing was cached",
+        algo = .expected.algo.name(),
+        expected = .expected.hex,
+        verb = if .list.starts_with("--") { "pins" } else { "lists" }
+    )]
+    ImageMismatch { url: String, from: String, list: String, expected: sums::Sum, actual: String },
+    #[error(
+        "{} {} not name `{file}`: no line `<hex>  {file}` or `SHA256 ({file}) = <hex>` in {}. The image may have been renamed, or the \
+         list is for another release; pin its checksum with --disk-image-sha256 instead",
+        lists.join(" and "),
+        if lists.len() == 1 { "does" } else { "do" },
+        if lists.len() == 1 { "it" } else { "them" }
+    )]
+    NotListed { file: String, lists: Vec<String> },
+    #[error(
+        "{url}: no checksum list beside it: tried {} (none exists). Pin the image with --disk-image-sha256 HEX, or pass --no-verify to \
+         use it unverified",
+        tried.join(", ")
+    )]
+    NoList { url: String, tried: Vec<String> },
     #[error("cache {path}: {source}")]
     Cache { path: PathBuf, source: std::io::Error },
 }
@@ -135,7 +167,11 @@ pub struct Fetcher {
     pub cache_dir: PathBuf,
     pub offline: bool,
     /// `--lock`: every download must have the SHA-256 the locked BOM recorded.
-    pub pins: Option<std::sync::Arc<DownloadPins>>,
+    pub pins: Option<Arc<DownloadPins>>,
+    /// How failed transfers are retried and resumed.
+    pub retry: RetryPolicy,
+    /// Told of every transfer's progress; by default one log line every 5 s per transfer.
+    pub progress: Option<ProgressHook>,
     agent: ureq::Agent,
 }
 
@@ -151,9 +187,20 @@ impl Fetcher {
         let config = ureq::Agent::config_builder()
             .proxy(ureq::Proxy::try_from_env())
             .timeout_connect(Some(std::time::Duration::from_secs(30)))
-            .http_status_as_error(true)
+            // A transfer that stalls this long is cut, and resumed.
+            .timeout_per_read(Some(std::time::Duration::from_secs(60)))
+            // download.rs reads the status itself: 206, 416 and the retryable ones matter.
+            .http_status_as_error(false)
             .build();
-        Fetcher { mirrors, cache_dir: cache_dir.to_path_buf(), offline, pins: None, agent: config.into() }
+        Fetcher {
+            mirrors,
+            cache_dir: cache_dir.to_path_buf(),
+            offline,
+            pins: None,
+            retry: RetryPolicy::default(),
+            progress: Some(download::log_lines(std::time::Duration::from_secs(5))),
+            agent: config.into(),
+        }
     }
 
     /// Where content with this SHA-256 lives in the cache.
@@ -199,43 +246,23 @@ impl Fetcher {
 
     /// Downloads into `<cache>/tmp/` and returns the temporary file, its SHA-256 and size.
     fn download_to_cache_tmp(&self, url: &str, from: &str) -> Result<(PathBuf, String, u64), FetchError> {
-        let http = |message: String| FetchError::Http { url: redact(url), from: redact(from), message };
+        let (tmp, digests, size) = self.download_tmp(url, from, false)?;
+        Ok((tmp, digests.sha256, size))
+    }
+
+    /// Downloads `from` (resuming and retrying, see [`download`]) into a new file under
+    /// `<cache>/tmp/`, which is removed again on any error. Returns it with its digests (SHA-512
+    /// too when `sha512`) and size in bytes.
+    fn download_tmp(&self, url: &str, from: &str, sha512: bool) -> Result<(PathBuf, Digests, u64), FetchError> {
         let tmp_dir = self.cache_dir.join("tmp");
         for d in [&tmp_dir, &self.cache_dir.join("sha256")] {
             std::fs::create_dir_all(d).map_err(Self::cache_err(d))?;
         }
-        let mut resp = self.agent.get(from).call().map_err(|e| http(e.to_string()))?;
-        let announced = resp.body().content_length();
-        let mut reader = resp.body_mut().as_reader();
-        let mut file = tempfile::Builder::new().prefix("dl-").tempfile_in(&tmp_dir).map_err(Self::cache_err(&tmp_dir))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut size = 0u64;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(n) => n,
-                // The connection closed early: say how much of what was announced arrived,
-                // rather than only the transport's "peer disconnected".
-                Err(_) if announced.is_some_and(|a| size < a) => {
-                    let announced = announced.unwrap_or_default();
-                    return Err(FetchError::Truncated { url: redact(url), from: redact(from), announced, received: size });
-                }
-                Err(e) => return Err(http(e.to_string())),
-            };
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            file.write_all(&buf[..n]).map_err(Self::cache_err(&tmp_dir))?;
-            size += n as u64;
-        }
-        if let Some(announced) = announced {
-            if announced != size {
-                return Err(FetchError::Truncated { url: redact(url), from: redact(from), announced, received: size });
-            }
-        }
+        let file = tempfile::Builder::new().prefix("dl-").tempfile_in(&tmp_dir).map_err(Self::cache_err(&tmp_dir))?;
+        let t = download::Transfer { agent: &self.agent, url, from, sha512, retry: self.retry, progress: self.progress.as_ref() };
+        let (digests, size) = download::download(&t, file.as_file())?;
         let (_, path) = file.keep().map_err(|e| FetchError::Cache { path: tmp_dir.clone(), source: e.error })?;
-        Ok((path, hex::encode(h.finalize()), size))
+        Ok((path, digests, size))
     }
 
     /// Fetches `url` without a known SHA-256 (an unpinned repository key): the content is cached
@@ -268,34 +295,48 @@ impl Fetcher {
         std::fs::read_to_string(index).is_ok_and(|sum| self.cached_path(sum.trim()).exists())
     }
 
-    /// The SHA-256 published at `sums_url` (a `sha256sum`-style file or a bare digest) for the
-    /// file named like the last segment of `file_url`. Cached per URL for offline builds.
+    /// The SHA-256 published at `sums_url` (a `sha256sum`-style file, GNU or BSD format, or a
+    /// bare digest) for the file named like the last segment of `file_url` (see [`sums::find`]).
+    /// Cached per URL for offline builds.
     pub fn published_sum(&self, sums_url: &str, file_url: &str) -> Result<String, FetchError> {
-        let cached = self.sums_path(sums_url);
-        let text = match std::fs::read_to_string(&cached) {
-            Ok(t) => t,
-            Err(_) if self.offline => return Err(FetchError::Offline(vec![format!("{} (checksum file)", redact(sums_url))])),
+        let text = self.checksum_list(sums_url)?;
+        let name = file_url.rsplit('/').next().unwrap_or(file_url);
+        match sums::find(&text, name) {
+            Some(s) if s.algo == sums::Algo::Sha256 => Ok(s.hex),
+            _ => Err(FetchError::BadSum(text.trim().chars().take(80).collect(), redact(sums_url))),
+        }
+    }
+
+    /// The text of the checksum list at `url`: from the cache (`<cache>/sums/`), else downloaded
+    /// (through the mirror map) and cached. Offline, a list not in the cache is an
+    /// [`FetchError::Offline`] error.
+    pub fn checksum_list(&self, url: &str) -> Result<String, FetchError> {
+        let cached = self.sums_path(url);
+        match std::fs::read_to_string(&cached) {
+            Ok(t) => Ok(t),
+            Err(_) if self.offline => Err(FetchError::Offline(vec![format!("{} (checksum file)", redact(url))])),
             Err(_) => {
-                let from = self.mirrors.resolve(sums_url);
-                let (tmp, _, _) = self.download_to_cache_tmp(sums_url, &from)?;
-                let text = std::fs::read_to_string(&tmp).map_err(Self::cache_err(&tmp))?;
+                let from = self.mirrors.resolve(url);
+                let (tmp, _, _) = self.download_to_cache_tmp(url, &from)?;
+                let text = std::fs::read_to_string(&tmp).map_err(Self::cache_err(&tmp));
+                let text = match text {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(e);
+                    }
+                };
                 let dir = self.cache_dir.join("sums");
                 std::fs::create_dir_all(&dir).map_err(Self::cache_err(&dir))?;
                 std::fs::rename(&tmp, &cached).map_err(Self::cache_err(&cached))?;
-                text
+                Ok(text)
             }
-        };
-        let name = file_url.rsplit('/').next().unwrap_or(file_url);
-        let sum = text
-            .lines()
-            .filter_map(|l| {
-                let mut w = l.split_whitespace();
-                let sum = w.next()?;
-                let file = w.next().map(|f| f.trim_start_matches('*'));
-                (is_sha256(sum) && file.is_none_or(|f| f.rsplit('/').next() == Some(name))).then(|| sum.to_ascii_lowercase())
-            })
-            .next();
-        sum.ok_or_else(|| FetchError::BadSum(text.trim().chars().take(80).collect(), redact(sums_url)))
+        }
+    }
+
+    /// Whether the checksum list at `url` is in the cache.
+    pub fn has_checksum_list(&self, url: &str) -> bool {
+        self.sums_path(url).is_file()
     }
 }
 

@@ -2,6 +2,7 @@
 //! resolved form that the phases execute ([`Manifest`]).
 
 pub mod catalogue;
+pub mod provider;
 pub mod schema;
 pub mod vars;
 
@@ -191,6 +192,9 @@ pub struct Manifest {
     pub disk_size: Option<u64>,
     /// `packages:` (the package manager, when the manifest forces one).
     pub packages: PackageSettings,
+    /// The provider profile applied (by `--provider`, the manifest's `provider:`, or an include
+    /// that is a profile), and its file.
+    pub provider: Option<(PathBuf, ProviderProfile)>,
 }
 
 /// Loads `path` and everything it includes, applies `overrides` (`--set`), and checks every
@@ -199,7 +203,20 @@ pub struct Manifest {
 /// Errors: unreadable files, YAML syntax or schema errors (with file, line, column and field),
 /// includes that are missing or cyclic, steps with no or several actions, undefined variables.
 pub fn load(path: &Path, overrides: &[String]) -> Result<Manifest, ManifestError> {
-    resolve(Loader::new(Source::Files), path, overrides)
+    load_with(path, overrides, None)
+}
+
+/// As [`load`], with a provider profile: `provider` (`--provider`) or else the manifest's
+/// `provider:` names it, and its file ([`provider::find`]) is applied as the manifest's last
+/// include: its steps run after the other includes' and before the manifest's own, its
+/// variables override the other includes' and the manifest's own override its.
+///
+/// Errors: as [`load`], plus an unknown provider (the message lists the known ones) and two
+/// different profiles in one build.
+pub fn load_with(path: &Path, overrides: &[String], provider: Option<&str>) -> Result<Manifest, ManifestError> {
+    let mut loader = Loader::new(Source::Files);
+    loader.provider_override = provider.map(str::to_string);
+    resolve(loader, path, overrides)
 }
 
 /// As [`load`], from text already in memory: `text` is the manifest and `origin` the path that
@@ -249,6 +266,17 @@ fn resolve(mut loader: Loader<'_>, path: &Path, overrides: &[String]) -> Result<
             return Err(ManifestError::UndefinedVariable { path: step.origin.clone(), line, step: step.name.clone(), name });
         }
     }
+    let mut profiles = loader.profiles.clone();
+    profiles.dedup_by(|a, b| a.1 == b.1);
+    if profiles.len() > 1 {
+        return Err(invalid(
+            path,
+            format!(
+                "two provider profiles in one build: {}; a build has one provider",
+                profiles.iter().map(|(p, pr)| format!("`{}` ({})", pr.name, p.display())).collect::<Vec<_>>().join(" and ")
+            ),
+        ));
+    }
     let name = top.metadata.name.clone().unwrap_or_else(|| {
         path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into())
     });
@@ -266,6 +294,7 @@ fn resolve(mut loader: Loader<'_>, path: &Path, overrides: &[String]) -> Result<
         output: top.output.unwrap_or_default(),
         sysprep: top.sysprep.unwrap_or_default(),
         packages: top.packages.unwrap_or_default(),
+        provider: profiles.pop(),
     })
 }
 
@@ -306,11 +335,24 @@ struct Loader<'a> {
     /// Each file's text, by the path its steps' `origin` names, for error line numbers.
     texts: HashMap<PathBuf, String>,
     steps: Vec<ResolvedStep>,
+    /// `--provider`: overrides the top-level manifest's `provider:`.
+    provider_override: Option<String>,
+    /// The provider profiles read, in load order.
+    profiles: Vec<(PathBuf, ProviderProfile)>,
 }
 
 impl<'a> Loader<'a> {
     fn new(source: Source<'a>) -> Self {
-        Loader { source, stack: Vec::new(), seen: HashSet::new(), files: Vec::new(), texts: HashMap::new(), steps: Vec::new() }
+        Loader {
+            source,
+            stack: Vec::new(),
+            seen: HashSet::new(),
+            files: Vec::new(),
+            texts: HashMap::new(),
+            steps: Vec::new(),
+            provider_override: None,
+            profiles: Vec::new(),
+        }
     }
 
     /// The path by which cycles and repeated includes are recognized.
@@ -358,11 +400,37 @@ impl<'a> Loader<'a> {
         if file.kind == Kind::Phase && (file.output.is_some() || file.sysprep.is_some() || file.disk.is_some() || file.packages.is_some()) {
             return Err(invalid(path, "a `Phase` file cannot have `output`, `sysprep`, `disk` or `packages`; those belong to the ImageManifest"));
         }
+        let top_level = self.stack.is_empty();
+        let mut includes = Vec::new();
+        for include in &file.include {
+            includes.push(self.find_include(path, include)?);
+        }
+        match (&file.provider, file.kind) {
+            (Some(ProviderField::Name(_)), Kind::Phase) => {
+                return Err(invalid(path, "in a `Phase` file, `provider` is a profile's section (name, aliases, formats, firmware, arches); a manifest names its provider with `provider: NAME`"));
+            }
+            (Some(ProviderField::Profile(_)), Kind::ImageManifest) => {
+                return Err(invalid(path, "in an `ImageManifest`, `provider` is the name of a provider profile, such as `provider: qemu`"));
+            }
+            (Some(ProviderField::Profile(p)), Kind::Phase) => self.profiles.push((path.to_path_buf(), p.clone())),
+            _ => {}
+        }
+        if top_level {
+            let named = match &file.provider {
+                Some(ProviderField::Name(n)) => Some(n.clone()),
+                _ => None,
+            };
+            if let Some(name) = self.provider_override.clone().or(named) {
+                if let Source::Text { .. } = self.source {
+                    return Err(invalid(path, format!("provider `{name}`: profiles are not loaded when a manifest is parsed from text; load it from a file")));
+                }
+                includes.push(provider::find(path, &name)?);
+            }
+        }
         self.seen.insert(canonical.clone());
         self.stack.push(canonical);
         let mut variables = IndexMap::new();
-        for include in &file.include {
-            let found = self.find_include(path, include)?;
+        for found in includes {
             let canonical = self.canonical(&found)?;
             if self.seen.contains(&canonical) && !self.stack.contains(&canonical) {
                 continue; // already included through another file: its steps run once
@@ -389,6 +457,14 @@ impl<'a> Loader<'a> {
 
 /// Parses one file's YAML into the schema, turning serde's error into file:line:column + field.
 fn parse(path: &Path, text: &str) -> Result<ManifestFile, ManifestError> {
+    parse_yaml(path, text)
+}
+
+/// Parses YAML `text` (read from `path`) into any kib/v1 schema type `T` (a manifest, a phase, an
+/// image matrix), turning serde's error into [`ManifestError::Parse`] with the file, line,
+/// column and the path of the field (`steps[2].file.mode`): unknown fields, wrong types and
+/// unknown enum values all name where they are.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ManifestError> {
     let de = yaml_serde::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();

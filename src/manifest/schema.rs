@@ -10,7 +10,7 @@ use indexmap::IndexMap;
 use serde::Deserialize;
 
 /// One YAML file: a complete image manifest, or a phase that manifests include.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, schemars::JsonSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestFile {
     /// Must be `kib/v1`.
@@ -38,15 +38,68 @@ pub struct ManifestFile {
     pub disk: Option<Disk>,
     /// Only in an `ImageManifest`. How `packages` steps run.
     pub packages: Option<PackageSettings>,
+    /// In an `ImageManifest`: the name of the provider profile to apply
+    /// (`phases/providers/<name>.yaml`, or a profile whose `aliases` list the name); `--provider`
+    /// overrides. In a `Phase` file: the file *is* a provider profile, and this says what kib
+    /// needs to know about the platform ([`ProviderProfile`]).
+    pub provider: Option<ProviderField>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+/// `provider:` is a name in an `ImageManifest` and a [`ProviderProfile`] in a `Phase` file.
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum ProviderField {
+    Name(String),
+    Profile(ProviderProfile),
+}
+
+/// The `provider:` section of a provider profile (`phases/providers/<name>.yaml`).
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderProfile {
+    /// The name `--provider` and a manifest's `provider:` take: the file's stem.
+    pub name: String,
+    /// Other names accepted for it (`vsphere` for `ova`, EKS Anywhere's `--hypervisor` words).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The formats the platform imports: the default output formats of a build with this
+    /// provider when `--format` is not given.
+    #[serde(default)]
+    pub formats: Vec<crate::format::Format>,
+    /// Boot firmware the platform supports: `bios`, `uefi`. An image that boots only with
+    /// another is refused after Phase 0. Empty: any.
+    #[serde(default)]
+    pub firmware: Vec<Firmware>,
+    /// Architectures the platform runs (`amd64`, `arm64`, ...). An image of another is refused
+    /// after Phase 0. Empty: any.
+    #[serde(default)]
+    pub arches: Vec<String>,
+}
+
+/// A boot firmware.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl Firmware {
+    pub fn name(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     ImageManifest,
     Phase,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, schemars::JsonSchema, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
     /// The image's name: the output files are `<name>.<format>`. Defaults to the file's stem.
@@ -55,7 +108,7 @@ pub struct Metadata {
 }
 
 /// One step of Phase 1. It has a `name` and exactly one action key.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     pub name: String,
@@ -77,7 +130,7 @@ pub struct Step {
 }
 
 /// Conditions on the image, all of which must hold.
-#[derive(Debug, Deserialize, Clone, Default)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct When {
     /// os-release `ID` values, such as `debian` or `ubuntu`; `ID_LIKE` counts too.
@@ -95,7 +148,7 @@ pub struct When {
 /// `packages`: install, remove and hold packages with the image's own package manager (apt on
 /// Debian-family images). Needs the image's package manager and its repositories reachable.
 /// Writes whatever the packages contain; kib records the resulting package list in the BOM.
-#[derive(Debug, Deserialize, Clone, Default)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Packages {
     /// Refresh the package lists first. Default: true when `install` is not empty and no earlier
@@ -123,7 +176,7 @@ pub struct Packages {
 /// (mode 0755, root). The path is resolved inside the image root: a symlink in the image can
 /// not make kib write outside it. Needs `/etc/passwd` and `/etc/group` in the image when `owner`
 /// uses names.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct FileStep {
     /// Absolute path inside the image.
@@ -138,7 +191,7 @@ pub struct FileStep {
 
 /// `run`: a script run by `shell` inside the chroot, in its own PID namespace, with the manifest's
 /// variables in its environment. Needs the shell in the image.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RunStep {
     pub script: String,
@@ -148,7 +201,7 @@ pub struct RunStep {
 
 /// `systemd`: enables, disables and masks units offline, with the image's own `systemctl` in the
 /// chroot (no unit is started). Needs systemd in the image.
-#[derive(Debug, Deserialize, Clone, Default)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SystemdStep {
     #[serde(default)]
@@ -163,7 +216,7 @@ pub struct SystemdStep {
 
 /// `sysctl`: writes `/etc/sysctl.d/<file>` with one `key = value` line per setting, in order.
 /// Needs nothing from the image; systemd-sysctl applies it at boot.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct SysctlStep {
     /// File name inside /etc/sysctl.d, such as `99-kubernetes.conf`.
@@ -173,7 +226,7 @@ pub struct SysctlStep {
 
 /// `kernel-modules`: writes `/etc/modules-load.d/<file>` listing modules to load at boot, and
 /// `/etc/modprobe.d/<file>` when `options` are given. Needs nothing from the image.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct KernelModulesStep {
     /// File name, such as `kubernetes.conf`.
@@ -190,7 +243,7 @@ pub struct KernelModulesStep {
 /// either as one file (`path`) or unpacked from a `.tar`, `.tar.gz` or `.tgz` archive
 /// (`extract`, a folder). Extracted files are owned by root; hard links, devices and paths with
 /// `..` are refused. Needs nothing from the image: the download happens on the build host.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct DownloadStep {
     /// The upstream URL, such as `https://dl.k8s.io/release/v${kubernetes_version}/bin/linux/${arch}/kubelet`.
@@ -214,7 +267,7 @@ pub struct DownloadStep {
 
 /// A pinned SHA-256: one for every architecture, or one per architecture
 /// (`{amd64: "...", arm64: "..."}`).
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone)]
 #[serde(untagged)]
 pub enum Sha256Spec {
     One(String),
@@ -248,7 +301,7 @@ impl Sha256Spec {
 ///
 /// The next `packages` step refreshes the package lists. Needs the image's package manager
 /// (and, for RPM images, its rpm).
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryStep {
     /// A plain name for the files, such as `kubernetes`.
@@ -279,7 +332,7 @@ pub struct RepositoryStep {
 /// inside the chroot, in the step's PID namespace; containerd is stopped afterwards and nothing
 /// keeps running. Needs containerd and ctr in the image. Records each image's name and digest
 /// in the BOM.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct ImagesStep {
     /// containerd namespace; `k8s.io` (the default) is the one the kubelet's CRI uses.
@@ -288,7 +341,7 @@ pub struct ImagesStep {
 }
 
 /// One image archive to pre-load.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct ImageArchive {
     pub url: String,
@@ -301,7 +354,7 @@ pub struct ImageArchive {
 }
 
 /// The built image's disk.
-#[derive(Debug, Deserialize, Clone, Default)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Disk {
     /// The disk's virtual size, such as `20GiB` or `8G` (K, M, G, T are powers of 1024; `GB`
@@ -314,7 +367,7 @@ pub struct Disk {
 }
 
 /// Phase 2's artifacts.
-#[derive(Debug, Deserialize, Clone, Default)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Output {
     /// Formats to write, such as `[qcow2, raw]`: raw, qcow2, vmdk, ova, vhd, vhdx, raw.zst,
@@ -326,7 +379,7 @@ pub struct Output {
 }
 
 /// How `packages` steps run (`packages:` at the top of an ImageManifest).
-#[derive(Debug, Deserialize, Clone, Default)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PackageSettings {
     /// The package manager to use, instead of the one kib detects from the image's os-release
@@ -335,7 +388,7 @@ pub struct PackageSettings {
 }
 
 /// A package manager kib knows (see `crate::pkg`).
-#[derive(Debug, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, serde::Serialize, Clone, Copy, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum ManagerKind {
     /// apt-get and dpkg: Debian, Ubuntu.
@@ -363,7 +416,7 @@ impl std::fmt::Display for ManagerKind {
 }
 
 /// Phase 2's sysprep: which operations run. All run unless listed in `skip`.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, schemars::JsonSchema, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Sysprep {
     #[serde(default = "yes")]

@@ -249,3 +249,96 @@ fn typed_output_and_package_manager_fields_report_file_and_line() {
     let e = load(&top, &[]).unwrap_err().to_string();
     assert!(e.contains("a `Phase` file cannot have `output`, `sysprep`, `disk` or `packages`"), "{e}");
 }
+
+/// The shipped profiles, as `--provider` applies them to the shipped 1.30 manifest.
+fn repo_manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("manifests/k8s-1.30.yaml")
+}
+
+#[test]
+fn provider_flag_appends_the_profile_after_the_includes() {
+    let m = load_with(&repo_manifest(), &[], Some("vsphere")).unwrap();
+    let (path, p) = m.provider.clone().expect("a provider");
+    assert_eq!(p.name, "ova");
+    assert!(path.ends_with("phases/providers/ova.yaml"), "{}", path.display());
+    assert_eq!(p.formats, [crate::format::Format::Ova]);
+    // Loaded after every include of the manifest: its file comes after provenance.yaml.
+    let pos = |suffix: &str| m.files.iter().position(|f| f.path.ends_with(suffix)).unwrap_or_else(|| panic!("{suffix} not loaded"));
+    assert!(pos("phases/providers/ova.yaml") > pos("phases/node/provenance.yaml"));
+    // Its steps run after the includes' steps.
+    let first_ova = m.steps.iter().position(|s| s.origin.ends_with("phases/providers/ova.yaml")).unwrap();
+    let last_images = m.steps.iter().rposition(|s| s.origin.ends_with("phases/kubernetes/images.yaml")).unwrap();
+    assert!(first_ova > last_images);
+    // Its variables win over the phases' defaults.
+    assert_eq!(m.variables.0["kib_provider"], "ova");
+    assert_eq!(m.variables.0["provider_kernel_args_amd64"], "console=tty1 console=ttyS0");
+    // --set still wins over the profile.
+    let m = load_with(&repo_manifest(), &["provider_kernel_args_amd64=quiet".into()], Some("qemu")).unwrap();
+    assert_eq!(m.variables.0["provider_kernel_args_amd64"], "quiet");
+    assert_eq!(m.provider.unwrap().1.name, "qemu");
+}
+
+#[test]
+fn every_shipped_profile_loads_with_its_name_and_formats() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("phases/providers");
+    let profiles = provider::profiles_in(&dir);
+    let names: Vec<&str> = profiles.iter().map(|(_, p)| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ami", "azure", "digitalocean", "gce", "hcloud", "huaweicloud", "maas", "nutanix", "oci", "openstack", "outscale", "ova",
+            "powervs", "proxmox", "qemu", "raw", "scaleway", "vultr"
+        ]
+    );
+    for (path, p) in &profiles {
+        assert_eq!(path.file_stem().unwrap().to_str().unwrap(), p.name, "a profile's name is its file's stem");
+        assert!(!p.formats.is_empty(), "{}: no formats", p.name);
+        let m = load_with(&repo_manifest(), &[], Some(&p.name)).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        assert_eq!(m.provider.as_ref().unwrap().1, *p);
+        assert_eq!(m.variables.0["kib_provider"], p.name);
+    }
+    // EKS Anywhere's --hypervisor words are aliases.
+    for (alias, name) in [("vsphere", "ova"), ("baremetal", "raw"), ("nutanix", "nutanix")] {
+        assert!(provider::find(&repo_manifest(), alias).unwrap().ends_with(format!("{name}.yaml")), "{alias}");
+    }
+}
+
+#[test]
+fn unknown_provider_lists_the_known_ones() {
+    let e = load_with(&repo_manifest(), &[], Some("vsfear")).unwrap_err().to_string();
+    assert!(e.contains("unknown provider `vsfear`"), "{e}");
+    assert!(e.contains("ova (vsphere, vmware)") && e.contains("qemu (kvm, libvirt)") && e.contains("vultr"), "{e}");
+    let e = load_with(&repo_manifest(), &[], Some("../etc")).unwrap_err().to_string();
+    assert!(e.contains("plain name"), "{e}");
+}
+
+#[test]
+fn manifest_provider_is_overridden_by_the_flag_and_checked_by_kind() {
+    let d = tempfile::tempdir().unwrap();
+    let profile = |name: &str| {
+        format!("apiVersion: kib/v1\nkind: Phase\nprovider: {{name: {name}, aliases: [{name}-alias], formats: [vhd], arches: [amd64]}}\nvariables: {{who: {name}}}\nsteps:\n  - name: {name} file\n    file: {{path: /etc/{name}, content: x}}\n")
+    };
+    write(d.path(), "phases/providers/one.yaml", &profile("one"));
+    write(d.path(), "phases/providers/two.yaml", &profile("two"));
+    let top = write(
+        d.path(),
+        "manifests/m.yaml",
+        "apiVersion: kib/v1\nkind: ImageManifest\nprovider: one\nvariables: {who: me}\nsteps:\n  - name: own\n    file: {path: /etc/own, content: x}\noutput: {formats: [raw]}\n",
+    );
+    let m = load(&top, &[]).unwrap();
+    assert_eq!(m.provider.as_ref().unwrap().1.name, "one");
+    assert_eq!(m.steps.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["one file", "own"]);
+    assert_eq!(m.variables.0["who"], "me", "the manifest's own variables win over the profile's");
+    let m = load_with(&top, &[], Some("two-alias")).unwrap();
+    assert_eq!(m.provider.as_ref().unwrap().1.name, "two");
+    // A manifest may not hold a profile section, a Phase may not name one.
+    let bad = write(d.path(), "manifests/bad.yaml", "apiVersion: kib/v1\nkind: ImageManifest\nprovider: {name: x}\n");
+    assert!(load(&bad, &[]).unwrap_err().to_string().contains("is the name of a provider profile"));
+    // Two profiles in one build.
+    let both = write(d.path(), "manifests/both.yaml", "apiVersion: kib/v1\nkind: ImageManifest\ninclude: [phases/providers/one.yaml]\nprovider: two\n");
+    let e = load(&both, &[]).unwrap_err().to_string();
+    assert!(e.contains("two provider profiles"), "{e}");
+    // The same profile named and included is one.
+    let same = write(d.path(), "manifests/same.yaml", "apiVersion: kib/v1\nkind: ImageManifest\ninclude: [phases/providers/one.yaml]\nprovider: one\n");
+    assert_eq!(load(&same, &[]).unwrap().steps.len(), 1);
+}

@@ -26,6 +26,9 @@ pub struct Growth {
     pub partition_from_bytes: u64,
     pub partition_to_bytes: u64,
     pub fstype: String,
+    /// `VG/LV` when the grown filesystem lies on an LVM logical volume (the partition is its PV).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lv: Option<String>,
 }
 
 /// Checks that the partition holding the root (`number`, 0 for a whole-disk filesystem) can grow:

@@ -23,6 +23,7 @@ pub mod facts;
 pub mod fstab;
 pub mod grow;
 pub mod lvm;
+pub mod lvmap;
 pub mod partition;
 pub mod probe;
 pub mod verify;
@@ -40,6 +41,7 @@ use crate::mounts;
 use crate::sys::{self, LoopDev, MountFlags, Mounted, Stack, Sys};
 use crate::workdir::WorkDir;
 use facts::Facts;
+use lvmap::Volume;
 use partition::{Partition, Table, TableKind};
 
 /// How Phase 0 opens an image.
@@ -65,13 +67,18 @@ pub struct Options {
 /// The input image as the BOM records it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InputRecord {
+    /// The file Phase 0 read: the local input, or for a URL input its copy in kib's cache.
     pub path: PathBuf,
+    /// The URL the image was downloaded from (`--disk-image URL`), credentials removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     pub sha256: String,
     pub format: String,
     pub virtual_size: u64,
-    /// The checksum list the image was verified against, if any.
+    /// What the image was verified against, if anything: the checksum list's path or URL
+    /// (credentials removed), or the pin (`--disk-image-sha256`, `--lock FILE`).
     #[serde(default)]
-    pub verified_against: Option<PathBuf>,
+    pub verified_against: Option<String>,
     /// `read` when kib hashed the file in this run, `cache` when the file was unchanged since a
     /// run that did (see [`verify::InputCache`]).
     #[serde(default)]
@@ -81,7 +88,11 @@ pub struct InputRecord {
 /// A filesystem of the image that kib mounted.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Filesystem {
+    /// The partition holding it (for a logical volume: the partition of its physical volume).
     pub partition: u32,
+    /// `VG/LV` when it lies on an LVM logical volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lv: Option<String>,
     pub fstype: String,
     pub uuid: String,
     /// Where it is mounted, as an image path (`/`, `/boot`, `/boot/efi`).
@@ -108,6 +119,10 @@ pub struct Image {
     pub disk: PathBuf,
     /// What growing the disk did, when it was asked to.
     pub growth: Option<grow::Growth>,
+    /// The image's LVM volume groups, their PVs and LVs (empty without LVM).
+    pub volume_groups: Vec<lvmap::VgRecord>,
+    /// What lvm reported, for growth.
+    lvm: Option<lvmap::Found>,
     root: Option<GuestRoot>,
     /// The loop devices and mounts of the tree, undone in reverse.
     held: Stack,
@@ -154,6 +169,7 @@ impl Image {
         let mut image = Image {
             input: InputRecord {
                 path: std::path::absolute(input).unwrap_or_else(|_| input.clone()),
+                url: None,
                 sha256: String::new(),
                 format: format.format.clone(),
                 virtual_size: format.virtual_size,
@@ -166,6 +182,8 @@ impl Image {
             root_dir,
             disk,
             growth: None,
+            volume_groups: Vec::new(),
+            lvm: None,
             root: None,
             held: Stack::default(),
             sys,
@@ -202,11 +220,13 @@ impl Image {
                 );
             }
             tracing::info!("verified {} against {}", input.display(), e.list.display());
-            image.input.verified_against = Some(e.list);
+            image.input.verified_against = Some(e.list.display().to_string());
         }
-        tracing::info!("working copy ready ({}, {} bytes) in {:.1?}", format.format, format.virtual_size, t.elapsed());
+        tracing::debug!("working copy ready ({}, {} bytes) in {:.1?}", format.format, format.virtual_size, t.elapsed());
+        let activity = crate::progress::Activity::step("partition table, loop devices, mounts");
         image.table = partition::read(&image.disk).with_context(|| format!("reading the partition table of {}", input.display()))?;
         image.mount_tree().with_context(|| format!("mounting the filesystems of {}", input.display()))?;
+        activity.finish();
         if let Err(e) = image.facts.check_arch() {
             if opts.read_only {
                 tracing::warn!("{}: {e}", input.display());
@@ -254,27 +274,41 @@ impl Image {
         for p in &parts {
             probes.push(self.sys.probe(&self.disk, p.start, p.size).with_context(|| format!("probing partition {} with blkid", p.number))?);
         }
+        let mut vols: Vec<Volume> = parts.iter().cloned().map(Volume::partition).collect();
+        let pv_parts: Vec<Partition> =
+            parts.iter().zip(&probes).filter(|(_, pr)| pr.get("TYPE").map(String::as_str) == Some(lvmap::PV_TYPE)).map(|(p, _)| p.clone()).collect();
+        if !pv_parts.is_empty() {
+            let dir = lvmap::private_system_dir(self.work.path())?;
+            let found = lvmap::read(&self.sys, &self.disk, &pv_parts, &dir).context("reading the image's LVM volume groups")?;
+            for v in found.volumes() {
+                probes.push(self.sys.probe(&self.disk, v.part.start, v.part.size).with_context(|| format!("probing {} with blkid", v.describe()))?);
+                vols.push(v);
+            }
+            self.lvm = Some(found);
+        }
         // Root candidates: Linux filesystems, partitions typed as a root first, then the largest.
         let mut candidates: Vec<usize> =
-            (0..parts.len()).filter(|&i| probes[i].get("TYPE").is_some_and(|t| probe::LINUX_FS.contains(&t.as_str()))).collect();
-        candidates.sort_by_key(|&i| (!partition::ROOT_TYPES.contains(&parts[i].type_id.as_str()), std::cmp::Reverse(parts[i].size)));
+            (0..vols.len()).filter(|&i| probes[i].get("TYPE").is_some_and(|t| probe::LINUX_FS.contains(&t.as_str()))).collect();
+        candidates.sort_by_key(|&i| (!partition::ROOT_TYPES.contains(&vols[i].part.type_id.as_str()), std::cmp::Reverse(vols[i].part.size)));
         let mut examined = Vec::new();
         for &i in &candidates {
-            let p = &parts[i];
+            let v = &vols[i];
+            let p = &v.part;
             let fstype = probes[i]["TYPE"].clone();
             let dev = LoopDev::attach(&self.sys, &self.disk, p.start, p.size, self.read_only)?;
             let (flags, data) = self.mount_options(&fstype);
             let source = dev.path().to_string_lossy().into_owned();
             self.held.push_loop(dev);
             let spec = sys::MountSpec { source: &source, source_at: None, target: &self.root_dir, at: &self.root_dir, fstype: &fstype, flags, data };
-            let mounted = Mounted::mount(&self.sys, &spec).with_context(|| format!("mounting partition {} ({fstype})", p.number))?;
+            let mounted = Mounted::mount(&self.sys, &spec).with_context(|| format!("mounting {} ({fstype})", v.describe()))?;
             self.held.push_mount(mounted);
             let root = GuestRoot::open(&self.root_dir).context("opening the mounted root")?;
-            if let Some(os) = facts::os_release(&root).with_context(|| format!("reading os-release on partition {}", p.number))? {
+            if let Some(os) = facts::os_release(&root).with_context(|| format!("reading os-release on {}", v.describe()))? {
                 self.facts = facts::collect(&root, os).context("reading the image's architecture and kernels")?;
                 self.root = Some(root);
                 self.filesystems.push(Filesystem {
                     partition: p.number,
+                    lv: v.lv.as_ref().map(ToString::to_string),
                     fstype,
                     uuid: probes[i].get("UUID").cloned().unwrap_or_default(),
                     mount_point: "/".into(),
@@ -283,37 +317,58 @@ impl Image {
             }
             drop(root);
             self.held.close()?;
-            examined.push(format!("partition {} ({fstype}) has no /etc/os-release", p.number));
+            examined.push(format!("{} ({fstype}) has no /etc/os-release", v.describe()));
         }
         if self.root.is_none() {
             if self.table.kind == TableKind::None && candidates.is_empty() {
                 examined.push("no partition table, and no filesystem kib recognizes on the whole disk (is it a disk image?)".into());
             }
-            for (p, pr) in parts.iter().zip(&probes) {
-                if p.number > 0 && !candidates.iter().any(|&i| parts[i].number == p.number) {
+            for (i, (v, pr)) in vols.iter().zip(&probes).enumerate() {
+                if v.part.number > 0 && !candidates.contains(&i) {
                     let what = pr.get("TYPE").map_or("no filesystem kib recognizes".to_string(), |t| format!("{t}, not a Linux root filesystem"));
-                    examined.push(format!("partition {}: {what}", p.number));
+                    examined.push(format!("{}: {what}", v.describe()));
                 }
             }
             bail!("no Linux root filesystem found (none has /etc/os-release): {}", examined.join("; "));
         }
-        let parts = match self.grow_to {
-            Some(size) => self.grow_root(size, &parts).context("growing the disk")?,
-            None => parts,
+        let vols = match self.grow_to {
+            Some(size) => self.grow_root(size, &vols, &probes).context("growing the disk")?,
+            None => vols,
         };
-        self.mount_fstab(&parts, &probes)
+        self.mount_fstab(&vols, &probes)?;
+        self.record_volume_groups(&vols, &probes);
+        Ok(())
+    }
+
+    /// Fills [`Image::volume_groups`] from what lvm reported, blkid found and kib mounted.
+    fn record_volume_groups(&mut self, vols: &[Volume], probes: &[probe::Probe]) {
+        let Some(found) = &self.lvm else { return };
+        let filesystems = &self.filesystems;
+        self.volume_groups = found.records(|name| {
+            let shown = name.to_string();
+            let i = vols.iter().position(|v| v.lv.as_ref() == Some(name));
+            let pr = i.map(|i| &probes[i]);
+            (
+                pr.and_then(|p| p.get("TYPE").cloned()).unwrap_or_default(),
+                pr.and_then(|p| p.get("UUID").cloned()).unwrap_or_default(),
+                filesystems.iter().find(|f| f.lv.as_deref() == Some(shown.as_str())).map(|f| f.mount_point.clone()),
+            )
+        });
     }
 
     /// Grows the disk to `new_size` bytes with the root partition and its filesystem: the root is
     /// unmounted and detached, the working copy and its table grown, then the root attached at its
     /// new size, its filesystem grown (ext2/3/4 before mounting, xfs and btrfs after), and mounted
     /// again. Returns the new partitions, in the same order as `parts`.
-    fn grow_root(&mut self, new_size: u64, parts: &[Partition]) -> Result<Vec<Partition>> {
+    fn grow_root(&mut self, new_size: u64, vols: &[Volume], probes: &[probe::Probe]) -> Result<Vec<Volume>> {
         let old_size = std::fs::metadata(&self.disk)?.len();
+        if self.lvm.is_some() {
+            return self.grow_lvm(new_size, old_size, vols, probes);
+        }
         let root_fs = self.filesystems[0].clone();
         grow::check(&self.table, root_fs.partition, old_size, new_size)?;
         if new_size == old_size {
-            return Ok(parts.to_vec());
+            return Ok(vols.to_vec());
         }
         let before = grow::partition(&self.table, root_fs.partition, old_size)?;
         self.unmount()?;
@@ -355,9 +410,119 @@ impl Image {
             partition_from_bytes: before.size,
             partition_to_bytes: after.size,
             fstype: root_fs.fstype,
+            lv: None,
         });
         self.table = table;
-        Ok(parts.iter().map(|p| self.table.partitions.iter().find(|q| q.number == p.number).cloned().unwrap_or_else(|| after.clone())).collect())
+        Ok(vols.iter().map(|v| Volume::partition(self.table.partitions.iter().find(|q| q.number == v.part.number).cloned().unwrap_or_else(|| after.clone()))).collect())
+    }
+
+    /// `disk.size` on an image with LVM. The last partition must be a PV; the LV allocated last
+    /// on it grows, so that it stays one contiguous run of extents: the partition and the GPT
+    /// grow (sfdisk), the PV and the LV grow in the VG's metadata ([`lvmap::grow_lv`]), and the
+    /// filesystem on the LV grows on its loop device (ext2/3/4 unmounted, xfs and btrfs mounted
+    /// at a private folder, or at the root when the LV holds it). Returns the new volumes, in
+    /// the same order as `vols`.
+    ///
+    /// Errors: the last partition holds no PV, the LV cannot grow in place (another LV follows
+    /// it), or a filesystem kib cannot grow.
+    fn grow_lvm(&mut self, new_size: u64, old_size: u64, vols: &[Volume], probes: &[probe::Probe]) -> Result<Vec<Volume>> {
+        let found = self.lvm.clone().expect("called with LVM");
+        let last = self.table.partitions.iter().max_by_key(|p| p.start).cloned().context("the disk has no partition table to grow")?;
+        let Some((vgi, pvi)) = found.pv_partitions.iter().enumerate().find_map(|(g, ps)| ps.iter().position(|p| p.number == last.number).map(|i| (g, i))) else {
+            bail!("disk.size: the image has LVM, but its last partition ({}) is not an LVM physical volume; kib grows only the last partition", last.number);
+        };
+        let vg = &found.vgs[vgi];
+        let Some(m) = vg.lvs.iter().filter(|m| m.pv_index == pvi).max_by_key(|m| m.first_pe).cloned() else {
+            bail!("disk.size: the physical volume on partition {} holds no logical volume kib could grow", last.number);
+        };
+        vg.growable_in_place(&m.lv).map_err(|e| anyhow::anyhow!("disk.size: {e}; kib grows a logical volume only in place, as one contiguous segment"))?;
+        let name = lvmap::LvName { vg: vg.name.clone(), lv: m.lv.clone() };
+        let vi = vols.iter().position(|v| v.lv.as_ref() == Some(&name)).context("the LV to grow is not among the volumes")?;
+        let fstype = probes[vi].get("TYPE").cloned().unwrap_or_default();
+        if !probe::LINUX_FS.contains(&fstype.as_str()) {
+            bail!("disk.size: {name} is the logical volume that can grow (it is last on its PV), but it holds {}, which kib does not grow", if fstype.is_empty() { "no filesystem".to_string() } else { fstype });
+        }
+        grow::check(&self.table, last.number, old_size, new_size)?;
+        if new_size == old_size {
+            return Ok(vols.to_vec());
+        }
+        let root_on_it = self.filesystems[0].lv.as_deref() == Some(name.to_string().as_str());
+        let root_fs = self.filesystems[0].clone();
+        if root_on_it {
+            self.unmount()?;
+            self.filesystems.clear();
+        }
+        let table = grow::grow_table(&*self.sys, &self.disk, &self.table, last.number, new_size)?;
+        let after = grow::partition(&table, last.number, new_size)?;
+        if after.start != last.start {
+            bail!("sfdisk moved partition {} from byte {} to {}; refusing to go on", after.number, last.start, after.start);
+        }
+        let pv_parts: Vec<Partition> = found.pv_partitions[vgi].iter().map(|p| if p.number == after.number { after.clone() } else { p.clone() }).collect();
+        let dir = lvmap::private_system_dir(self.work.path())?;
+        let grown = lvmap::grow_lv(&self.sys, &self.disk, &pv_parts, after.number, &vg.name, &m.lv, &dir)?;
+        let new_vols = {
+            let mut v: Vec<Volume> = vols.iter().filter(|v| v.lv.is_none()).map(|v| Volume::partition(table.partitions.iter().find(|q| q.number == v.part.number).cloned().unwrap_or_else(|| v.part.clone()))).collect();
+            v.extend(grown.volumes());
+            v
+        };
+        if new_vols.len() != vols.len() || new_vols.iter().zip(vols).any(|(a, b)| a.lv != b.lv) {
+            bail!("the volume groups changed shape while growing {name}; refusing to go on");
+        }
+        let lv_vol = new_vols[vi].part.clone();
+        let dev = LoopDev::attach(&self.sys, &self.disk, lv_vol.start, lv_vol.size, false)?;
+        let device = dev.path().to_path_buf();
+        let offline = grow::grows_offline(&fstype);
+        if root_on_it {
+            self.held.push_loop(dev);
+            if offline {
+                grow::grow_filesystem(&*self.sys, &fstype, &device, &self.root_dir)?;
+            }
+            let source = device.to_string_lossy().into_owned();
+            let spec = sys::MountSpec { source: &source, source_at: None, target: &self.root_dir, at: &self.root_dir, fstype: &fstype, flags: MountFlags::empty(), data: None };
+            let mounted = Mounted::mount(&self.sys, &spec).with_context(|| format!("mounting the grown {name} ({fstype})"))?;
+            self.held.push_mount(mounted);
+            self.root = Some(GuestRoot::open(&self.root_dir).context("opening the mounted root")?);
+            self.filesystems.push(root_fs);
+            if !offline {
+                grow::grow_filesystem(&*self.sys, &fstype, &device, &self.root_dir)?;
+            }
+        } else {
+            let mut held = Stack::default();
+            held.push_loop(dev);
+            if offline {
+                grow::grow_filesystem(&*self.sys, &fstype, &device, &self.root_dir)?;
+            } else {
+                let at = self.work.path().join("grow-lv");
+                std::fs::create_dir_all(&at)?;
+                let source = device.to_string_lossy().into_owned();
+                let spec = sys::MountSpec { source: &source, source_at: None, target: &at, at: &at, fstype: &fstype, flags: MountFlags::empty(), data: None };
+                held.push_mount(Mounted::mount(&self.sys, &spec).with_context(|| format!("mounting {name} ({fstype}) to grow it"))?);
+                grow::grow_filesystem(&*self.sys, &fstype, &device, &at)?;
+            }
+            held.close()?;
+        }
+        tracing::info!(
+            "grew the disk from {} to {}, partition {} (LVM PV) from {} to {}, and {name} ({fstype}) from {} to {}",
+            grow::human(old_size),
+            grow::human(new_size),
+            after.number,
+            grow::human(last.size),
+            grow::human(after.size),
+            grow::human(m.size_bytes),
+            grow::human(lv_vol.size)
+        );
+        self.growth = Some(grow::Growth {
+            from_bytes: old_size,
+            to_bytes: new_size,
+            partition: after.number,
+            partition_from_bytes: last.size,
+            partition_to_bytes: after.size,
+            fstype,
+            lv: Some(name.to_string()),
+        });
+        self.table = table;
+        self.lvm = Some(grown);
+        Ok(new_vols)
     }
 
     /// Mounts what the image's /etc/fstab lists, below the root, shallowest first (in fstab
@@ -365,7 +530,7 @@ impl Image {
     /// bind entries (both paths inside the image). `noauto`, swap, pseudo-filesystems and
     /// entries matching nothing on this disk are skipped; a filesystem the kernel cannot mount
     /// (vfat here) is skipped with a warning.
-    fn mount_fstab(&mut self, parts: &[Partition], probes: &[probe::Probe]) -> Result<()> {
+    fn mount_fstab(&mut self, vols: &[Volume], probes: &[probe::Probe]) -> Result<()> {
         let text = self.root().read_string(Path::new("/etc/fstab"))?.unwrap_or_default();
         let mut entries: Vec<fstab::Entry> = fstab::parse(&text)
             .into_iter()
@@ -389,14 +554,21 @@ impl Image {
                 self.held.push_mount(mounted);
                 continue;
             }
-            let found = (0..parts.len()).find(|&i| {
-                let (p, pr) = (&parts[i], &probes[i]);
+            let found = (0..vols.len()).find(|&i| {
+                let (v, pr) = (&vols[i], &probes[i]);
+                let p = &v.part;
+                // A PV's partition holds no filesystem of its own.
+                if pr.get("TYPE").map(String::as_str) == Some(lvmap::PV_TYPE) {
+                    return false;
+                }
                 match &e.spec {
                     fstab::Spec::Uuid(u) => pr.get("UUID").is_some_and(|v| v.eq_ignore_ascii_case(u)),
                     fstab::Spec::Label(l) => pr.get("LABEL") == Some(l),
-                    fstab::Spec::PartUuid(u) => p.part_uuid.eq_ignore_ascii_case(u),
-                    fstab::Spec::PartLabel(l) => &p.name == l,
-                    fstab::Spec::Other(_) => false,
+                    fstab::Spec::PartUuid(u) => v.lv.is_none() && p.part_uuid.eq_ignore_ascii_case(u),
+                    fstab::Spec::PartLabel(l) => v.lv.is_none() && &p.name == l,
+                    fstab::Spec::Other(dev) => {
+                        lvm::parse_lv_spec(dev).is_some_and(|r| v.lv.as_ref().is_some_and(|n| n.vg == r.vg && n.lv == r.lv))
+                    }
                 }
             });
             let Some(i) = found else {
@@ -406,7 +578,8 @@ impl Image {
                 tracing::warn!("fstab entry for {} ({:?}) matches no filesystem in this image; not mounted", e.mount_point, e.spec);
                 continue;
             };
-            let p = &parts[i];
+            let v = &vols[i];
+            let p = &v.part;
             let fstype = probes[i].get("TYPE").cloned().unwrap_or_else(|| e.fstype.clone());
             let dev = LoopDev::attach(&self.sys, &self.disk, p.start, p.size, self.read_only)?;
             let source = dev.path().to_string_lossy().into_owned();
@@ -421,6 +594,7 @@ impl Image {
                     self.held.push_mount(mounted);
                     self.filesystems.push(Filesystem {
                         partition: p.number,
+                        lv: v.lv.as_ref().map(ToString::to_string),
                         fstype,
                         uuid: probes[i].get("UUID").cloned().unwrap_or_default(),
                         mount_point: e.mount_point.clone(),
@@ -428,9 +602,9 @@ impl Image {
                 }
                 Err(err) if err.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(rustix::io::Errno::NODEV.raw_os_error()))) => {
                     tracing::warn!(
-                        "this kernel cannot mount {fstype}: {} (partition {}) is not mounted; steps that write there will fail",
+                        "this kernel cannot mount {fstype}: {} ({}) is not mounted; steps that write there will fail",
                         e.mount_point,
-                        p.number
+                        v.describe()
                     );
                     self.held.close_last()?;
                 }

@@ -38,6 +38,25 @@ pub struct Table {
     pub partitions: Vec<Partition>,
 }
 
+/// The GPT type GUID of an EFI system partition.
+pub const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+/// The GPT type GUID of a BIOS boot partition (GRUB's core image for BIOS on a GPT disk).
+pub const BIOS_BOOT_TYPE: &str = "21686148-6449-6E6F-744E-656564454649";
+
+impl Table {
+    /// Whether the disk can boot with BIOS firmware: an MBR table, or a GPT with a BIOS boot
+    /// partition.
+    pub fn boots_bios(&self) -> bool {
+        self.kind == TableKind::Mbr || self.partitions.iter().any(|p| p.type_id == BIOS_BOOT_TYPE)
+    }
+
+    /// Whether the disk can boot with UEFI firmware: it has an EFI system partition (GPT type
+    /// ESP, or MBR type 0xef).
+    pub fn boots_uefi(&self) -> bool {
+        self.partitions.iter().any(|p| p.type_id == ESP_TYPE || p.type_id == "0xef")
+    }
+}
+
 /// Why a table could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {

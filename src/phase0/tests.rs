@@ -525,3 +525,135 @@ fn the_unwinding_check_catches_wrong_orders_and_leftovers() {
     assert!(check_unwound(&l(&["attach /dev/loop0 = d@0+1 rw"])).unwrap_err().contains("left attached"));
     check_unwound(&l(&["attach /dev/loop0 = d@0+1 rw", "mount /dev/loop0 on $T/r type ext4 -> fails", "detach /dev/loop0"])).unwrap();
 }
+
+// --- LVM (issue 12): a PV partition, its VG read with lvm's reports, each LV one loop device. ---
+
+const LVM_PV: &str = "E6D6D379-F507-44C2-A23C-238F2A3DF928";
+
+/// A captured report of the LVM fixture (testdata/lvm/reports), its PV on `/dev/loop0`: the
+/// first loop device Phase 0 attaches, read-only, for the reports.
+fn fixture_report(name: &str, ext: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("testdata/lvm/reports/{name}.{ext}.json"));
+    std::fs::read_to_string(p).expect("captured report")
+}
+
+/// The LVM fixture's layout in small: BIOS boot (1 MiB), /boot (ext4, 2-10 MiB), the PV (10 MiB
+/// to the end) holding rootvg: rootlv (xfs, /) at pe_start 1 MiB, varlv (xfs, /var) at extent
+/// 448 × 4 MiB. fstab names the LVs as `fstab_root` and `fstab_var` say.
+fn lvm_like(dir: &Path, fstab_root: &str, fstab_var: &str, report: &str) -> FakeSys {
+    disk(dir, &[(1, 1, "21686148-6449-6E6F-744E-656564454649", "bios"), (2, 8, LINUX, "boot"), (10, 0, LVM_PV, "pv")]);
+    let mut f = FakeSys::new(dir);
+    let mut pv = crate::sys::Probe::new();
+    pv.insert("TYPE".into(), "LVM2_member".into());
+    pv.insert("UUID".into(), "nTXiAi-9rBe-NzRm-HASn-uc1w-MGnA-zOCDNx".into());
+    f.disks.insert(10 * MIB, FakeFs { probe: pv, files: vec![] });
+    f.disks.insert(2 * MIB, fs("ext4", "b0b0b0b0-0000-4000-8000-000000000001", "boot", &[("/grub/grub.cfg", "menuentry x\n")]));
+    let fstab = format!("{fstab_root} / xfs defaults 0 0\n{fstab_var} /var xfs defaults 0 0\nUUID=b0b0b0b0-0000-4000-8000-000000000001 /boot ext4 defaults 0 2\n");
+    f.disks.insert(11 * MIB, fs("xfs", "11111111-0000-4000-8000-00000000000a", "root", &[OS_RELEASE, ("/etc/fstab", &fstab)]));
+    f.disks.insert(11 * MIB + 448 * 4 * MIB, fs("xfs", "22222222-0000-4000-8000-00000000000b", "var", &[("/lib/dpkg/status", "Package: x\n")]));
+    f.outputs = vec![("lvm pvs".into(), fixture_report(report, "pvs")), ("lvm lvs".into(), fixture_report(report, "lvs"))];
+    f
+}
+
+const ROOT_LV: u64 = 1792 * MIB;
+const VAR_LV: u64 = 1065353216;
+
+#[test]
+fn lvm_volumes_are_read_read_only_then_mapped_one_loop_device_each() {
+    let t = tempfile::tempdir().unwrap();
+    let f = lvm_like(t.path(), "/dev/mapper/rootvg-rootlv", "/dev/mapper/rootvg-varlv", "debian-12-lvm-amd64");
+    let (r, f) = open_close(t.path(), f, &options(t.path(), false, None));
+    r.unwrap();
+    let log = norm(f.log());
+    let var_at = 11 * MIB + 448 * 4 * MIB;
+    let report = |cmd: &str| {
+        format!(
+            "output LVM_SUPPRESS_FD_WARNINGS=1 LVM_SYSTEM_DIR=$T/work/run/lvm lvm {}",
+            lvm::report_args(if cmd == "pvs" { lvm::Report::Pvs } else { lvm::Report::Lvs }, &["/dev/loop0"]).join(" ")
+        )
+    };
+    let want = lines(&[
+        "probe $T/work/run/disk.raw@1048576+1048576",
+        "probe $T/work/run/disk.raw@2097152+8388608",
+        "probe $T/work/run/disk.raw@10485760+55574528",
+        // The PV, read-only, only for lvm's reports, which name only it.
+        "attach /dev/loop0 = $T/work/run/disk.raw@10485760+55574528 ro",
+        &report("pvs"),
+        &report("lvs"),
+        "detach /dev/loop0",
+        // Each LV probed at partition start + pe_start + first extent × extent size.
+        &format!("probe $T/work/run/disk.raw@{}+{ROOT_LV}", 11 * MIB),
+        &format!("probe $T/work/run/disk.raw@{var_at}+{VAR_LV}"),
+        // The larger LV is the root candidate tried first.
+        &format!("attach /dev/loop1 = $T/work/run/disk.raw@{}+{ROOT_LV} rw", 11 * MIB),
+        "mount /dev/loop1 on $T/work/run/root type xfs",
+        &format!("attach /dev/loop2 = $T/work/run/disk.raw@{var_at}+{VAR_LV} rw"),
+        "mount /dev/loop2 on $T/work/run/root/var type xfs",
+        "attach /dev/loop3 = $T/work/run/disk.raw@2097152+8388608 rw",
+        "mount /dev/loop3 on $T/work/run/root/boot type ext4",
+        "unmount $T/work/run/root/boot",
+        "detach /dev/loop3",
+        "unmount $T/work/run/root/var",
+        "detach /dev/loop2",
+        "unmount $T/work/run/root",
+        "detach /dev/loop1",
+    ]);
+    assert_eq!(log, want);
+    check_unwound(&f.log()).unwrap();
+    // Every lvm command is a read-only report on kib's own device, with a private system dir.
+    for l in f.log().iter().filter(|l| l.starts_with("output")) {
+        assert!(l.contains(" --readonly --devices /dev/loop0 ") && l.contains("LVM_SYSTEM_DIR=$T/work/run-"), "{l}");
+        assert!(!l.contains("vgchange") && !l.contains("--activate"), "{l}");
+    }
+}
+
+#[test]
+fn lvm_volumes_mount_by_dev_vg_lv_uuid_and_label_and_are_recorded() {
+    for (root, var) in [
+        ("/dev/rootvg/rootlv", "/dev/rootvg/varlv"),
+        ("UUID=11111111-0000-4000-8000-00000000000A", "LABEL=var"),
+        ("/dev/mapper/rootvg-rootlv", "UUID=22222222-0000-4000-8000-00000000000b"),
+    ] {
+        let t = tempfile::tempdir().unwrap();
+        let sys: Arc<dyn Sys> = Arc::new(lvm_like(t.path(), root, var, "debian-12-lvm-amd64"));
+        let image = Image::open_with(sys, &options(t.path(), false, None)).unwrap();
+        let mounted: Vec<(u32, Option<&str>, &str)> = image.filesystems.iter().map(|f| (f.partition, f.lv.as_deref(), f.mount_point.as_str())).collect();
+        assert_eq!(mounted, [(3, Some("rootvg/rootlv"), "/"), (3, Some("rootvg/varlv"), "/var"), (2, None, "/boot")], "{root} {var}");
+        assert!(image.root().exists(Path::new("/var/lib/dpkg/status")), "/var is the varlv");
+        let vg = &image.volume_groups[0];
+        assert_eq!((vg.name.as_str(), vg.seqno, vg.extent_size), ("rootvg", 3, 4 * MIB));
+        assert_eq!(vg.pvs[0].partition, 3);
+        assert_eq!(vg.lvs[1].name, "varlv");
+        assert_eq!((vg.lvs[1].offset, vg.lvs[1].size, vg.lvs[1].fstype.as_str()), (11 * MIB + 448 * 4 * MIB, VAR_LV, "xfs"));
+        assert_eq!(vg.lvs[1].mount_point.as_deref(), Some("/var"));
+        image.close().unwrap();
+    }
+}
+
+#[test]
+fn an_lv_kib_cannot_map_is_refused_by_name_and_layout_and_nothing_is_left() {
+    for (report, want) in [
+        ("tiny-lvm-striped", "rootvg/varlv is striped over 2 physical volumes"),
+        ("tiny-lvm-thin", "rootvg/varlv is a thin volume in pool pool"),
+        ("tiny-lvm-snapshot", "rootvg/varsnap is a snapshot of rootlv"),
+        ("tiny-lvm-noncontig", "rootvg/varlv is linear but made of 2 non-contiguous segments"),
+        ("tiny-lvm-missing-pv", "volume group rootvg is missing 1 of its 2 physical volumes"),
+    ] {
+        let t = tempfile::tempdir().unwrap();
+        let mut f = lvm_like(t.path(), "/dev/mapper/rootvg-rootlv", "/dev/mapper/rootvg-varlv", "debian-12-lvm-amd64");
+        // The tiny fixtures' PVs are /dev/loop0 (and /dev/loop1 on a second partition).
+        f.outputs = vec![("lvm pvs".into(), fixture_report(report, "pvs")), ("lvm lvs".into(), fixture_report(report, "lvs"))];
+        let (r, f) = open_close(t.path(), f, &options(t.path(), false, None));
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(e.contains(want) && e.contains("Nothing was activated or changed"), "{report}: {e}");
+        check_unwound(&f.log()).unwrap();
+        assert!(!f.log().iter().any(|l| l.contains(" rw")), "{report}: nothing attached for writing: {:#?}", f.log());
+        assert!(std::fs::read_dir(t.path().join("work")).unwrap().next().is_none());
+    }
+}
+
+#[test]
+fn unwinds_after_a_failure_at_every_point_of_an_lvm_open() {
+    let n = fails_cleanly_at_every_point(|t| lvm_like(t, "/dev/mapper/rootvg-rootlv", "/dev/rootvg/varlv", "debian-12-lvm-amd64"), |t| options(t, false, None));
+    assert!(n >= 14, "{n}");
+}

@@ -14,8 +14,9 @@ pub struct Expected {
 }
 
 /// Looks for the image's file name in `SHA256SUMS` or `sha256sum.txt` beside it. Lines are
-/// `<hex>  <name>` or `<hex> *<name>` (binary mode), as `sha256sum` writes them; a name with a
-/// leading `./` matches too. `Ok(None)` when no list names the image.
+/// `<hex>  <name>` or `<hex> *<name>` (binary mode), as `sha256sum` writes them, or
+/// `SHA256 (<name>) = <hex>` (BSD); a name with a leading `./` matches too. `Ok(None)` when no
+/// list names the image.
 pub fn expected_sum(image: &Path) -> std::io::Result<Option<Expected>> {
     let dir = image.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let Some(name) = image.file_name().and_then(|n| n.to_str()) else { return Ok(None) };
@@ -33,14 +34,10 @@ pub fn expected_sum(image: &Path) -> std::io::Result<Option<Expected>> {
     Ok(None)
 }
 
-/// The checksum listed for `name` in sha256sum-format `text`.
+/// The SHA-256 listed for `name` in `text`, a checksum list in GNU (`sha256sum`) or BSD
+/// (`SHA256 (name) = hex`) format (see [`crate::fetch::sums`]).
 pub fn find_in_list(text: &str, name: &str) -> Option<String> {
-    text.lines().find_map(|line| {
-        let (sum, rest) = line.trim().split_once(char::is_whitespace)?;
-        let listed = rest.trim_start().trim_start_matches('*');
-        let listed = listed.strip_prefix("./").unwrap_or(listed);
-        (listed == name && sum.len() == 64 && sum.bytes().all(|b| b.is_ascii_hexdigit())).then(|| sum.to_ascii_lowercase())
-    })
+    crate::fetch::sums::find(text, name).filter(|s| s.algo == crate::fetch::sums::Algo::Sha256).map(|s| s.hex)
 }
 
 /// Remembers the SHA-256 of input images kib has read in full, so that a later build from the

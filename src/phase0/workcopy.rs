@@ -7,6 +7,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use crate::exec;
+use crate::progress::Activity;
 
 /// What `qemu-img info` says about the input.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -92,30 +93,50 @@ fn check_integrity(input: &Path, format: &str) -> Result<()> {
 /// converted by `qemu-img convert` while another thread hashes the input. `known_sha256`, when
 /// given (see [`super::verify::InputCache`]), skips the hashing.
 pub fn make(input: &Path, format: &InputFormat, dest: &Path, known_sha256: Option<&str>) -> Result<String> {
-    std::thread::scope(|s| {
-        let hasher = known_sha256.is_none().then(|| s.spawn(|| crate::hash::sha256_file(input)));
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(input).with_context(|| format!("reading {}", input.display()))?;
+    let shown = input.file_name().map_or_else(|| input.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let hashing = known_sha256.is_none().then(|| Activity::task(format!("hashing {shown}"), Some(meta.len())));
+    // The data to copy: the input's allocated bytes (for qcow2 and others, about its data).
+    let copying = Activity::task(format!("working copy of {shown} ({})", format.format), Some(meta.blocks() * 512));
+    let sum = std::thread::scope(|s| {
+        let hasher = hashing.as_ref().map(|task| {
+            s.spawn(move || -> std::io::Result<String> {
+                let sum = crate::hash::sha256_reader(&mut task.reader(std::fs::File::open(input)?))?;
+                Ok(sum)
+            })
+        });
         let copied = if format.format == "raw" {
-            sparse_copy(input, dest).with_context(|| format!("copying {} to {}", input.display(), dest.display()))
+            sparse_copy(input, dest, &copying).with_context(|| format!("copying {} to {}", input.display(), dest.display()))
         } else {
-            exec::run(
-                Command::new("qemu-img").args(["convert", "-f", &format.format, "-O", "raw"]).arg(input).arg(dest),
-                "qemu-img convert (input to raw working copy)",
-                None,
-            )
-            .map(|_| ())
-            .map_err(Into::into)
+            copying
+                .watch_growth(dest)
+                .during(|| {
+                    exec::run(
+                        Command::new("qemu-img").args(["convert", "-f", &format.format, "-O", "raw"]).arg(input).arg(dest),
+                        "qemu-img convert (input to raw working copy)",
+                        None,
+                    )
+                })
+                .map(|_| ())
+                .map_err(Into::into)
         };
         let sum = match hasher {
             Some(h) => h.join().expect("hash thread panicked").with_context(|| format!("reading {}", input.display()))?,
             None => known_sha256.unwrap_or_default().to_string(),
         };
         copied?;
-        Ok(sum)
-    })
+        anyhow::Ok(sum)
+    })?;
+    if let Some(h) = hashing {
+        h.finish();
+    }
+    copying.finish();
+    Ok(sum)
 }
 
 /// Copies the data extents of `input` to a new file `dest` of the same size; holes stay holes.
-fn sparse_copy(input: &Path, dest: &Path) -> std::io::Result<()> {
+fn sparse_copy(input: &Path, dest: &Path, progress: &Activity) -> std::io::Result<()> {
     use rustix::fs::{copy_file_range, seek, SeekFrom as RSeek};
     let src = File::open(input)?;
     let dst = File::create(dest)?;
@@ -133,7 +154,8 @@ fn sparse_copy(input: &Path, dest: &Path) -> std::io::Result<()> {
         let hole = seek(&src, RSeek::Hole(data))?.min(len);
         let (mut off_in, mut off_out) = (data, data);
         while off_in < hole {
-            let chunk = usize::try_from(hole - off_in).unwrap_or(usize::MAX).min(1 << 30);
+            // 64 MiB at a time: large enough for copy_file_range, small enough for progress.
+            let chunk = usize::try_from(hole - off_in).unwrap_or(usize::MAX).min(64 << 20);
             let n = if kernel_copy {
                 match copy_file_range(&src, Some(&mut off_in), &dst, Some(&mut off_out), chunk) {
                     Ok(n) => n,
@@ -152,6 +174,7 @@ fn sparse_copy(input: &Path, dest: &Path) -> std::io::Result<()> {
             if n == 0 {
                 return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "input shrank while being copied"));
             }
+            progress.inc(n as u64);
         }
         pos = hole;
     }

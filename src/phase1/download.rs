@@ -10,7 +10,6 @@ use anyhow::{bail, Context, Result};
 use super::FileRecord;
 use crate::fetch::{Fetched, Fetcher};
 use crate::guest::GuestRoot;
-use crate::hash::sha256_bytes;
 use crate::manifest::{parse_mode, DownloadStep, Sha256Spec};
 
 /// The SHA-256 `url` must have: the pinned one (for `arch`), or the one published at
@@ -34,8 +33,8 @@ pub fn apply(root: &GuestRoot, fetcher: &Fetcher, d: &DownloadStep, arch: &str, 
     let fetched = fetcher.fetch(&d.url, &sum)?;
     if let Some(path) = &d.path {
         let mode = d.mode.as_deref().map(parse_mode).transpose().map_err(anyhow::Error::msg)?.unwrap_or(0o755);
-        let content = std::fs::read(&fetched.path).with_context(|| format!("reading {} from the cache", fetched.path.display()))?;
-        root.write(Path::new(path), &content, mode, 0, 0).with_context(|| format!("writing {path} in the image"))?;
+        let mut file = std::fs::File::open(&fetched.path).with_context(|| format!("reading {} from the cache", fetched.path.display()))?;
+        root.write_from(Path::new(path), &mut file, mode, 0, 0).with_context(|| format!("writing {path} in the image"))?;
         files.push(FileRecord { path: path.clone(), sha256: fetched.sha256.clone(), size: fetched.size, mode: format!("{mode:04o}"), owner: "0:0".into() });
     } else if let Some(dir) = &d.extract {
         extract(root, &fetched.path, Path::new(dir), d.strip_components, files).with_context(|| format!("unpacking {} into {dir}", fetched.url))?;
@@ -63,13 +62,12 @@ fn extract(root: &GuestRoot, archive: &Path, dir: &Path, strip: usize, files: &m
                 root.mkdir_p(&dest, 0o755)?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut content = Vec::with_capacity(entry.size() as usize);
-                entry.read_to_end(&mut content)?;
-                root.write(&dest, &content, mode, 0, 0).with_context(|| format!("writing {}", dest.display()))?;
+                // Streamed: an entry may be larger than memory.
+                let (size, sha256) = root.write_from(&dest, &mut entry, mode, 0, 0).with_context(|| format!("writing {}", dest.display()))?;
                 files.push(FileRecord {
                     path: dest.to_string_lossy().into_owned(),
-                    sha256: sha256_bytes(&content),
-                    size: content.len() as u64,
+                    sha256,
+                    size,
                     mode: format!("{mode:04o}"),
                     owner: "0:0".into(),
                 });
@@ -152,6 +150,6 @@ mod tests {
         assert!(!d.path().join("host/crictl").exists(), "wrote through the image's symlink to the host");
         assert_eq!(files[0].path, "/usr/local/bin/crictl");
         assert_eq!(files[0].mode, "0755");
-        assert_eq!(files[0].sha256, sha256_bytes(b"binary"));
+        assert_eq!(files[0].sha256, crate::hash::sha256_bytes(b"binary"));
     }
 }

@@ -91,8 +91,11 @@ pub fn apply(session: &mut Session, root: &GuestRoot, fetcher: &Fetcher, step: &
                 None => dest.clone(),
             };
             // Stream the archive into the image: it may be hundreds of MiB.
-            let content = std::fs::read(&fetched.path).with_context(|| format!("reading {}", fetched.path.display()))?;
-            root.write(Path::new(&dest), &content, 0o600, 0, 0).with_context(|| format!("copying {} into the image", fetched.url))?;
+            let size = std::fs::metadata(&fetched.path).with_context(|| format!("reading {}", fetched.path.display()))?.len();
+            let file = std::fs::File::open(&fetched.path).with_context(|| format!("reading {}", fetched.path.display()))?;
+            let task = crate::progress::Activity::task(format!("copying {} into the image", fetched.url.rsplit('/').next().unwrap_or(&fetched.url)), Some(size));
+            root.write_from(Path::new(&dest), &mut task.reader(file), 0o600, 0, 0).with_context(|| format!("copying {} into the image", fetched.url))?;
+            task.finish();
             inside.push(arg);
             record.downloads.push(fetched);
         }

@@ -170,7 +170,7 @@ pub fn run(image: &Image, manifest: &Manifest, ctx: &BuildContext, fetcher: &Fet
     };
     let seconds = t.elapsed().as_secs_f64();
     if steps_run {
-        tracing::info!("phase 1 done in {seconds:.1}s");
+        tracing::debug!("phase 1 done in {seconds:.1}s");
     }
     Ok(Phase1Output { steps, session: Some(open), manager, seconds })
 }
@@ -207,12 +207,14 @@ pub fn run_steps(
         let kind = step.action.kind();
         let mut record = StepRecord { name: step.name.clone(), kind: kind.to_string(), origin: step.origin.clone(), status: "ok".into(), duration_seconds: 0.0, files: Vec::new(), downloads: Vec::new(), images: Vec::new() };
         if !step.applies(&os_ids, &facts.arch, &vars) {
-            tracing::info!("step {}/{total} `{}` ({kind}) skipped: its `when` does not match this image", i + 1, step.name);
+            tracing::debug!("step {}/{total} `{}` ({kind}) skipped: its `when` does not match this image", i + 1, step.name);
+            crate::progress::Activity::step(format!("step {}/{total} {} ({kind}, `when` does not match)", i + 1, step.name)).skip();
             record.status = "skipped".into();
             records.push(record);
             continue;
         }
-        tracing::info!("step {}/{total} `{}` ({kind})", i + 1, step.name);
+        tracing::debug!("step {}/{total} `{}` ({kind})", i + 1, step.name);
+        let activity = crate::progress::Activity::step(format!("step {}/{total} {} ({kind})", i + 1, step.name));
         let start = Instant::now();
         let action = step.action.expand(&vars).map_err(|u| anyhow!("undefined variable `${{{}}}`", u.0));
         let mut sctx = StepContext { session: &mut *session, root, vars: &vars, facts, fetcher, manager: manager.as_deref_mut(), packages: &mut *state };
@@ -235,7 +237,8 @@ pub fn run_steps(
                 record.duration_seconds
             )));
         }
-        tracing::info!("step {}/{total} `{}` done in {:.2}s", i + 1, step.name, record.duration_seconds);
+        activity.finish();
+        tracing::debug!("step {}/{total} `{}` done in {:.2}s", i + 1, step.name, record.duration_seconds);
         records.push(record);
     }
     Ok(records)

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::bom::Artifact;
 use crate::exec;
+use crate::progress::Activity;
 pub use crate::format::{Format, Qcow2Compression};
 
 /// The staging folder: artifacts are written there and moved into the output folder together by
@@ -24,12 +25,14 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// Creates `<work_dir>/staging`, or `<out_dir>/.kib-staging-<pid>` when there is no work
-    /// directory on the output folder's filesystem.
+    /// Creates `<work_dir>/staging`, or `<out_dir>/.kib-staging-<pid>` when a file cannot be
+    /// renamed from the work directory into the output folder. Having the same filesystem is not
+    /// enough: two bind mounts of one filesystem (a pod's volumes, say) share `st_dev` but
+    /// rename(2) between them fails with EXDEV, so this probes with a real rename.
     pub fn create(out_dir: &Path, work_dir: Option<&Path>) -> Result<Self> {
         use std::os::unix::fs::MetadataExt;
         let out_dev = std::fs::metadata(out_dir).with_context(|| format!("output folder {}", out_dir.display()))?.dev();
-        let dir = match work_dir.filter(|w| std::fs::metadata(w).is_ok_and(|m| m.dev() == out_dev)) {
+        let dir = match work_dir.filter(|w| std::fs::metadata(w).is_ok_and(|m| m.dev() == out_dev) && renames_into(w, out_dir)) {
             Some(w) => w.join("staging"),
             None => out_dir.join(format!(".kib-staging-{}", std::process::id())),
         };
@@ -102,6 +105,19 @@ fn command(format: Format, compression: Qcow2Compression, disk: &Path, dest: &Pa
     }
 }
 
+/// Whether a file renames from `from` into `to`: creates an empty probe file in `from`, renames it
+/// into `to` and removes it. Any failure (EXDEV across mounts, permissions) means no.
+fn renames_into(from: &Path, to: &Path) -> bool {
+    let name = format!(".kib-rename-probe-{}", std::process::id());
+    let (src, dst) = (from.join(&name), to.join(&name));
+    if std::fs::File::create(&src).is_err() {
+        return false;
+    }
+    let ok = std::fs::rename(&src, &dst).is_ok();
+    let _ = std::fs::remove_file(if ok { &dst } else { &src });
+    ok
+}
+
 /// Moves the raw working copy `disk` to `dest`: a rename on the same filesystem, else a sparse
 /// copy with qemu-img (`disk` then stays). `dest` is replaced if it exists.
 ///
@@ -142,6 +158,15 @@ enum Task {
 /// Errors: a vhd of a disk whose size is not a whole MiB, an ova without `plan.ovf`, or a failing
 /// conversion (its output is shown); the first error is returned after every running conversion
 /// ended.
+/// Whether `f` writes about as many bytes as the disk holds (so that a bar can show a total).
+fn uncompressed(f: Format, compression: Qcow2Compression) -> bool {
+    match f {
+        Format::Qcow2 => compression == Qcow2Compression::None,
+        Format::Raw | Format::Vhd | Format::Vhdx => true,
+        _ => false,
+    }
+}
+
 pub fn convert_all(disk: &Path, dir: &Path, name: &str, formats: &[Format], plan: &Plan) -> Result<Vec<Artifact>> {
     let disk_meta = std::fs::metadata(disk).with_context(|| format!("reading {}", disk.display()))?;
     if formats.contains(&Format::Vhd) {
@@ -178,20 +203,27 @@ pub fn convert_all(disk: &Path, dir: &Path, name: &str, formats: &[Format], plan
         match task {
             Task::One(f) => {
                 let dest = dir.join(f.file_name(name));
-                exec::run(&mut command(f, plan.compression, disk, &dest), &format!("writing the {} image", f.name()), None)?;
-                tracing::info!("converted to {} in {:.1}s", f.name(), t.elapsed().as_secs_f64());
+                let task = Activity::task(format!("converting to {}", f.name()), uncompressed(f, plan.compression).then_some(populated));
+                task.watch_growth(&dest).during(|| exec::run(&mut command(f, plan.compression, disk, &dest), &format!("writing the {} image", f.name()), None))?;
+                task.finish();
+                tracing::debug!("converted to {} in {:.1}s", f.name(), t.elapsed().as_secs_f64());
                 Ok(vec![(f, dest)])
             }
             Task::VmdkOva { keep_vmdk } => {
                 let vmdk = if keep_vmdk { dir.join(Format::Vmdk.file_name(name)) } else { dir.join(format!(".{name}-ova-disk.vmdk")) };
-                exec::run(&mut command(Format::Vmdk, plan.compression, disk, &vmdk), "writing the streamOptimized vmdk for the ova", None)?;
-                tracing::info!("converted to vmdk in {:.1}s", t.elapsed().as_secs_f64());
+                let task = Activity::task("converting to vmdk (streamOptimized)", None);
+                task.watch_growth(&vmdk).during(|| exec::run(&mut command(Format::Vmdk, plan.compression, disk, &vmdk), "writing the streamOptimized vmdk for the ova", None))?;
+                task.finish();
+                tracing::debug!("converted to vmdk in {:.1}s", t.elapsed().as_secs_f64());
                 let t = std::time::Instant::now();
                 let ova = dir.join(Format::Ova.file_name(name));
                 let mut info = plan.ovf.clone().unwrap_or_default();
                 info.name = name.to_string();
-                super::ova::write(&ova, &info, &vmdk, disk_meta.len(), populated).context("writing the ova")?;
-                tracing::info!("packed the ova in {:.1}s", t.elapsed().as_secs_f64());
+                let size = std::fs::metadata(&vmdk).map_or(0, |m| m.len());
+                let task = Activity::task("packing the ova", Some(size));
+                task.watch_growth(&ova).during(|| super::ova::write(&ova, &info, &vmdk, disk_meta.len(), populated)).context("writing the ova")?;
+                task.finish();
+                tracing::debug!("packed the ova in {:.1}s", t.elapsed().as_secs_f64());
                 let mut out = vec![(Format::Ova, ova)];
                 if keep_vmdk {
                     out.push((Format::Vmdk, vmdk));
@@ -240,7 +272,14 @@ pub fn convert_all(disk: &Path, dir: &Path, name: &str, formats: &[Format], plan
                     Ok(Artifact {
                         file: p.file_name().expect("artifact has a name").to_string_lossy().into_owned(),
                         format: f.name().to_string(),
-                        sha256: crate::hash::sha256_file(p).with_context(|| format!("hashing {}", p.display()))?,
+                        sha256: {
+                            let size = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?.len();
+                            let task = Activity::task(format!("sha256 of {}", p.file_name().unwrap_or_default().to_string_lossy()), Some(size));
+                            let file = std::fs::File::open(p).with_context(|| format!("hashing {}", p.display()))?;
+                            let sum = crate::hash::sha256_reader(&mut task.reader(file)).with_context(|| format!("hashing {}", p.display()))?;
+                            task.finish();
+                            sum
+                        },
                         size: std::fs::metadata(p)?.len(),
                     })
                 })

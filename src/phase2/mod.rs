@@ -14,6 +14,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use crate::bom::{Artifact, Bom};
+use crate::progress::Activity;
 use crate::context::{BuildContext, Phase, PhaseSet};
 use crate::format::{Format, Qcow2Compression};
 use crate::manifest::Manifest;
@@ -46,6 +47,8 @@ pub struct Phase2Output {
     pub emulation: Option<EmulationRecord>,
     /// The images written into the staging folder, with their SHA-256.
     pub artifacts: Vec<Artifact>,
+    /// The SELinux labelling, when the image has SELinux.
+    pub selinux: Option<crate::selinux::SelinuxRecord>,
 }
 
 /// Runs Phase 2 on `image` with the session `p1` left open: sysprep (when Phase 2 runs and the
@@ -62,9 +65,13 @@ pub fn run(image: &mut Image, p1: Phase1Output, manifest: &Manifest, ctx: &Build
     if let Some(mut open) = session {
         if artifacts_phase && manifest.sysprep.enabled {
             let root = image.root().try_clone().context("opening the image root for sysprep")?;
+            let activity = Activity::step("sysprep");
             let ran = sysprep::run(&root, &mut open.session, manager.as_deref_mut(), &manifest.sysprep.skip);
             match ran {
-                Ok(done) => sysprep = done.into_iter().map(str::to_string).collect(),
+                Ok(done) => {
+                    activity.finish();
+                    sysprep = done.into_iter().map(str::to_string).collect();
+                }
                 Err(e) => {
                     if let Err(c) = open.close() {
                         tracing::warn!("closing the chroot session: {c:#}");
@@ -75,23 +82,53 @@ pub fn run(image: &mut Image, p1: Phase1Output, manifest: &Manifest, ctx: &Build
         }
         emulation = open.close()?;
     }
+    // After the last write into the tree (the steps, sysprep's rewrites of /etc/hosts and
+    // dpkg's status, the session's restored files), before the package list and fstrim.
+    let selinux = if artifacts_phase { label(image, manifest)? } else { None };
+    let activity = Activity::step("package list for the BOM");
     let packages = match &manager {
         Some(m) => m.installed(image.root())?,
         None => crate::pkg::installed(image.root())?,
     };
+    activity.finish();
     if artifacts_phase {
+        let activity = Activity::step("fstrim");
         trim(image);
+        activity.finish();
     } else {
         tracing::info!("Phase 2 is left out (--phases {}): no sysprep; the result is the working copy as the steps left it", opts.phases);
     }
+    let activity = Activity::step("unmount and detach");
     image.unmount()?;
+    activity.finish();
     let plan = convert::Plan {
         compression: opts.compression,
         jobs: opts.jobs.max(1),
         ovf: opts.formats.contains(&Format::Ova).then(|| ova::OvfInfo::for_image(image, manifest, &packages, &ctx.build_date)),
     };
     let artifacts = convert::convert_all(&image.disk, staging, &opts.name, &opts.formats, &plan)?;
-    Ok(Phase2Output { sysprep, packages, emulation, artifacts })
+    Ok(Phase2Output { sysprep, packages, emulation, artifacts, selinux })
+}
+
+/// Labels the tree with the image's SELinux policy when it has one (see [`crate::selinux`]);
+/// `sysprep.skip: [selinux-relabel]` turns it off (recorded as not relabelled).
+fn label(image: &Image, manifest: &Manifest) -> Result<Option<crate::selinux::SelinuxRecord>> {
+    let skip = manifest.sysprep.skip.iter().any(|s| s == crate::selinux::SKIP_NAME);
+    let policy = match crate::selinux::detect(image.root()) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(None),
+        Err(e) if skip => {
+            tracing::warn!("{e:#} (sysprep.skip has {}: not labelled)", crate::selinux::SKIP_NAME);
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    if skip {
+        tracing::warn!("the image runs SELinux ({}, policy {}) and sysprep.skip has {}: files the steps wrote stay unlabelled", policy.mode, policy.name, crate::selinux::SKIP_NAME);
+        return Ok(Some(crate::selinux::SelinuxRecord { mode: policy.mode, policy: policy.name, relabelled: false, seconds: 0.0 }));
+    }
+    let rec = crate::selinux::relabel(image.sys(), image.root(), &image.root_dir, &image.filesystems, &policy, image.work_dir())?;
+    Ok(Some(rec))
 }
 
 /// Writes `bom.json`, with `sboms` the SPDX and CycloneDX documents, and `SHA256SUMS` (the

@@ -330,6 +330,37 @@ mod tests {
         assert_eq!(upstream_version("1:2.3-4"), "2.3");
     }
 
+    /// Both firmware variants validate against DMTF's OVF envelope schema (DSP8023 1.1.1,
+    /// testdata/schemas/ovf), with xmllint from Debian's libxml2-utils and no network.
+    #[test]
+    fn descriptor_validates_against_dsp8023() {
+        use std::io::Write;
+        let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/schemas/ovf/dsp8023_1.1.1.xsd");
+        for firmware in ["bios", "efi"] {
+            let xml = descriptor(&OvfInfo { firmware, ..info() }, "node-disk1.vmdk", DiskInfo { capacity: 2 << 30, populated: 600 << 20, file_size: 300 << 20 }).unwrap();
+            assert!(xml.contains(&format!(r#"vmw:key="firmware" vmw:value="{firmware}""#)));
+            let mut child = std::process::Command::new("xmllint")
+                .args(["--noout", "--nonet", "--schema", schema, "-"])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("xmllint (Debian libxml2-utils; scripts/deps.sh installs it)");
+            child.stdin.take().unwrap().write_all(xml.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{firmware}: {}\n{xml}", String::from_utf8_lossy(&out.stderr));
+        }
+        // A descriptor that breaks the schema is caught: the check is not vacuous.
+        let bad = descriptor(&info(), "d.vmdk", DiskInfo { capacity: 1, populated: 1, file_size: 1 }).unwrap().replace("<DiskSection>", "<DiskSection><Bogus/>");
+        let mut child = std::process::Command::new("xmllint")
+            .args(["--noout", "--nonet", "--schema", schema, "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bad.as_bytes()).unwrap();
+        assert!(!child.wait_with_output().unwrap().status.success());
+    }
+
     #[test]
     fn descriptor_is_well_formed_and_escaped() {
         let xml = descriptor(&info(), "node-disk1.vmdk", DiskInfo { capacity: 2 << 30, populated: 600 << 20, file_size: 300 << 20 }).unwrap();

@@ -490,7 +490,8 @@ pub fn spdx_json(input: &SbomInput) -> Result<Vec<u8>> {
         creation_info: CreationInfo {
             created: input.created.clone(),
             creators: vec![format!("Tool: kib-{}", env!("CARGO_PKG_VERSION"))],
-            license_list_version: spdx::license_version().to_string(),
+            // SPDX 2.3 §6.7: "M.N"; the spdx crate says "3.29.0", which pyspdxtools refuses.
+            license_list_version: spdx::license_version().split('.').take(2).collect::<Vec<_>>().join("."),
         },
         packages,
         relationships,

@@ -49,8 +49,12 @@ pub const OPERATIONS: &[Operation] = &[
 /// Checks `skip` names against [`OPERATIONS`].
 pub fn validate(skip: &[String]) -> Result<()> {
     for s in skip {
-        if !OPERATIONS.iter().any(|o| o.name == s) {
-            bail!("sysprep.skip: unknown operation `{s}`; operations: {}", OPERATIONS.iter().map(|o| o.name).collect::<Vec<_>>().join(", "));
+        if !OPERATIONS.iter().any(|o| o.name == s) && s != crate::selinux::SKIP_NAME {
+            bail!(
+                "sysprep.skip: unknown operation `{s}`; operations: {}, {}",
+                OPERATIONS.iter().map(|o| o.name).collect::<Vec<_>>().join(", "),
+                crate::selinux::SKIP_NAME
+            );
         }
     }
     Ok(())

@@ -28,17 +28,8 @@ pub const RPM_BINARIES: &[&str] = &["/usr/bin/rpm", "/bin/rpm"];
 ///
 /// Errors: the image has no rpm binary; rpm fails (its output tail); unparsable output.
 pub fn installed(root: &GuestRoot) -> Result<Vec<Package>> {
-    let Some(rpm) = RPM_BINARIES.iter().find(|b| root.exists(Path::new(b))) else {
-        bail!("this image has an rpm database but no rpm program ({}) to read it with", RPM_BINARIES.join(", "));
-    };
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
-        .arg(format!("--root={}", root.path().display()))
-        .arg("--wd=/")
-        .args(["--", rpm, "-qa", "--qf", &QUERY_FORMAT.replace("\\t", "\t").replace("\\n", "\n")])
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("LC_ALL", "C");
+    let qf = QUERY_FORMAT.replace("\\t", "\t").replace("\\n", "\n");
+    let mut cmd = image_rpm(root, &["-qa", "--qf", &qf])?;
     let text = crate::exec::capture(&mut cmd, "rpm -qa (the image's rpm database)").context("reading the image's rpm database with its own rpm")?;
     let mut packages = parse_query(&text)?;
     let h = holds(root)?;
@@ -46,6 +37,50 @@ pub fn installed(root: &GuestRoot) -> Result<Vec<Package>> {
         p.held = h.holds(&p.name);
     }
     Ok(packages)
+}
+
+/// The image's own rpm run with `args`, in its own PID namespace with the image as its root and
+/// kib's environment cleared (see the module docs). Nothing runs yet.
+///
+/// Errors: the image has no rpm binary.
+fn image_rpm(root: &GuestRoot, args: &[&str]) -> Result<Command> {
+    let Some(rpm) = RPM_BINARIES.iter().find(|b| root.exists(Path::new(b))) else {
+        bail!("this image has an rpm database but no rpm program ({}) to read it with", RPM_BINARIES.join(", "));
+    };
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+        .arg(format!("--root={}", root.path().display()))
+        .arg("--wd=/")
+        .args(["--", rpm])
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C");
+    Ok(cmd)
+}
+
+/// The names of the installed packages that provide `capability` (a package name or a virtual
+/// provide such as `iptables`, which `iptables-nft` provides on EL 9), sorted and deduplicated:
+/// what dnf installed for an install spec naming a capability. Empty when none does.
+///
+/// Errors: the image has no rpm binary; rpm fails for another reason than "no package
+/// provides".
+pub fn what_provides(root: &GuestRoot, capability: &str) -> Result<Vec<String>> {
+    let mut cmd = image_rpm(root, &["-q", "--whatprovides", "--qf", "%{NAME}\n", "--", capability])?;
+    crate::exec::die_with_parent(&mut cmd);
+    let out = cmd.stdin(std::process::Stdio::null()).output().context("running the image's rpm -q --whatprovides")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        // rpm exits 1 and says "no package provides X" on stdout when nothing does.
+        if text.contains("no package provides") {
+            return Ok(Vec::new());
+        }
+        bail!("rpm -q --whatprovides {capability} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let mut names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 /// Parses the output of `rpm -qa --qf` with [`QUERY_FORMAT`], sorted by name then architecture.

@@ -56,6 +56,9 @@ pub struct FakeSys {
     pub busy_unmounts: Mutex<u32>,
     /// Programs that really run (sfdisk on the test's own file), besides being logged.
     pub passthrough: Vec<String>,
+    /// What [`Sys::output`] answers: the first entry whose key the logged command line
+    /// (`lvm pvs --readonly ...`) contains gives the standard output; none answers "".
+    pub outputs: Vec<(String, String)>,
     state: Mutex<State>,
 }
 
@@ -182,6 +185,20 @@ impl Sys for FakeSys {
             return crate::exec::run(cmd, what, timeout);
         }
         Ok(Vec::new())
+    }
+
+    /// Logged as `output ENV=VALUE ... PROGRAM ARGS` (the environment the caller set, sorted).
+    fn output(&self, cmd: &mut Command, what: &str) -> Result<String, ExecError> {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let mut env: Vec<String> = cmd.get_envs().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.map(|v| self.show(Path::new(v))).unwrap_or_default())).collect();
+        env.sort();
+        let args: Vec<String> = cmd.get_args().map(|a| self.show(Path::new(a))).collect();
+        let line = format!("{program} {}", args.join(" ")).trim_end().to_string();
+        let logged = if env.is_empty() { format!("output {line}") } else { format!("output {} {line}", env.join(" ")) };
+        if let Err(e) = self.failable(logged) {
+            return Err(ExecError::Failed { what: what.into(), status: "exit code 5".into(), code: Some(5), tail: vec![format!("injected: {e}")] });
+        }
+        Ok(self.outputs.iter().find(|(k, _)| line.contains(k.as_str())).map(|(_, v)| v.clone()).unwrap_or_default())
     }
 }
 

@@ -111,6 +111,9 @@ pub trait Sys: Send + Sync + std::fmt::Debug {
     fn probe(&self, file: &Path, offset: u64, size: u64) -> io::Result<Probe>;
     /// Runs a host command to completion (see [`crate::exec::run`]); `what` names it.
     fn run(&self, cmd: &mut Command, what: &str, timeout: Option<Duration>) -> Result<Vec<String>, ExecError>;
+    /// Runs a host command whose standard output kib parses (lvm's JSON reports, setfiles' dry
+    /// run): returns its standard output; a failure carries the last lines of its standard error.
+    fn output(&self, cmd: &mut Command, what: &str) -> Result<String, ExecError>;
 }
 
 /// The real system, shared.

@@ -85,6 +85,10 @@ impl Sys for RealSys {
     fn run(&self, cmd: &mut Command, what: &str, timeout: Option<Duration>) -> Result<Vec<String>, ExecError> {
         exec::run(cmd, what, timeout)
     }
+
+    fn output(&self, cmd: &mut Command, what: &str) -> Result<String, ExecError> {
+        exec::capture(cmd, what)
+    }
 }
 
 /// `struct loop_info64` of linux/loop.h.

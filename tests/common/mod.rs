@@ -162,3 +162,94 @@ pub fn processes_rooted_in(dir: &Path) -> Vec<String> {
         .map(|e| std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default().replace('\0', " "))
         .collect()
 }
+
+/// An image of the LVM fixtures (testdata/lvm/make-lvm-image.sh, cached in
+/// `KIB_LVM_FIXTURE_DIR` or /var/cache/kib/lvm; scripts/test.sh builds the ones the tests use).
+pub fn lvm_fixture(file: &str) -> PathBuf {
+    let dir = std::env::var_os("KIB_LVM_FIXTURE_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/cache/kib/lvm"));
+    let p = dir.join(file);
+    assert!(p.exists(), "LVM fixture {} missing: run testdata/lvm/make-lvm-image.sh (scripts/test.sh does)", p.display());
+    p
+}
+
+/// A volume group of a raw image as lvm reports it, read-only, the way kib reads it (its PV
+/// partition on a read-only loop device of the test's own, a private LVM_SYSTEM_DIR,
+/// `--readonly --devices`): the mapped VG, the PV partition's start in bytes and the pvs rows.
+pub fn read_vg(disk: &Path, partition: u32, tmp: &Path) -> (kib::phase0::lvm::VolumeGroup, u64, Vec<kib::phase0::lvm::PvRow>) {
+    let json: serde_json::Value = serde_json::from_str(&sh(Command::new("sfdisk").arg("--json").arg(disk))).unwrap();
+    let parts = json["partitiontable"]["partitions"].as_array().unwrap();
+    let p = parts.iter().find(|p| p["node"].as_str().unwrap().ends_with(&partition.to_string())).expect("partition listed");
+    let start = p["start"].as_u64().unwrap() * 512;
+    let size = p["size"].as_u64().unwrap() * 512;
+    let dev = sh(Command::new("losetup").args(["--find", "--show", "--read-only", "--offset", &start.to_string(), "--sizelimit", &size.to_string()]).arg(disk));
+    let dev = dev.trim().to_string();
+    let sysdir = kib::phase0::lvmap::private_system_dir(tmp).unwrap();
+    let report = |r| {
+        let out = kib::phase0::lvmap::lvm_command(&sysdir, &kib::phase0::lvm::report_args(r, &[&dev])).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (pvs, lvs) = (report(kib::phase0::lvm::Report::Pvs), report(kib::phase0::lvm::Report::Lvs));
+    sh(Command::new("losetup").arg("-d").arg(&dev));
+    let pvs = kib::phase0::lvm::parse_pvs(&pvs).unwrap();
+    let segs = kib::phase0::lvm::parse_lvs(&lvs).unwrap();
+    let mut vgs = kib::phase0::lvm::map_volume_groups(&pvs, &segs).unwrap();
+    assert_eq!(vgs.len(), 1);
+    (vgs.remove(0), start, pvs)
+}
+
+/// An LV of `disk` mounted read-only (xfs without log recovery) at `dir` through an autoclear
+/// loop device at its byte range; unmounted on drop.
+pub fn mount_lv(disk: &Path, offset: u64, size: u64, fstype: &str, dir: &Path) -> Mounted {
+    std::fs::create_dir_all(dir).unwrap();
+    let opt = if fstype == "xfs" { "norecovery" } else { "noload" };
+    sh(Command::new("mount").args(["-t", fstype, "-o", &format!("ro,{opt},loop,offset={offset},sizelimit={size}")]).arg(disk).arg(dir));
+    Mounted { dir: dir.to_path_buf() }
+}
+
+/// Validates an OVF descriptor against DMTF's OVF envelope schema DSP8023 1.1.1, vendored in
+/// testdata/schemas/ovf/ (see its README), with xmllint (Debian libxml2-utils) and no network.
+/// Returns xmllint's output on failure.
+pub fn validate_ovf(xml: &str) -> Result<(), String> {
+    use std::io::Write;
+    let schema = repo().join("testdata/schemas/ovf/dsp8023_1.1.1.xsd");
+    let mut child = Command::new("xmllint")
+        .args(["--noout", "--nonet", "--schema"])
+        .arg(&schema)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("xmllint (Debian libxml2-utils; scripts/deps.sh installs it)");
+    child.stdin.take().unwrap().write_all(xml.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() { Ok(()) } else { Err(text) }
+}
+
+/// Asserts that `kib check --boot --output json` (its `out`) passed every boot check the node
+/// manifests promise; on failure shows stderr and the newest 40 lines of the serial `console`
+/// log. `t0` is when the boot started (the wall time is printed).
+pub fn assert_booted_node(out: &std::process::Output, console: &Path, t0: std::time::Instant) {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let log = std::fs::read_to_string(console).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(40).collect();
+    assert!(out.status.success(), "{text}\n{}\nconsole tail (newest first):\n{}", String::from_utf8_lossy(&out.stderr), tail.join("\n"));
+    eprintln!("kib check --boot (TCG): {:.0}s", t0.elapsed().as_secs_f64());
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let passed = |name: &str| checks.iter().any(|c| c["name"] == name && c["ok"] == true);
+    for name in [
+        "boot: report complete",
+        "boot: containerd active",
+        "boot: kubelet enabled",
+        "boot: kubelet not running",
+        "boot: swap off",
+        "boot: no failed units",
+        "boot: machine-id fresh",
+        "boot: module br_netfilter loaded",
+        "boot: sysctl net.ipv4.ip_forward = 1",
+        "boot: image registry.k8s.io/pause:3.9 listed by ctr",
+    ] {
+        assert!(passed(name), "{name}: {checks:#?}");
+    }
+}

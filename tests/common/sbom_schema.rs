@@ -65,3 +65,31 @@ pub fn assert_schema_valid(doc: &Value, kind: SbomKind) {
     let errors = schema_errors(doc, kind);
     assert!(errors.is_empty(), "{kind:?} document violates its schema:\n{}", errors.join("\n"));
 }
+
+/// The venv holding the reference tools (`scripts/deps.sh` makes it): `KIB_SBOM_VALIDATORS`, else
+/// `/var/cache/kib/sbom-validators/current`.
+fn validators_venv() -> PathBuf {
+    std::env::var_os("KIB_SBOM_VALIDATORS").map_or_else(|| PathBuf::from("/var/cache/kib/sbom-validators/current"), PathBuf::from)
+}
+
+/// Panics with the tool's findings unless the standard's own reference tool accepts the SBOM in
+/// `file`: spdx-tools (the library behind `pyspdxtools`: parse, then validate) for SPDX,
+/// cyclonedx-python-lib's `JsonStrictValidator` for CycloneDX (`scripts/lib/sbom-validate.py`).
+#[allow(dead_code)] // used by the integration tests, not by sbom.rs's unit tests
+pub fn assert_reference_tool_accepts(file: &std::path::Path, kind: SbomKind) {
+    let python = validators_venv().join("bin/python3");
+    assert!(python.exists(), "{} is missing: run scripts/deps.sh (it installs spdx-tools and cyclonedx-python-lib from PyPI)", python.display());
+    let helper = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/sbom-validate.py");
+    let which = match kind {
+        SbomKind::Spdx23 => "spdx",
+        SbomKind::CycloneDx15 => "cyclonedx",
+    };
+    let out = std::process::Command::new(&python).arg(&helper).arg(which).arg(file).output().expect("running scripts/lib/sbom-validate.py");
+    assert!(
+        out.status.success(),
+        "the {which} reference tool rejects {}:\n{}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
