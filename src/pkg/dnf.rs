@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::rpm::{self, ini_sections};
-use super::{Chroot, ManagerKind, Package, PackageManager, PackagePins};
+use super::{Chroot, ManagerKind, Package, PackageManager};
 use crate::guest::GuestRoot;
 
 /// dnf, microdnf or yum. Needs from the image: the tool, rpm; for holds, the versionlock plugin
@@ -256,19 +256,7 @@ impl PackageManager for Dnf {
         repo_files(root)
     }
 
-    fn locked_spec(&self, requested: &str, locked: &Package) -> String {
-        if requested == locked.name {
-            nevra(locked)
-        } else {
-            requested.to_string()
-        }
-    }
 
-    fn lock_files(&self, _pins: &PackagePins) -> Vec<(PathBuf, String)> {
-        // dnf has no per-build pin file like apt's preferences: the locked NEVRAs are asked for
-        // by name, and every installed package is checked against its pin after the step.
-        Vec::new()
-    }
 }
 
 #[cfg(test)]

@@ -212,10 +212,22 @@ pub trait PackageManager: Send {
     fn repository_files(&self, root: &GuestRoot) -> Result<Vec<PathBuf>>;
     /// What to ask the tool for when a step names `requested` and the lock recorded `locked`
     /// (`jq=1.6-2.1` for apt). A request that already carries a version is kept as it is.
-    fn locked_spec(&self, requested: &str, locked: &Package) -> String;
+    /// Default: the RPM tools' exact NEVRA, `jq-0:1.6-2.el9.x86_64` (dnf, yum, tdnf and
+    /// zypper all read it).
+    fn locked_spec(&self, requested: &str, locked: &Package) -> String {
+        if requested == locked.name {
+            dnf::nevra(locked)
+        } else {
+            requested.to_string()
+        }
+    }
     /// Files that pin every locked package while a `packages` step runs (apt's preferences
-    /// file), written before the step and removed after it: image path and content.
-    fn lock_files(&self, pins: &PackagePins) -> Vec<(PathBuf, String)>;
+    /// file), written before the step and removed after it: image path and content. Default:
+    /// none (the RPM tools have no per-build pin file: the locked NEVRAs are asked for by name,
+    /// and every installed package is checked against its pin after the step).
+    fn lock_files(&self, _pins: &PackagePins) -> Vec<(PathBuf, String)> {
+        Vec::new()
+    }
 }
 
 /// The backend for `kind`, using the image's tool `tool` (`apt-get`, `dnf`, `microdnf`, ...).

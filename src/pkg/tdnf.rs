@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use super::dnf::{empty_caches, nevra, repo_files, rpm_spec};
+use super::dnf::{empty_caches, repo_files, rpm_spec};
 use super::rpm;
-use super::{Chroot, ManagerKind, Package, PackageManager, PackagePins};
+use super::{Chroot, ManagerKind, Package, PackageManager};
 use crate::guest::GuestRoot;
 
 /// The locks file kib writes its holds into.
@@ -99,17 +99,7 @@ impl PackageManager for Tdnf {
         repo_files(root)
     }
 
-    fn locked_spec(&self, requested: &str, locked: &Package) -> String {
-        if requested == locked.name {
-            nevra(locked)
-        } else {
-            requested.to_string()
-        }
-    }
 
-    fn lock_files(&self, _pins: &PackagePins) -> Vec<(PathBuf, String)> {
-        Vec::new()
-    }
 }
 
 #[cfg(test)]

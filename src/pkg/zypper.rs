@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::dnf::{empty_caches, nevra};
+use super::dnf::{empty_caches};
 use super::rpm;
-use super::{Chroot, ManagerKind, Package, PackageManager, PackagePins};
+use super::{Chroot, ManagerKind, Package, PackageManager};
 use crate::guest::GuestRoot;
 
 /// zypper's repository folder.
@@ -93,18 +93,7 @@ impl PackageManager for Zypper {
         Ok(names.into_iter().filter(|n| n.to_string_lossy().ends_with(".repo")).map(|n| Path::new(REPOS).join(n)).collect())
     }
 
-    fn locked_spec(&self, requested: &str, locked: &Package) -> String {
-        if requested == locked.name {
-            // zypper reads NAME-EDITION.ARCH; the epoch goes in the edition.
-            nevra(locked)
-        } else {
-            requested.to_string()
-        }
-    }
 
-    fn lock_files(&self, _pins: &PackagePins) -> Vec<(PathBuf, String)> {
-        Vec::new()
-    }
 }
 
 #[cfg(test)]
