@@ -4,6 +4,8 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]    # default: 60 seconds for each of every target
 #
+# KIB_FUZZ_BUILD_ONLY=1 stops after the build.
+#
 # Installs cargo-fuzz if it is missing (`cargo install cargo-fuzz --locked`, about 3 minutes
 # cold), builds the targets once (with debug assertions and overflow checks, and AddressSanitizer
 # unless KIB_FUZZ_SANITIZER=none), then runs each for SECONDS from its committed seeds
@@ -48,6 +50,8 @@ fi
 start=$(date +%s)
 cargo fuzz build "${build[@]}" >&2 # every target: they share the instrumented kib
 echo "fuzz.sh: targets built in $(( $(date +%s) - start ))s" >&2
+# KIB_FUZZ_BUILD_ONLY=1: only build (scripts/test.sh builds beside the tests, then runs).
+[ -n "${KIB_FUZZ_BUILD_ONLY:-}" ] && exit 0
 
 failed=()
 summary=()

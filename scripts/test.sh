@@ -17,6 +17,18 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:$HOME/.cargo/bin:/root/.cargo/bin"
 
 bash scripts/deps.sh
+# A cold machine spends ~15 min compiling and ~15 min building fixtures, much of the latter
+# waiting on Debian's archive or on one emulated CPU (qemu-user): the test build runs beside the
+# fixture scripts, at a lower priority, and the fixtures are built meanwhile. Its log is shown if
+# it fails. The instrumented fuzz build likewise runs beside the tests (below). Background jobs
+# are killed if this script stops early.
+jobs_to_kill=()
+# Each runs in its own session (setsid), so that killing its process group reaches cargo's rustc.
+trap 'for p in "${jobs_to_kill[@]}"; do kill -- "-$p" 2>/dev/null || true; done' EXIT
+mkdir -p target
+setsid nice -n 5 cargo test --release --locked --no-run "$@" >target/test-build.log 2>&1 &
+test_build=$!
+jobs_to_kill+=("$test_build")
 KIB_BASE_IMAGE=$(bash scripts/make-base-image.sh | tail -n 1)
 export KIB_BASE_IMAGE
 KIB_BASE_IMAGE_ARM64=$(bash testdata/arm64/make-image.sh | tail -n 1)
@@ -35,11 +47,30 @@ bash scripts/k8s-validators.sh >/dev/null
 bash testdata/el/make-el-image.sh --variant el >/dev/null
 bash testdata/el/make-el-image.sh --variant suse >/dev/null
 bash testdata/el/make-containerd-tarball.sh --cache-only >/dev/null
-cargo test --release --locked --no-fail-fast "$@"
+if ! wait "$test_build"; then
+    tail -n 60 target/test-build.log >&2
+    echo "test.sh: building the tests failed (whole log: target/test-build.log)" >&2
+    exit 1
+fi
 
 # Then fuzz the input parsers briefly: KIB_FUZZ_SECONDS per target (default 30; 0 skips). The
 # instrumented build is kept in /var/cache/kib/fuzz-target, like the base image, so only the
-# first run on a machine pays for it (see README, "Testing and fuzzing").
-if [ "${KIB_FUZZ_SECONDS:-30}" != 0 ]; then
-    KIB_FUZZ_TARGET_DIR=${KIB_FUZZ_TARGET_DIR:-/var/cache/kib/fuzz-target} bash scripts/fuzz.sh "${KIB_FUZZ_SECONDS:-30}"
+# first run on a machine pays for it (see README, "Testing and fuzzing"); it is built beside the
+# tests, at the lowest priority.
+fuzz_seconds=${KIB_FUZZ_SECONDS:-30}
+export KIB_FUZZ_TARGET_DIR=${KIB_FUZZ_TARGET_DIR:-/var/cache/kib/fuzz-target}
+if [ "$fuzz_seconds" != 0 ]; then
+    KIB_FUZZ_BUILD_ONLY=1 setsid nice -n 19 bash scripts/fuzz.sh "$fuzz_seconds" >target/fuzz-build.log 2>&1 &
+    fuzz_build=$!
+    jobs_to_kill+=("$fuzz_build")
+fi
+cargo test --release --locked --no-fail-fast "$@"
+if [ "$fuzz_seconds" != 0 ]; then
+    if ! wait "$fuzz_build"; then
+        tail -n 60 target/fuzz-build.log >&2
+        echo "test.sh: building the fuzz targets failed (whole log: target/fuzz-build.log)" >&2
+        exit 1
+    fi
+    grep -h '^fuzz.sh:' target/fuzz-build.log >&2 || true
+    bash scripts/fuzz.sh "$fuzz_seconds"
 fi
