@@ -29,10 +29,13 @@ mkdir -p target
 setsid nice -n 5 cargo test --release --locked --no-run "$@" >target/test-build.log 2>&1 &
 test_build=$!
 jobs_to_kill+=("$test_build")
+# The arm64 fixture spends its time on one emulated CPU (qemu-user), so it is built beside the
+# other fixtures, which mostly wait on Debian's archive or on mkfs; its log is shown if it fails.
+setsid bash testdata/arm64/make-image.sh >target/arm64-fixture.out 2>target/arm64-fixture.log &
+arm64_fixture=$!
+jobs_to_kill+=("$arm64_fixture")
 KIB_BASE_IMAGE=$(bash scripts/make-base-image.sh | tail -n 1)
 export KIB_BASE_IMAGE
-KIB_BASE_IMAGE_ARM64=$(bash testdata/arm64/make-image.sh | tail -n 1)
-export KIB_BASE_IMAGE_ARM64
 # The LVM and SELinux FIXTURES the tests use (tests/lvm.rs, tests/crash.rs): only the LVM+SELinux image and the
 # tiny metadata-only bad layouts, cached in /var/cache/kib/lvm under the script's sha256.
 KIB_LVM_FIXTURE_DIR=/var/cache/kib/lvm
@@ -47,6 +50,14 @@ bash scripts/k8s-validators.sh >/dev/null
 bash testdata/el/make-el-image.sh --variant el >/dev/null
 bash testdata/el/make-el-image.sh --variant suse >/dev/null
 bash testdata/el/make-containerd-tarball.sh --cache-only >/dev/null
+if ! wait "$arm64_fixture"; then
+    tail -n 40 target/arm64-fixture.log >&2
+    echo "test.sh: building the arm64 fixture failed (whole log: target/arm64-fixture.log)" >&2
+    exit 1
+fi
+grep -h 'built\|up to date' target/arm64-fixture.log >&2 || true
+KIB_BASE_IMAGE_ARM64=$(tail -n 1 target/arm64-fixture.out)
+export KIB_BASE_IMAGE_ARM64
 if ! wait "$test_build"; then
     tail -n 60 target/test-build.log >&2
     echo "test.sh: building the tests failed (whole log: target/test-build.log)" >&2
