@@ -53,6 +53,10 @@ pub struct Expect {
     pub sysctls: Vec<(String, String)>,
     /// Images `ctr -n k8s.io images ls` must list.
     pub images: Vec<String>,
+    /// Whether the image is meant to run a kubelet: then it must be enabled but not running
+    /// (no kubeadm configuration yet). A manifest that installs containerd but no kubelet, such
+    /// as manifests/k8s-node-debian.yaml, gets no kubelet checks.
+    pub kubelet: bool,
 }
 
 /// How to boot.
@@ -159,11 +163,13 @@ pub fn evaluate(console: &str, expect: &Expect) -> Vec<Check> {
     let v = |k: &str| get(k).unwrap_or("(not reported)").to_string();
     check("boot: containerd active".into(), get("containerd.active") == Some("active"), v("containerd.active"));
     check("boot: containerd enabled".into(), get("containerd.enabled") == Some("enabled"), v("containerd.enabled"));
-    check("boot: kubelet enabled".into(), get("kubelet.enabled") == Some("enabled"), v("kubelet.enabled"));
-    // Without a kubeadm configuration the kubelet exits at once and systemd restarts it:
-    // `activating`, never `active`.
-    let kubelet = get("kubelet.active");
-    check("boot: kubelet not running".into(), kubelet.is_some_and(|s| s != "active"), v("kubelet.active"));
+    if expect.kubelet {
+        check("boot: kubelet enabled".into(), get("kubelet.enabled") == Some("enabled"), v("kubelet.enabled"));
+        // Without a kubeadm configuration the kubelet exits at once and systemd restarts it:
+        // `activating`, never `active`.
+        let kubelet = get("kubelet.active");
+        check("boot: kubelet not running".into(), kubelet.is_some_and(|s| s != "active"), v("kubelet.active"));
+    }
     check("boot: swap off".into(), get("swap") == Some("0"), format!("{} swap device(s)", v("swap")));
     let failed = get("failed");
     check("boot: no failed units".into(), failed == Some(""), failed.map_or("(not reported)".into(), str::to_string));
@@ -396,6 +402,7 @@ mod tests {
             modules: vec!["overlay".into(), "br_netfilter".into()],
             sysctls: vec![("net.ipv4.ip_forward".into(), "1".into())],
             images: vec!["registry.k8s.io/pause:3.9".into()],
+            kubelet: true,
         }
     }
 
@@ -443,5 +450,15 @@ mod tests {
         let bad = console("active").replace("kubelet.active=activating", "kubelet.active=active").replace("swap=0", "swap=1").replace("failed=\n", "failed=foo.service \n");
         let failed: Vec<String> = evaluate(&bad, &expect()).into_iter().filter(|c| !c.ok).map(|c| c.name).collect();
         assert_eq!(failed, ["boot: kubelet not running", "boot: swap off", "boot: no failed units"]);
+    }
+
+    #[test]
+    fn an_image_without_a_kubelet_gets_no_kubelet_checks() {
+        let no_kubelet = Expect { kubelet: false, ..expect() };
+        // The guest reports a missing unit; nothing checks it.
+        let report = console("active").replace("kubelet.enabled=enabled", "kubelet.enabled=").replace("kubelet.active=activating", "kubelet.active=inactive");
+        let checks = evaluate(&report, &no_kubelet);
+        assert!(checks.iter().all(|c| c.ok && !c.name.contains("kubelet")), "{checks:#?}");
+        assert_eq!(checks.len(), 11);
     }
 }

@@ -177,9 +177,11 @@ pub fn run(root: &GuestRoot, facts: &Facts, ctx: &BuildContext, manifest: Option
 
 /// What a booted node must show (`kib check --boot`): the modules the manifest's
 /// kernel-modules steps load, the sysctls its sysctl steps set (with `${...}` expanded as the
-/// build did), and the images bom.json says were pre-loaded.
+/// build did), the images bom.json says were pre-loaded, and a kubelet enabled but not running
+/// when a systemd step enables `kubelet.service` (or when there is no manifest).
 pub fn boot_expectations(manifest: Option<&Manifest>, facts: &Facts, ctx: &BuildContext, bom: Option<&Bom>) -> crate::boot::Expect {
-    let mut e = crate::boot::Expect::default();
+    // Without a manifest, a node image: a kubelet is expected.
+    let mut e = crate::boot::Expect { kubelet: manifest.is_none(), ..Default::default() };
     if let Some(m) = manifest {
         let vars = step_vars(m, facts, ctx);
         let os_ids = facts.os_ids();
@@ -187,6 +189,7 @@ pub fn boot_expectations(manifest: Option<&Manifest>, facts: &Facts, ctx: &Build
             match step.action.expand(&vars) {
                 Ok(Action::KernelModules(k)) => e.modules.extend(k.load),
                 Ok(Action::Sysctl(s)) => e.sysctls.extend(s.settings),
+                Ok(Action::Systemd(s)) if s.enable.iter().any(|u| u == "kubelet" || u == "kubelet.service") => e.kubelet = true,
                 _ => {}
             }
         }

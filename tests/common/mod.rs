@@ -231,6 +231,29 @@ pub fn validate_ovf(xml: &str) -> Result<(), String> {
 /// manifests promise; on failure shows stderr and the newest 40 lines of the serial `console`
 /// log. `t0` is when the boot started (the wall time is printed).
 pub fn assert_booted_node(out: &std::process::Output, console: &Path, t0: std::time::Instant) {
+    assert_boot_checks(
+        out,
+        console,
+        t0,
+        &[
+            "boot: report complete",
+            "boot: containerd active",
+            "boot: kubelet enabled",
+            "boot: kubelet not running",
+            "boot: swap off",
+            "boot: no failed units",
+            "boot: machine-id fresh",
+            "boot: module br_netfilter loaded",
+            "boot: sysctl net.ipv4.ip_forward = 1",
+            "boot: image registry.k8s.io/pause:3.9 listed by ctr",
+        ],
+    );
+}
+
+/// Asserts that `kib check --boot --output json` (its `out`) passed, and that each check named in
+/// `names` is in its report and passed; prints the boot's wall time since `t0`. On failure it
+/// shows the newest 40 lines of the serial console log.
+pub fn assert_boot_checks(out: &std::process::Output, console: &Path, t0: std::time::Instant, names: &[&str]) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let log = std::fs::read_to_string(console).unwrap_or_default();
     let tail: Vec<&str> = log.lines().rev().take(40).collect();
@@ -238,18 +261,7 @@ pub fn assert_booted_node(out: &std::process::Output, console: &Path, t0: std::t
     eprintln!("kib check --boot (TCG): {:.0}s", t0.elapsed().as_secs_f64());
     let checks: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
     let passed = |name: &str| checks.iter().any(|c| c["name"] == name && c["ok"] == true);
-    for name in [
-        "boot: report complete",
-        "boot: containerd active",
-        "boot: kubelet enabled",
-        "boot: kubelet not running",
-        "boot: swap off",
-        "boot: no failed units",
-        "boot: machine-id fresh",
-        "boot: module br_netfilter loaded",
-        "boot: sysctl net.ipv4.ip_forward = 1",
-        "boot: image registry.k8s.io/pause:3.9 listed by ctr",
-    ] {
+    for name in names {
         assert!(passed(name), "{name}: {checks:#?}");
     }
 }
