@@ -75,7 +75,8 @@ if [ "$fuzz_seconds" != 0 ]; then
     fuzz_build=$!
     jobs_to_kill+=("$fuzz_build")
 fi
-cargo test --release --locked --no-fail-fast "$@"
+# The test binaries, two at a time, longest first (scripts/lib/run-tests.sh says why and how).
+bash scripts/lib/run-tests.sh --release --locked "$@"
 if [ "$fuzz_seconds" != 0 ]; then
     if ! wait "$fuzz_build"; then
         tail -n 60 target/fuzz-build.log >&2

@@ -39,11 +39,11 @@ fn fixtures(dir: &Path) -> std::path::PathBuf {
     www
 }
 
-fn build_cmd(server: &MirrorServer, tmp: &Path, cache: &Path) -> Command {
+fn build_cmd(server: &MirrorServer, tmp: &Path, cache: &Path, out: &Path) -> Command {
     let u = server.url();
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("kib"));
     c.current_dir(repo()).args(["build", "--os", "debian-12", "--provider", "qemu", "--release-channel", "1-30", "--output-dir"]);
-    c.arg(tmp.join("out")).arg("--work-dir").arg(tmp.join("work")).arg("--cache-dir").arg(cache);
+    c.arg(out).arg("--work-dir").arg(tmp.join("work")).arg("--cache-dir").arg(cache);
     for m in [
         format!("{LATEST}={u}/debian"),
         format!("https://pkgs.k8s.io={u}/k8s/pkgs"),
@@ -72,19 +72,43 @@ fn build_debian_12_qemu_1_30_from_the_catalogue_through_the_mirror_then_boot() {
     let tampered = good.lines().map(|l| if l.ends_with(FILE) { format!("{}  {FILE}", "ab".repeat(64)) } else { l.to_string() }).collect::<Vec<_>>().join("\n");
     std::fs::write(&www_sums, tampered).unwrap();
     let bad_cache = t.join("bad");
-    let r = build_cmd(&server, t, &bad_cache).output().unwrap();
+    let r = build_cmd(&server, t, &bad_cache, &t.join("out")).output().unwrap();
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(!r.status.success() && err.contains("the download's sha512 is") && err.contains(&"ab".repeat(64)) && err.contains("Nothing was cached"), "{err}");
     assert!(std::fs::read_dir(bad_cache.join("sha256")).map_or(true, |d| d.count() <= 1), "the tampered image was cached");
     std::fs::write(&www_sums, &good).unwrap();
     assert_nothing_left(&t.join("work"));
 
+    // --offline with an empty cache: refused before Phase 0, naming what the cache lacks; the
+    // server is not asked for anything.
+    let asked = server.requests.lock().unwrap().len();
+    let r = build_cmd(&server, t, &t.join("cache"), &t.join("out")).arg("--offline").output().unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success() && err.contains("offline: not in the cache") && err.contains("SHA512SUMS"), "{err}");
+    assert_eq!(server.requests.lock().unwrap().len(), asked, "an --offline build asked the server");
+    assert!(!t.join("out").exists(), "an --offline refusal wrote the output folder");
+    assert_nothing_left(&t.join("work"));
+
     let t0 = std::time::Instant::now();
-    let r = build_cmd(&server, t, &t.join("cache")).output().unwrap();
+    let r = build_cmd(&server, t, &t.join("cache"), &t.join("out")).output().unwrap();
     assert!(r.status.success(), "kib build failed:\n{}", String::from_utf8_lossy(&r.stderr));
     eprintln!("kib build: {:.0}s", t0.elapsed().as_secs_f64());
     let reqs = server.requests.lock().unwrap().clone();
     assert!(reqs.iter().any(|r| r == &format!("/debian/{FILE}")) && reqs.iter().any(|r| r == "/debian/SHA512SUMS"), "{reqs:?}");
+    assert_nothing_left(&t.join("work"));
+
+    // The same build --offline: the base image, its checksum list, the release binaries and the
+    // image archives all come from the cache; only apt (inside the chroot, not kib's fetcher)
+    // still reads the package repository mirror.
+    let asked = server.requests.lock().unwrap().len();
+    let t0 = std::time::Instant::now();
+    let r = build_cmd(&server, t, &t.join("cache"), &t.join("out-offline")).arg("--offline").output().unwrap();
+    assert!(r.status.success(), "kib build --offline failed:\n{}", String::from_utf8_lossy(&r.stderr));
+    eprintln!("kib build --offline: {:.0}s", t0.elapsed().as_secs_f64());
+    let offline_reqs: Vec<String> = server.requests.lock().unwrap()[asked..].to_vec();
+    let fetched: Vec<&String> = offline_reqs.iter().filter(|r| !r.starts_with("/k8s/pkgs/")).collect();
+    assert!(fetched.is_empty(), "kib build --offline fetched: {fetched:?}");
+    assert!(t.join("out-offline/k8s-1.30-node.qcow2").is_file());
     assert_nothing_left(&t.join("work"));
     // The qemu profile's format (qcow2) and its files; the release channel's manifest.
     let out = t.join("out");
