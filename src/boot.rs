@@ -229,7 +229,7 @@ fn make_seed(dir: &Path, user_data: &str) -> Result<PathBuf> {
     let seed = dir.join("seed.img");
     std::fs::write(dir.join("user-data"), user_data)?;
     std::fs::write(dir.join("meta-data"), "instance-id: kib-boot-check\nlocal-hostname: kib-boot-check\n")?;
-    exec::run(Command::new("mkfs.vfat").args(["-n", "CIDATA", "-C"]).arg(&seed).arg("2048"), "mkfs.vfat (NoCloud seed)", None)?;
+    exec::run(crate::exec::host_tool("mkfs.vfat").args(["-n", "CIDATA", "-C"]).arg(&seed).arg("2048"), "mkfs.vfat (NoCloud seed)", None)?;
     exec::run(Command::new("mcopy").arg("-i").arg(&seed).arg(dir.join("user-data")).arg(dir.join("meta-data")).arg("::"), "mcopy (NoCloud seed)", None)?;
     Ok(seed)
 }

@@ -13,6 +13,33 @@ use std::time::{Duration, Instant};
 /// How many lines of output a failure shows.
 pub const TAIL_LINES: usize = 25;
 
+/// The system directories that hold the host tools kib runs (sfdisk, blkid, lvm, setfiles,
+/// fstrim, e2fsck, mkfs.*): a normal user's `PATH` on Debian lacks them, and so may a root
+/// shell reached with `env -i` or a sudo without `secure_path`.
+const SBIN_DIRS: [&str; 3] = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
+
+/// `PATH` with the sbin directories ([`SBIN_DIRS`]) appended where they are missing; what
+/// [`host_tool`] gives the commands it makes. The value is colon-separated, as `PATH` is.
+pub fn path_with_sbin() -> std::ffi::OsString {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut dirs: Vec<std::path::PathBuf> = std::env::split_paths(&path).collect();
+    for d in SBIN_DIRS {
+        if !dirs.iter().any(|p| p.as_os_str() == d) {
+            dirs.push(d.into());
+        }
+    }
+    std::env::join_paths(dirs).unwrap_or(path)
+}
+
+/// A [`Command`] for a host tool that lives in an sbin directory (sfdisk, blkid, lvm, setfiles,
+/// fstrim, e2fsck, resize2fs, xfs_growfs, mkfs.*), or for a `sh -c` that runs one: its `PATH` is
+/// [`path_with_sbin`], which std also searches for `program` itself. Nothing else is changed.
+pub fn host_tool(program: &str) -> Command {
+    let mut c = Command::new(program);
+    c.env("PATH", path_with_sbin());
+    c
+}
+
 /// The signal kib received (SIGINT or SIGTERM), or 0. Set by the handler that
 /// [`install_signal_handlers`] registers; everything else only reads it.
 static INTERRUPTED: once_flag::Flag = once_flag::Flag::new();

@@ -147,7 +147,7 @@ fn plan<'a>(root_dir: &'a Path, filesystems: &[Filesystem], work: &Path) -> Plan
 fn commands(p: &Plan<'_>, fc: &Path, bin: Option<&Path>, dry_run: bool) -> Vec<Command> {
     let mut out = Vec::new();
     let base = |root: &Path| {
-        let mut c = Command::new("setfiles");
+        let mut c = crate::exec::host_tool("setfiles");
         if dry_run {
             c.args(["-n", "-v"]);
         }

@@ -72,7 +72,7 @@ pub fn grow_table(sys: &dyn Sys, disk: &Path, table: &Table, number: u32, new_si
         .with_context(|| format!("extending the working copy {} to {new_size} bytes", disk.display()))?;
     if table.kind == TableKind::Gpt {
         sys.run(
-            Command::new("sfdisk").args(["--no-reread", "--no-tell-kernel", "--relocate", "gpt-bak-std"]).arg(disk),
+            crate::exec::host_tool("sfdisk").args(["--no-reread", "--no-tell-kernel", "--relocate", "gpt-bak-std"]).arg(disk),
             "sfdisk --relocate gpt-bak-std (moving the GPT backup header to the new end)",
             None,
         )?;
@@ -80,7 +80,7 @@ pub fn grow_table(sys: &dyn Sys, disk: &Path, table: &Table, number: u32, new_si
     if number > 0 {
         // `, +`: keep the start, take all the free space after it.
         sys.run(
-            Command::new("sh")
+            crate::exec::host_tool("sh")
                 .args(["-c", r#"printf ', +\n' | exec sfdisk --quiet --no-reread --no-tell-kernel -N "$1" "$2""#, "sh"])
                 .arg(number.to_string())
                 .arg(disk),
@@ -117,14 +117,14 @@ pub fn grow_filesystem(sys: &dyn Sys, fstype: &str, device: &Path, mount_dir: &P
     match fstype {
         "ext2" | "ext3" | "ext4" => {
             // -p repairs only what is safe without a human; exit 1 means it did.
-            match sys.run(Command::new("e2fsck").args(["-f", "-p"]).arg(device), &format!("e2fsck -f -p before {what}"), None) {
+            match sys.run(crate::exec::host_tool("e2fsck").args(["-f", "-p"]).arg(device), &format!("e2fsck -f -p before {what}"), None) {
                 Ok(_) | Err(exec::ExecError::Failed { code: Some(1), .. }) => {}
                 Err(e) => return Err(e).context("the root filesystem has errors e2fsck -p cannot repair; kib does not grow it"),
             }
-            sys.run(Command::new("resize2fs").arg(device), &what, None)?;
+            sys.run(crate::exec::host_tool("resize2fs").arg(device), &what, None)?;
         }
         "xfs" => {
-            sys.run(Command::new("xfs_growfs").arg(mount_dir), &what, None)?;
+            sys.run(crate::exec::host_tool("xfs_growfs").arg(mount_dir), &what, None)?;
         }
         "btrfs" => {
             sys.run(Command::new("btrfs").args(["filesystem", "resize", "max"]).arg(mount_dir), &what, None)?;
@@ -171,7 +171,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let disk = d.path().join("d.raw");
         std::fs::File::create(&disk).unwrap().set_len(64 << 20).unwrap();
-        let ok = Command::new("sh")
+        let ok = crate::exec::host_tool("sh")
             .args(["-c", "printf 'label: gpt\\nstart=2048, size=4096, type=L\\nstart=8192, size=20480, type=L\\n' | sfdisk --quiet \"$1\"", "sh"])
             .arg(&disk)
             .status()
@@ -188,7 +188,7 @@ mod tests {
         // The usable space ends 33 sectors before the end, where the backup entries and header are.
         assert_eq!(p2.start + p2.size, (256 << 20) - 33 * 512);
         assert_eq!(p2.part_uuid, before.partitions[1].part_uuid);
-        let verify = Command::new("sfdisk").arg("--verify").arg(&disk).output().unwrap();
+        let verify = crate::exec::host_tool("sfdisk").arg("--verify").arg(&disk).output().unwrap();
         let text = String::from_utf8_lossy(&verify.stdout).to_string() + &String::from_utf8_lossy(&verify.stderr);
         assert!(verify.status.success() && !text.contains("not on the end"), "{text}");
     }

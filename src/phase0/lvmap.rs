@@ -202,7 +202,7 @@ pub fn private_system_dir(work: &Path) -> Result<PathBuf> {
 
 /// An `lvm` command with kib's private environment: `LVM_SYSTEM_DIR`, no fd warnings.
 pub fn lvm_command(system_dir: &Path, args: &[String]) -> Command {
-    let mut c = Command::new("lvm");
+    let mut c = crate::exec::host_tool("lvm");
     c.env("LVM_SYSTEM_DIR", system_dir).env("LVM_SUPPRESS_FD_WARNINGS", "1").args(args);
     c
 }

@@ -376,7 +376,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("disk.raw");
         std::fs::File::create(&p).unwrap().set_len(mib << 20).unwrap();
-        let mut child = Command::new("sfdisk")
+        let mut child = crate::exec::host_tool("sfdisk")
             .arg("--quiet")
             .arg(&p)
             .stdin(std::process::Stdio::piped())
@@ -390,7 +390,7 @@ mod tests {
     }
 
     fn sfdisk_json(p: &Path) -> serde_json::Value {
-        let out = Command::new("sfdisk").arg("--json").arg(p).output().unwrap();
+        let out = crate::exec::host_tool("sfdisk").arg("--json").arg(p).output().unwrap();
         serde_json::from_slice(&out.stdout).unwrap()
     }
 

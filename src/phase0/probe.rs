@@ -27,7 +27,7 @@ mod tests {
         let disk = d.path().join("disk.raw");
         let fs = d.path().join("fs.raw");
         std::fs::File::create(&fs).unwrap().set_len(8 << 20).unwrap();
-        let ok = Command::new("mkfs.ext4")
+        let ok = crate::exec::host_tool("mkfs.ext4")
             .args(["-q", "-F", "-L", "kibtest", "-U", "0b9c1e1e-5f57-4b1d-9f5a-2a7c3f0e9d11"])
             .arg(&fs)
             .status()

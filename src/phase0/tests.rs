@@ -23,7 +23,7 @@ fn disk(dir: &Path, parts: &[(u64, u64, &str, &str)]) -> PathBuf {
     for (start, size, ty, name) in parts {
         script.push_str(&format!("start={}, {}type={ty}, name={name}\n", start * 2048, if *size > 0 { format!("size={}, ", size * 2048) } else { String::new() }));
     }
-    let mut c = Command::new("sfdisk").arg("--quiet").arg(&d).stdin(std::process::Stdio::piped()).spawn().expect("sfdisk (util-linux) is needed by this test");
+    let mut c = crate::exec::host_tool("sfdisk").arg("--quiet").arg(&d).stdin(std::process::Stdio::piped()).spawn().expect("sfdisk (util-linux) is needed by this test");
     std::io::Write::write_all(&mut c.stdin.take().unwrap(), script.as_bytes()).unwrap();
     assert!(c.wait().unwrap().success());
     d

@@ -159,7 +159,7 @@ pub fn write_records(bom: &Bom, name: &str, sboms: bool, staging: &Path) -> Resu
 pub fn trim(image: &Image) {
     for fs in &image.filesystems {
         let dir = image.root_dir.join(fs.mount_point.trim_start_matches('/'));
-        match image.sys().run(Command::new("fstrim").arg("-v").arg(&dir), "fstrim", None) {
+        match image.sys().run(crate::exec::host_tool("fstrim").arg("-v").arg(&dir), "fstrim", None) {
             Ok(out) => tracing::info!("fstrim {}: {}", fs.mount_point, out.last().map_or("", |l| l.rsplit(": ").next().unwrap_or(""))),
             Err(e) => tracing::warn!("fstrim {} failed, continuing without it: {e}", fs.mount_point),
         }

@@ -275,6 +275,9 @@ mod tests {
         let mut c = FakeChroot::new();
         put(&c, "/etc/yum.repos.d/kubernetes.repo", "[kubernetes]\nbaseurl=https://pkgs.k8s.io/core:/stable:/v1.30/rpm/\nexclude=kubelet kubeadm kubectl cri-tools kubernetes-cni\n");
         put(&c, "/etc/yum.repos.d/rocky.repo", "[baseos]\nbaseurl=x\n");
+        // An existing dnf.conf (owned by whoever runs the test, so that its owner is kept
+        // without root: a new one would be root's).
+        put(&c, "/etc/dnf/dnf.conf", "[main]\n");
         let step = Packages {
             install: vec!["kubelet-1.30.0".into(), "kubeadm=1.30.0".into(), "jq".into()],
             remove: vec!["nano".into()],

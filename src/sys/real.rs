@@ -78,7 +78,7 @@ impl Sys for RealSys {
     /// `blkid -p`, which reads superblocks without attaching anything. Exit code 2 means nothing
     /// found; an ambivalent probe (several signatures) counts as nothing found.
     fn probe(&self, file: &Path, offset: u64, size: u64) -> io::Result<Probe> {
-        let out = Command::new("blkid").args(["-p", "-o", "export", "-O", &offset.to_string(), "-S", &size.to_string()]).arg(file).output()?;
+        let out = crate::exec::host_tool("blkid").args(["-p", "-o", "export", "-O", &offset.to_string(), "-S", &size.to_string()]).arg(file).output()?;
         Ok(super::parse_export(&String::from_utf8_lossy(&out.stdout)))
     }
 
