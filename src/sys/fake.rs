@@ -190,7 +190,8 @@ impl Sys for FakeSys {
     /// Logged as `output ENV=VALUE ... PROGRAM ARGS` (the environment the caller set, sorted).
     fn output(&self, cmd: &mut Command, what: &str) -> Result<String, ExecError> {
         let program = cmd.get_program().to_string_lossy().into_owned();
-        let mut env: Vec<String> = cmd.get_envs().map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.map(|v| self.show(Path::new(v))).unwrap_or_default())).collect();
+        // PATH is exec::host_tool's (the sbin directories), the same for every host tool: not logged.
+        let mut env: Vec<String> = cmd.get_envs().filter(|(k, _)| *k != "PATH").map(|(k, v)| format!("{}={}", k.to_string_lossy(), v.map(|v| self.show(Path::new(v))).unwrap_or_default())).collect();
         env.sort();
         let args: Vec<String> = cmd.get_args().map(|a| self.show(Path::new(a))).collect();
         let line = format!("{program} {}", args.join(" ")).trim_end().to_string();
