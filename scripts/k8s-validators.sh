@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # k8s-validators.sh: the offline Kubernetes validators that tests/matrix.rs checks
-# `kib matrix render`'s YAML with, cached in /var/cache/kib/validators/<sha256 of this script>/:
+# `kib matrix render`'s YAML with, cached in /var/cache/kib/validators/<sha256 of this script>/
+# (as root; a normal user's in ~/.cache/kib/validators/; KIB_VALIDATORS_CACHE overrides both):
 #
 # - bin/kubernetes-validate: PyPI's kubernetes-validate 1.37.0 in a venv. It bundles the
 #   Kubernetes OpenAPI schemas of every release up to 1.37, so it validates offline.
@@ -15,7 +16,14 @@ set -euo pipefail
 KUBECTL_SHA256=7c3807c0f5c1b30110a2ff1e55da1d112a6d0096201f1beb81b269f582b5d1c5
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 key="$(sha256sum "$here/k8s-validators.sh" | cut -c1-16)"
-root="${KIB_VALIDATORS_CACHE:-/var/cache/kib/validators}"
+# Root (scripts/test.sh, CI) shares /var/cache/kib; a normal user's `cargo test` keeps its own
+# copy in its cache folder, since it cannot write there.
+if [[ "$(id -u)" -eq 0 ]]; then
+    default_root=/var/cache/kib/validators
+else
+    default_root="${XDG_CACHE_HOME:-$HOME/.cache}/kib/validators"
+fi
+root="${KIB_VALIDATORS_CACHE:-$default_root}"
 dir="$root/$key"
 log() { echo "k8s-validators.sh: $*" >&2; }
 

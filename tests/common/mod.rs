@@ -12,7 +12,10 @@ pub fn skip_unless_root(test: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         return false;
     }
-    eprintln!("SKIPPED {test}: needs root (it attaches loop devices and mounts filesystems); run the suite as root, as scripts/test.sh does");
+    // Written to the process's stderr itself, not through eprintln!, which the test harness
+    // captures and shows only for failing tests: a normal user's `cargo test` lists each skip.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs root (it attaches loop devices and mounts filesystems); run the suite as root, as scripts/test.sh does");
     true
 }
 
