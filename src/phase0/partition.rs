@@ -368,7 +368,6 @@ fn check(table: &Table, disk_size: u64) -> Result<(), TableError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
 
     /// Makes a sparse image of `mib` MiB and writes `script` with sfdisk (util-linux), the
     /// independent reference these tests compare against.

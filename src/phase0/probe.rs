@@ -21,7 +21,6 @@ mod tests {
     #[test]
     fn probes_a_filesystem_at_an_offset() {
         use crate::sys::Sys;
-        use std::process::Command;
         let probe = |d: &std::path::Path, o, s| crate::sys::real::RealSys.probe(d, o, s);
         let d = tempfile::tempdir().unwrap();
         let disk = d.path().join("disk.raw");

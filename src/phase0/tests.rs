@@ -3,7 +3,6 @@
 //! a real GPT (sfdisk); what its partitions hold is the fake's.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use super::*;

@@ -9,7 +9,6 @@ pub mod sbom;
 pub mod sysprep;
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result};
 
