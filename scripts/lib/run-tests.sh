@@ -14,7 +14,8 @@
 #
 # Each binary's output goes to target/test-logs/<name>.log and is printed whole when it ends,
 # with its wall time. Durations are kept in /var/cache/kib/test-times.txt (or
-# $KIB_TEST_TIMES) to order the next run: a binary with no recorded time starts first. Every
+# $KIB_TEST_TIMES) to order the next run; scripts/lib/test-times.txt has the figures of a cold
+# run for a machine without them; a binary with no time at all starts first. Every
 # binary runs even when one fails (cargo test's --no-fail-fast); the exit status is 101 if any
 # failed, as cargo's.
 set -euo pipefail
@@ -41,9 +42,12 @@ for line in sys.stdin:
 ')
 [ -n "$list" ] || { echo "run-tests.sh: cargo listed no test binaries" >&2; exit 1; }
 
-# Longest first (unknown = first of all), by the recorded times.
+# Longest first, by the recorded times, else the figures shipped beside this script, else first
+# of all (a new binary).
+defaults="$(dirname "${BASH_SOURCE[0]}")/test-times.txt"
 order=$(while IFS=$'\t' read -r name exe src; do
     t=$(awk -v n="$name" '$1 == n { print $2 }' "$times" | tail -n 1)
+    [ -n "$t" ] || t=$(awk -v n="$name" '$1 == n { print $2 }' "$defaults" | tail -n 1)
     printf '%s\t%s\t%s\t%s\n' "${t:-999999}" "$name" "$exe" "$src"
 done <<<"$list" | sort -t $'\t' -k1,1nr)
 
