@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use indexmap::IndexMap;
 
 use crate::bom::{Bom, Continuation, ManifestRecord};
+use crate::buildcache::{self, BuildCache};
 use crate::cli::CustomizeArgs;
 use crate::context::{BuildContext, Phase, PhaseSet};
 use crate::fetch::image::{self, Check, FetchedImage};
@@ -195,6 +196,8 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
     crate::input::refuse_outputs_on_input(&input, &outputs)?;
     phase2::ensure_output_dir(&args.output_dir)?;
     tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
+    let mut cache = build_cache(args, &plan, &input, &fetcher.cache_dir, &ctx)?;
+    let start_from = cache.as_ref().and_then(|c| c.start_from());
 
     // Phase 0
     let activity = Activity::phase(if phases.contains(Phase::Base) { "Phase 0: verify, working copy, mount" } else { "Phase 0 (attach and mount only)" });
@@ -205,7 +208,9 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
         work_base: args.work_dir.clone(),
         cache_dir: Some(fetcher.cache_dir.clone()),
         read_only: false,
-        grow_to: plan.disk_size,
+        // A snapshot is grown already.
+        grow_to: if start_from.is_some() { None } else { plan.disk_size },
+        start_from,
     })?;
     if let Some(f) = &fetched {
         image.input.url = Some(f.fetched.url.clone());
@@ -232,6 +237,12 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
         }
     }
     let continuation = Continuation::find(&input, &image.input.sha256);
+    if continuation.is_some() {
+        cache = None; // its build date decides the steps; see build_cache
+    }
+    if let Some(c) = &mut cache {
+        c.after_phase0(&mut image, manifest, &ctx);
+    }
     let ctx = match &continuation {
         Some(c) => {
             tracing::info!(
@@ -265,7 +276,8 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
 
     // Phase 1
     let activity = Activity::phase(if phases.contains(Phase::Customization) { "Phase 1: the manifest's steps" } else { "Phase 1 (left out)" });
-    let mut p1 = phase1::run(&image, manifest, &ctx, &fetcher, phases, lock.as_ref().map(|l| Arc::new(l.packages.clone())))?;
+    let step_cache = cache.as_mut().map(|c| c as &mut dyn phase1::StepCache);
+    let mut p1 = phase1::run(&image, manifest, &ctx, &fetcher, phases, lock.as_ref().map(|l| Arc::new(l.packages.clone())), step_cache)?;
     activity.finish();
     let phase1_s = p1.seconds;
     let steps_run = std::mem::take(&mut p1.steps);
@@ -305,11 +317,15 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
         steps,
         sysprep: p2.sysprep,
         artifacts: p2.artifacts,
+        build_cache: cache.as_ref().map(BuildCache::record),
     };
     let files = phase2::write_records(&bom, &plan.name, phases.contains(Phase::Artifacts), staging.dir())?;
     let names: Vec<&str> = files.iter().map(String::as_str).collect();
     staging.commit(&args.output_dir, &names)?;
     image.close()?;
+    if let Some(c) = &cache {
+        c.prune();
+    }
     activity.finish();
     let phase2_s = t2.elapsed().as_secs_f64();
     progress::emit(Event::Result { status: Status::Ok, seconds: t0.elapsed().as_secs_f64(), outputs: output_files(&args.output_dir, &files)?, error: None });
@@ -319,6 +335,25 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
         files.iter().map(|f| Path::new(&args.output_dir).join(f).display().to_string()).collect::<Vec<_>>().join(" ")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The build cache of this run ([`crate::buildcache`]), looked up before Phase 0: `None` with
+/// `--no-cache`, when Phase 0 or Phase 1 is left out, or when the input continues an earlier
+/// `--phases 0,1` build (whose recorded date its steps see).
+///
+/// Errors: a bad `--cache-max-size`, an unreadable `--lock`.
+fn build_cache(args: &CustomizeArgs, plan: &Plan, input: &Path, cache_dir: &Path, ctx: &BuildContext) -> Result<Option<BuildCache>> {
+    let o = &args.cache;
+    if o.no_cache || !plan.phases.contains(Phase::Base) || !plan.phases.contains(Phase::Customization) {
+        return Ok(None);
+    }
+    if input.with_file_name("bom.json").exists() && crate::phase0::verify::InputCache::new(cache_dir).lookup(input).is_some_and(|s| Continuation::find(input, &s).is_some()) {
+        tracing::info!("build cache: not used, the input continues an earlier kib build");
+        return Ok(None);
+    }
+    let max_size = manifest::parse_disk_size(&o.cache_max_size).map_err(|e| anyhow::anyhow!("--cache-max-size: {e}"))?;
+    let settings = buildcache::Settings { cache_dir: cache_dir.to_path_buf(), min_seconds: o.cache_min_seconds, max_size, refresh: o.refresh, lock: args.lock.clone() };
+    Ok(Some(BuildCache::prepare(settings, input, &plan.manifest, ctx, plan.disk_size)?))
 }
 
 /// The local file to build from: `--disk-image` itself, or for a URL its verified copy in the
