@@ -244,34 +244,57 @@ impl Store {
         }
     }
 
-    /// Writes the snapshot of the raw disk `disk` as `entry` (whose `disk_bytes`, `method` and
-    /// `seconds` are filled in here): into `tmp/` first, synced, then renamed into `entries/`,
-    /// then the JSON. The caller keeps the disk's filesystems read-only meanwhile.
+    /// Copies the raw disk `disk` to a partial snapshot in `tmp/` for `entry` (whose
+    /// `disk_bytes` and `method` are filled in here) and returns its path. The caller keeps the
+    /// disk's filesystems read-only meanwhile, then [`Store::commit`]s it.
     ///
-    /// Errors: the copy, the sync or a rename fails; the partial file is removed.
-    fn write(&self, disk: &Path, entry: &mut Entry, t: Instant) -> Result<()> {
+    /// Errors: the copy fails; the partial file is removed.
+    fn copy_partial(&self, disk: &Path, entry: &mut Entry) -> Result<PathBuf> {
         for d in [self.entries(), self.tmp()] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
         let partial = self.tmp().join(format!("{}.{}.partial", entry.key, std::process::id()));
         let _ = std::fs::remove_file(&partial);
-        let written = (|| -> Result<()> {
-            let task = crate::progress::Activity::task(format!("build-cache snapshot after step {} {}", entry.steps_done, entry.step_name), Some(allocated(disk)));
-            entry.method = workcopy::clone_or_copy(disk, &partial, &task).with_context(|| format!("copying {} to {}", disk.display(), partial.display()))?;
-            crate::exec::test_kill_point(KILL_POINT);
-            let f = std::fs::File::open(&partial)?;
-            f.sync_all().with_context(|| format!("syncing {}", partial.display()))?;
-            entry.disk_bytes = f.metadata()?.len();
-            task.finish();
-            std::fs::rename(&partial, self.raw(&entry.key)).with_context(|| format!("renaming {} into {}", partial.display(), self.entries().display()))?;
+        let task = crate::progress::Activity::task(format!("build-cache snapshot after step {} {}", entry.steps_done, entry.step_name), Some(allocated(disk)));
+        let copied = workcopy::clone_or_copy(disk, &partial, &task).with_context(|| format!("copying {} to {}", disk.display(), partial.display()));
+        match copied {
+            Ok(m) => {
+                task.finish();
+                entry.method = m;
+                entry.disk_bytes = std::fs::metadata(&partial)?.len();
+                crate::exec::test_kill_point(KILL_POINT);
+                Ok(partial)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&partial);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the partial snapshot `partial` the entry `entry`: syncs it to disk (so that a host
+    /// crash cannot leave a trusted entry with lost data), renames it into `entries/`, then
+    /// writes the JSON (synced and renamed too). `entry.seconds` is set to the time since `t`.
+    ///
+    /// Errors: the sync or a rename fails; the partial file is removed.
+    fn commit(&self, partial: &Path, entry: &mut Entry, t: Instant) -> Result<()> {
+        let done = (|| -> Result<()> {
+            std::fs::File::open(partial)?.sync_all().with_context(|| format!("syncing {}", partial.display()))?;
+            std::fs::rename(partial, self.raw(&entry.key)).with_context(|| format!("renaming {} into {}", partial.display(), self.entries().display()))?;
             entry.seconds = (t.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
             write_atomic(&self.meta(&entry.key), &serde_json::to_vec_pretty(entry)?).with_context(|| format!("writing {}", self.meta(&entry.key).display()))?;
             Ok(())
         })();
-        if written.is_err() {
-            let _ = std::fs::remove_file(&partial);
+        if done.is_err() {
+            let _ = std::fs::remove_file(partial);
         }
-        written
+        done
+    }
+
+    #[cfg(test)]
+    fn write(&self, disk: &Path, entry: &mut Entry, t: Instant) -> Result<()> {
+        let partial = self.copy_partial(disk, entry)?;
+        self.commit(&partial, entry, t)
     }
 
     /// Every entry (trusted or not) with its metadata, most recently used first. Raw files
@@ -479,6 +502,8 @@ pub struct BuildCache {
     disk: PathBuf,
     mounts: Vec<PathBuf>,
     stored: Vec<crate::bom::StoredSnapshot>,
+    /// Snapshots copied and being synced and committed by a thread each, while the build goes on.
+    pending: Vec<std::thread::JoinHandle<Result<Entry>>>,
 }
 
 impl BuildCache {
@@ -506,6 +531,7 @@ impl BuildCache {
             disk: PathBuf::new(),
             mounts: Vec::new(),
             stored: Vec::new(),
+            pending: Vec::new(),
         };
         let Some(sum) = c.input_sha256.clone() else {
             tracing::debug!("build cache: the input's SHA-256 is not known yet (first build from it); Phase 0 computes it");
@@ -575,8 +601,24 @@ impl BuildCache {
         self.base = Some(rec);
     }
 
+    /// Waits for the snapshots still being synced and committed (see [`StepCache::snapshot`]),
+    /// and notes those that made it. A failure is a warning: the build does not need them.
+    pub fn finish(&mut self) {
+        for h in std::mem::take(&mut self.pending) {
+            match h.join() {
+                Ok(Ok(e)) => {
+                    tracing::info!("build cache: snapshot {} after step {} `{}` stored ({}, {:.2}s)", short(&e.key), e.steps_done, e.step_name, e.method.name(), e.seconds);
+                    self.stored.push(crate::bom::StoredSnapshot { after_step: e.steps_done, key: e.key.clone(), seconds: e.seconds, method: e.method.name().to_string() });
+                }
+                Ok(Err(e)) => tracing::warn!("build cache: a snapshot was not stored: {e:#}"),
+                Err(_) => tracing::warn!("build cache: the thread storing a snapshot panicked"),
+            }
+        }
+        self.stored.sort_by_key(|s| s.after_step);
+    }
+
     /// What the BOM records: the snapshot the build resumed from and the steps it reused, the
-    /// snapshots it wrote.
+    /// snapshots it wrote. Call [`BuildCache::finish`] first.
     pub fn record(&self) -> crate::bom::BuildCacheRecord {
         crate::bom::BuildCacheRecord {
             resumed_from: self.hit.as_ref().map(|h| h.key.clone()),
@@ -636,6 +678,14 @@ impl BuildCache {
     }
 }
 
+impl Drop for BuildCache {
+    /// A build that fails after a snapshot still stores it (the next build resumes from it once
+    /// the failing step is fixed): wait for the commits.
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 /// The first 12 hex digits of a key, as logs show it.
 pub fn short(key: &str) -> &str {
     key.get(..12).unwrap_or(key)
@@ -677,12 +727,17 @@ impl StepCache for BuildCache {
             steps: records.to_vec(),
         };
         let disk = self.disk.clone();
-        match self.read_only_while(|| self.store.write(&disk, &mut entry, t)) {
+        match self.read_only_while(|| self.store.copy_partial(&disk, &mut entry)) {
             None => {}
             Some(Err(e)) => tracing::warn!("build cache: no snapshot after step {} `{}`: {e:#}", index + 1, step.name),
-            Some(Ok(())) => {
-                tracing::info!("build cache: snapshot {} after step {} `{}` ({}, {:.2}s)", short(key), index + 1, step.name, entry.method.name(), entry.seconds);
-                self.stored.push(crate::bom::StoredSnapshot { after_step: index + 1, key: key.clone(), seconds: entry.seconds, method: entry.method.name().to_string() });
+            Some(Ok(partial)) => {
+                // The copy is complete and the tree writable again: syncing it to disk (seconds
+                // for a GB) overlaps the next steps.
+                let store = self.store.clone();
+                self.pending.push(std::thread::spawn(move || {
+                    store.commit(&partial, &mut entry, t)?;
+                    Ok(entry)
+                }));
             }
         }
         Ok(())

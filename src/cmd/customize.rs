@@ -292,6 +292,9 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
         jobs: args.convert_jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         name: plan.name.clone(),
     })?;
+    if let Some(c) = &mut cache {
+        c.finish();
+    }
     let (based_on, mut steps) = continuation.map_or((None, Vec::new()), |c| (Some(c.record), c.steps));
     steps.extend(steps_run);
     let bom = Bom {
