@@ -94,10 +94,10 @@ pub struct Entry {
     pub input_sha256: String,
     pub arch: String,
     pub kib_version: String,
-    /// Unix seconds.
-    pub created: u64,
-    /// Unix seconds of the last build that used or wrote it (for LRU eviction).
-    pub last_used: u64,
+    /// Unix time in milliseconds.
+    pub created_ms: u64,
+    /// Unix time in milliseconds of the last build that used or wrote it (for LRU eviction).
+    pub last_used_ms: u64,
     /// The snapshot's size as a disk, in bytes (its apparent size).
     pub disk_bytes: u64,
     /// How it was written, and how long that took in seconds (remounts included).
@@ -131,8 +131,9 @@ pub struct Listed {
     pub end_of_phase1: bool,
     /// Bytes allocated on disk.
     pub size: u64,
-    pub created: u64,
-    pub last_used: u64,
+    /// Unix time in milliseconds.
+    pub created_ms: u64,
+    pub last_used_ms: u64,
     /// Seconds since it was written, and since it was last used.
     pub age_seconds: u64,
     pub idle_seconds: u64,
@@ -155,8 +156,9 @@ pub struct Pruned {
     pub stray_files: Vec<PathBuf>,
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+/// Unix time in milliseconds.
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn allocated(path: &Path) -> u64 {
@@ -220,7 +222,7 @@ impl Store {
     /// Marks `entry` used now (for LRU). Best effort.
     pub fn touch(&self, entry: &Entry) {
         let mut e = entry.clone();
-        e.last_used = now_unix();
+        e.last_used_ms = now_ms();
         if let Err(err) = serde_json::to_vec_pretty(&e).map_err(std::io::Error::other).and_then(|b| write_atomic(&self.meta(&e.key), &b)) {
             tracing::debug!("build cache: not updating the last use of {}: {err}", e.key);
         }
@@ -300,7 +302,7 @@ impl Store {
     /// Every entry (trusted or not) with its metadata, most recently used first. Raw files
     /// without a JSON are not listed (see [`Store::prune`]).
     pub fn list(&self) -> Vec<Listed> {
-        let now = now_unix();
+        let now = now_ms();
         let mut out = Vec::new();
         for e in std::fs::read_dir(self.entries()).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -315,16 +317,16 @@ impl Store {
                 steps_done: m.steps_done,
                 end_of_phase1: m.end_of_phase1,
                 size: allocated(&self.raw(key)) + allocated(&e.path()),
-                created: m.created,
-                last_used: m.last_used,
-                age_seconds: now.saturating_sub(m.created),
-                idle_seconds: now.saturating_sub(m.last_used),
+                created_ms: m.created_ms,
+                last_used_ms: m.last_used_ms,
+                age_seconds: now.saturating_sub(m.created_ms) / 1000,
+                idle_seconds: now.saturating_sub(m.last_used_ms) / 1000,
                 arch: m.arch,
                 kib_version: m.kib_version,
                 valid,
             });
         }
-        out.sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.key.cmp(&b.key)));
+        out.sort_by(|a, b| b.last_used_ms.cmp(&a.last_used_ms).then(a.key.cmp(&b.key)));
         out
     }
 
@@ -350,7 +352,7 @@ impl Store {
         }
         // Least recently used first, the untrusted before all.
         let mut order: Vec<&Listed> = listed.iter().collect();
-        order.sort_by(|a, b| a.valid.cmp(&b.valid).then(a.last_used.cmp(&b.last_used)));
+        order.sort_by(|a, b| a.valid.cmp(&b.valid).then(a.last_used_ms.cmp(&b.last_used_ms)));
         let mut total: u64 = listed.iter().map(|l| l.size).sum();
         for l in order {
             if total <= max_size && l.valid {
@@ -706,7 +708,7 @@ impl StepCache for BuildCache {
 
     fn snapshot(&mut self, index: usize, records: &[StepRecord], refreshed: bool) -> Result<()> {
         let t = Instant::now();
-        let now = now_unix();
+        let now = now_ms();
         let (Some(key), Some(step)) = (self.keys.get(index), records.last()) else { return Ok(()) };
         let mut entry = Entry {
             key: key.clone(),
@@ -718,8 +720,8 @@ impl StepCache for BuildCache {
             input_sha256: self.input_sha256.clone().unwrap_or_default(),
             arch: self.base.as_ref().map(|b| b.facts.arch.clone()).unwrap_or_default(),
             kib_version: env!("CARGO_PKG_VERSION").to_string(),
-            created: now,
-            last_used: now,
+            created_ms: now,
+            last_used_ms: now,
             disk_bytes: 0,
             method: CopyMethod::SparseCopy,
             seconds: 0.0,
@@ -812,8 +814,8 @@ mod tests {
             input_sha256: String::new(),
             arch: "amd64".into(),
             kib_version: env!("CARGO_PKG_VERSION").into(),
-            created: last_used,
-            last_used,
+            created_ms: last_used,
+            last_used_ms: last_used,
             disk_bytes: 0,
             method: CopyMethod::SparseCopy,
             seconds: 0.0,
@@ -833,7 +835,7 @@ mod tests {
             s.write(&disk, &mut e, Instant::now()).unwrap();
             assert_eq!(e.disk_bytes, 64 << 10);
             // write() stamps nothing it was not given: keep the LRU order of the test.
-            assert_eq!(s.entry(k).unwrap().last_used, used);
+            assert_eq!(s.entry(k).unwrap().last_used_ms, used);
         }
         assert_eq!(std::fs::read(s.raw("k1")).unwrap(), std::fs::read(&disk).unwrap());
         // A truncated raw, or a JSON without its raw, is not trusted.
