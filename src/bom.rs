@@ -105,6 +105,11 @@ pub struct BuildCacheRecord {
     /// The snapshots this build wrote.
     #[serde(default)]
     pub stored: Vec<StoredSnapshot>,
+    /// When nothing changed, not even the output options: the key of the stored outputs of an
+    /// earlier build that were published again (Phase 0, 1 and 2 did not run; `artifacts` are
+    /// those files, and the records of the image are that build's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs_reused_from: Option<String>,
 }
 
 /// A snapshot a build wrote into the build cache.

@@ -123,6 +123,8 @@ pub struct BaseRecord {
 /// A cached snapshot as `kib cache ls` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Listed {
+    /// `snapshot` (a disk after some steps) or `outputs` (the published images of a build).
+    pub kind: &'static str,
     pub key: String,
     pub manifest: String,
     /// `3/15 containerd`: steps held, of how many the build had, and the last one's name.
@@ -311,6 +313,7 @@ impl Store {
             let Ok(m) = serde_json::from_slice::<Entry>(&bytes) else { continue };
             let valid = self.entry(key).is_some();
             out.push(Listed {
+                kind: "snapshot",
                 key: key.to_string(),
                 manifest: m.manifest.clone(),
                 step: format!("{} {}", m.steps_done, m.step_name),
@@ -323,6 +326,28 @@ impl Store {
                 idle_seconds: now.saturating_sub(m.last_used_ms) / 1000,
                 arch: m.arch,
                 kib_version: m.kib_version,
+                valid,
+            });
+        }
+        for e in std::fs::read_dir(self.dir.join("outputs")).into_iter().flatten().flatten() {
+            let dir = e.path();
+            let key = e.file_name().to_string_lossy().into_owned();
+            let Some(m) = std::fs::read(dir.join("entry.json")).ok().and_then(|b| serde_json::from_slice::<OutputsEntry>(&b).ok()) else { continue };
+            let valid = m.key == key && m.files.iter().all(|f| FileStamp::of(&f.name, &dir.join(&f.name)).is_ok_and(|now| now == *f));
+            out.push(Listed {
+                kind: "outputs",
+                key,
+                manifest: m.bom.manifest.name.clone(),
+                step: format!("outputs {}", m.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(" ")),
+                steps_done: m.bom.steps.len(),
+                end_of_phase1: true,
+                size: m.files.iter().map(|f| allocated(&dir.join(&f.name))).sum::<u64>() + allocated(&dir.join("entry.json")),
+                created_ms: m.created_ms,
+                last_used_ms: m.last_used_ms,
+                age_seconds: now.saturating_sub(m.created_ms) / 1000,
+                idle_seconds: now.saturating_sub(m.last_used_ms) / 1000,
+                arch: m.bom.architecture.clone(),
+                kib_version: m.bom.kib_version.clone(),
                 valid,
             });
         }
@@ -358,6 +383,16 @@ impl Store {
             if total <= max_size && l.valid {
                 break;
             }
+            if l.kind == "outputs" {
+                let dir = self.dir.join("outputs").join(&l.key);
+                // The entry first: from then on no build trusts the files.
+                let _ = std::fs::remove_file(dir.join("entry.json"));
+                std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+                total = total.saturating_sub(l.size);
+                report.freed += l.size;
+                report.removed.push(l.key.clone());
+                continue;
+            }
             // The JSON first: from then on no build trusts the raw.
             for p in [self.meta(&l.key), self.raw(&l.key)] {
                 match std::fs::remove_file(&p) {
@@ -387,8 +422,9 @@ impl Store {
             if pid.is_some_and(|p| p == std::process::id() as i32 || crate::cleanup::live_kib(p)) {
                 continue;
             }
-            std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
-            removed.push(e.path());
+            let p = e.path();
+            if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) }.with_context(|| format!("removing {}", p.display()))?;
+            removed.push(p);
         }
         Ok(removed)
     }
@@ -506,6 +542,8 @@ pub struct BuildCache {
     stored: Vec<crate::bom::StoredSnapshot>,
     /// Snapshots copied and being synced and committed by a thread each, while the build goes on.
     pending: Vec<std::thread::JoinHandle<Result<Entry>>>,
+    /// The key of the stored outputs this build published again, when it did.
+    outputs_reused: Option<String>,
 }
 
 impl BuildCache {
@@ -534,6 +572,7 @@ impl BuildCache {
             mounts: Vec::new(),
             stored: Vec::new(),
             pending: Vec::new(),
+            outputs_reused: None,
         };
         let Some(sum) = c.input_sha256.clone() else {
             tracing::debug!("build cache: the input's SHA-256 is not known yet (first build from it); Phase 0 computes it");
@@ -627,6 +666,7 @@ impl BuildCache {
             reused_steps: self.hit.as_ref().map_or_else(Vec::new, |h| h.steps.iter().map(|s| s.name.clone()).collect()),
             phase1_skipped: self.hit.as_ref().is_some_and(|h| h.steps_done == self.total_steps && self.total_steps > 0),
             stored: self.stored.clone(),
+            outputs_reused_from: self.outputs_reused.clone(),
         }
     }
 
@@ -685,6 +725,139 @@ impl Drop for BuildCache {
     /// the failing step is fixed): wait for the commits.
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+/// A published file of a build, as it was when the build cache linked or copied it: any write to
+/// it since (a VM booted from it in place) changes its ctime and makes the entry untrusted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileStamp {
+    pub name: String,
+    pub size: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(name: &str, path: &Path) -> std::io::Result<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(FileStamp {
+            name: name.to_string(),
+            size: m.len(),
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        })
+    }
+}
+
+/// The images of a complete build, `outputs/<key>/` with `entry.json`: reused as they are by a
+/// build whose every step is unchanged (its last snapshot's key) and whose Phase 2 options are
+/// the same, so that an unchanged rebuild neither copies nor converts the disk.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct OutputsEntry {
+    pub key: String,
+    pub created_ms: u64,
+    pub last_used_ms: u64,
+    /// The artifacts, in the BOM's order.
+    pub files: Vec<FileStamp>,
+    /// The BOM of the build that wrote them.
+    pub bom: crate::bom::Bom,
+}
+
+impl BuildCache {
+    /// The key of the outputs of this build: the last step's key and `phase2`, a description
+    /// of everything else that decides Phase 2's outputs (formats, compression, name, sysprep,
+    /// output and provider settings; the build date where an output embeds it). `None` when
+    /// the keys are unknown.
+    fn outputs_key(&self, phase2: &str) -> Option<String> {
+        let last = self.keys.last()?;
+        Some(crate::hash::sha256_bytes(format!("{SCHEME}
+outputs
+{last}
+{phase2}
+").as_bytes()))
+    }
+
+    fn outputs_dir(&self, key: &str) -> PathBuf {
+        self.store.dir.join("outputs").join(key)
+    }
+
+    /// The outputs an earlier build made from the same last snapshot with the same Phase 2
+    /// options, with the folder holding them, when this build restores its every step and every
+    /// file is as it was stored.
+    pub fn reusable_outputs(&self, phase2: &str) -> Option<(PathBuf, OutputsEntry)> {
+        let hit = self.hit.as_ref()?;
+        if hit.steps_done != self.total_steps || self.total_steps == 0 {
+            return None;
+        }
+        let key = self.outputs_key(phase2)?;
+        let dir = self.outputs_dir(&key);
+        let e: OutputsEntry = serde_json::from_slice(&std::fs::read(dir.join("entry.json")).ok()?).ok()?;
+        let intact = e.key == key && e.files.len() == e.bom.artifacts.len() && e.files.iter().all(|f| FileStamp::of(&f.name, &dir.join(&f.name)).is_ok_and(|now| now == *f));
+        if !intact {
+            tracing::info!("build cache: the stored outputs {} changed since they were stored; not reused", short(&key));
+            return None;
+        }
+        let mut touched = e.clone();
+        touched.last_used_ms = now_ms();
+        if let Err(err) = serde_json::to_vec_pretty(&touched).map_err(std::io::Error::other).and_then(|b| write_atomic(&dir.join("entry.json"), &b)) {
+            tracing::debug!("build cache: not updating the last use of outputs {}: {err}", short(&key));
+        }
+        Some((dir, e))
+    }
+
+    /// Stores the artifacts this build published in `out_dir` as the outputs of its key (see
+    /// [`BuildCache::reusable_outputs`]): hard links where the cache is on the output folder's
+    /// filesystem, copies otherwise. Best effort: a failure is a warning.
+    pub fn store_outputs(&self, phase2: &str, out_dir: &Path, bom: &crate::bom::Bom) {
+        let Some(key) = self.outputs_key(phase2) else { return };
+        let dir = self.outputs_dir(&key);
+        if dir.join("entry.json").exists() && self.reusable_outputs(phase2).is_some() {
+            return;
+        }
+        let partial = self.store.tmp().join(format!("outputs-{key}.{}.partial", std::process::id()));
+        let r = (|| -> Result<()> {
+            let _ = std::fs::remove_dir_all(&partial);
+            std::fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
+            let mut files = Vec::new();
+            for a in &bom.artifacts {
+                let (from, to) = (out_dir.join(&a.file), partial.join(&a.file));
+                if std::fs::hard_link(&from, &to).is_err() {
+                    let task = crate::progress::Activity::task(format!("build cache: copying {}", a.file), Some(a.size));
+                    workcopy::clone_or_copy(&from, &to, &task).with_context(|| format!("copying {} into the build cache", from.display()))?;
+                    std::fs::File::open(&to)?.sync_all()?;
+                    task.finish();
+                }
+                files.push(FileStamp::of(&a.file, &to)?);
+            }
+            let now = now_ms();
+            let e = OutputsEntry { key: key.clone(), created_ms: now, last_used_ms: now, files, bom: bom.clone() };
+            write_atomic(&partial.join("entry.json"), &serde_json::to_vec_pretty(&e)?)?;
+            std::fs::create_dir_all(dir.parent().unwrap_or(&self.store.dir))?;
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&partial, &dir).with_context(|| format!("renaming {} to {}", partial.display(), dir.display()))?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            let _ = std::fs::remove_dir_all(&partial);
+            tracing::warn!("build cache: the outputs were not stored: {e:#}");
+        }
+    }
+
+    /// The snapshot the build restored (its every step when [`BuildCache::reusable_outputs`]
+    /// found outputs), and the base record of the input.
+    pub fn restored_base(&self) -> Option<&BaseRecord> {
+        self.base.as_ref()
+    }
+
+    /// Marks that this build's outputs came from the stored outputs `key` (for the BOM).
+    pub fn note_outputs_reused(&mut self, key: &str) {
+        self.outputs_reused = Some(key.to_string());
     }
 }
 

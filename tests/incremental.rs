@@ -179,18 +179,29 @@ fn rebuilds_resume_from_the_deepest_unchanged_step() {
     assert_eq!(c.read(t, "/etc/kib-phase"), "two\n");
     assert_eq!(c.read(t, "/etc/kib-motd"), "motd two\n");
 
-    // 4. Nothing changes: Phase 1 is skipped; Phase 2 runs on the last snapshot.
-    let d = build(t, "d", &[]);
+    // 4. No step changes, an output option does: Phase 1 is skipped, Phase 2 runs on the last
+    // snapshot.
+    let d = build(t, "d", &["--qcow2-compression", "zstd"]);
     assert_eq!(d.reused(), names);
     assert_eq!(d.bom["build_cache"]["phase1_skipped"], true);
+    assert!(d.bom["build_cache"].get("outputs_reused_from").is_none());
     assert!(d.stored_after().is_empty());
+    assert!(d.stderr.contains("4 of 4 steps restored"), "{}", d.stderr);
     assert_eq!(d.read(t, "/etc/kib-phase"), "two\n");
+    // Nothing changes at all: d's outputs are published again, nothing is mounted.
+    let d2 = build(t, "d2", &["--qcow2-compression", "zstd"]);
+    assert!(d2.bom["build_cache"]["outputs_reused_from"].is_string(), "{}", d2.bom["build_cache"]);
+    assert!(d2.stderr.contains("nothing changed"), "{}", d2.stderr);
+    assert_eq!(sha256(&d2.out.join("inc.raw")), sha256(&d.out.join("inc.raw")));
+    assert_eq!(d2.bom["artifacts"], d.bom["artifacts"]);
+    assert_ne!(d2.bom["build_started"], d.bom["build_started"]);
 
     // 5. A clean build of the same manifest: the same BOM apart from timings and reuse records,
     // the same files in the image.
     let e = build(t, "e", &["--no-cache"]);
     assert!(e.bom.get("build_cache").is_none());
     assert_eq!(comparable(&d.bom), comparable(&e.bom));
+    assert_eq!(comparable(&d2.bom), comparable(&e.bom));
     assert_eq!(d.bom["packages"], e.bom["packages"]);
     let (td, te) = (tree(&d.out.join("inc.raw"), &t.join("mnt-d")), tree(&e.out.join("inc.raw"), &t.join("mnt-e")));
     let differ: Vec<_> = td.iter().filter(|l| !te.contains(l)).chain(te.iter().filter(|l| !td.contains(l))).collect();
@@ -218,24 +229,27 @@ fn rebuilds_resume_from_the_deepest_unchanged_step() {
 
     // 7. kib cache ls and prune.
     let listed = cache_ls(t);
-    let entries = listed["entries"].as_array().unwrap();
+    let all = listed["entries"].as_array().unwrap();
+    assert!(all.iter().all(|e| e["valid"] == true && e["manifest"] == "inc" && e["size"].as_u64().unwrap() > 0), "{listed}");
+    // Outputs of a, b, c, d (d2 reused d's, e had no cache) and g.
+    assert_eq!(all.iter().filter(|e| e["kind"] == "outputs").count(), 5, "{listed}");
+    let entries: Vec<_> = all.iter().filter(|e| e["kind"] == "snapshot").cloned().collect();
     // a: 4, b: 2, c: 3, g: 1.
     assert_eq!(entries.len(), 10, "{listed}");
-    assert!(entries.iter().all(|e| e["valid"] == true && e["manifest"] == "inc" && e["size"].as_u64().unwrap() > 0));
     // The most recently used first: the snapshot after step 3 (the second killed build started
     // from it), then g's after its last step.
     assert_eq!((entries[0]["steps_done"].as_u64(), entries[1]["steps_done"].as_u64()), (Some(3), Some(4)), "{listed}");
     assert_eq!(entries[1]["end_of_phase1"], true);
     let text = kib().args(["cache", "ls", "--cache-dir"]).arg(t.join("cache")).output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
-    assert!(text.starts_with("KEY") && text.contains("4 last (end)") && text.contains("10 snapshot(s)"), "{text}");
-    let keep = entries[0]["size"].as_u64().unwrap() + entries[1]["size"].as_u64().unwrap();
+    assert!(text.starts_with("KEY") && text.contains("4 last (end)") && text.contains("10 snapshot(s), 5 stored output set(s)"), "{text}");
+    let keep = all[0]["size"].as_u64().unwrap() + all[1]["size"].as_u64().unwrap();
     let o = kib().args(["cache", "prune", "--output", "json", "--max-size"]).arg(format!("{}", keep.div_ceil(1 << 20) * (1 << 20))).arg("--cache-dir").arg(t.join("cache")).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let pruned: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(pruned["removed"].as_array().unwrap().len(), 8, "{pruned}");
     let left: Vec<_> = cache_ls(t)["entries"].as_array().unwrap().iter().map(|e| e["key"].clone()).collect();
-    assert_eq!(left, [entries[0]["key"].clone(), entries[1]["key"].clone()], "LRU keeps the two most recently used");
+    assert_eq!(pruned["removed"].as_array().unwrap().len(), all.len() - left.len(), "{pruned}");
+    assert_eq!(left, [all[0]["key"].clone(), all[1]["key"].clone()], "LRU keeps the two most recently used");
     let o = kib().args(["cache", "prune", "--all", "--cache-dir"]).arg(t.join("cache")).output().unwrap();
     assert!(o.status.success());
     assert!(cache_ls(t)["entries"].as_array().unwrap().is_empty());

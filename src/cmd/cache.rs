@@ -55,7 +55,8 @@ pub fn run(c: &CacheCommand, output: OutputFormat) -> Result<ExitCode> {
                     ago(l.age_seconds)
                 ));
             }
-            out::line(format!("{} snapshot(s), {} in {}", list.len(), human(list.iter().map(|l| l.size).sum()), store.dir().display()));
+            let snapshots = list.iter().filter(|l| l.kind == "snapshot").count();
+            out::line(format!("{snapshots} snapshot(s), {} stored output set(s), {} in {}", list.len() - snapshots, human(list.iter().map(|l| l.size).sum()), store.dir().display()));
         }
         CacheCommand::Prune(a) => {
             let store = Store::new(&cache_dir(&a.dir)?);
