@@ -60,9 +60,7 @@ pub fn run(c: &CacheCommand, output: OutputFormat) -> Result<ExitCode> {
         }
         CacheCommand::Prune(a) => {
             let store = Store::new(&cache_dir(&a.dir)?);
-            let max = if a.all {
-                0
-            } else if a.max_size.trim() == "0" {
+            let max = if a.all || a.max_size.trim() == "0" {
                 0
             } else {
                 crate::manifest::parse_disk_size(&a.max_size).map_err(|e| anyhow!("--max-size: {e}"))?
