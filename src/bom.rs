@@ -6,7 +6,7 @@
 //! Shape (version 1, unchanged since the first kib): `bom_version`, `kib_version`,
 //! `build_started`, `phases`, `based_on`, `phase_seconds`, `input`, `manifest`, `os_release`,
 //! `architecture`, `emulation`, `kernels`, `partition_table`, `filesystems`, `disk_growth`,
-//! `locked_from`, `packages`, `steps`, `sysprep`, `artifacts`. Fields added after the first
+//! `locked_from`, `packages`, `steps`, `sysprep`, `artifacts`, `build_cache`. Fields added after the first
 //! version have defaults, so older BOMs still read.
 
 use std::path::{Path, PathBuf};
@@ -83,6 +83,45 @@ pub struct Bom {
     #[serde(default)]
     pub sysprep: Vec<String>,
     pub artifacts: Vec<Artifact>,
+    /// What the build cache did: the snapshot the build resumed from and the steps it reused,
+    /// the snapshots it wrote. Absent with `--no-cache` (and in BOMs older than the cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_cache: Option<BuildCacheRecord>,
+}
+
+/// The build cache's part in a build (see [`crate::buildcache`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BuildCacheRecord {
+    /// The key of the snapshot the build started from, when it resumed from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
+    /// The names of the leading steps that snapshot held, in order: they did not run in this
+    /// build, and their records in `steps` are those of the build that ran them.
+    #[serde(default)]
+    pub reused_steps: Vec<String>,
+    /// Whether every step was reused: Phase 1 ran no step, only Phase 2 ran on the snapshot.
+    #[serde(default)]
+    pub phase1_skipped: bool,
+    /// The snapshots this build wrote.
+    #[serde(default)]
+    pub stored: Vec<StoredSnapshot>,
+    /// When nothing changed, not even the output options: the key of the stored outputs of an
+    /// earlier build that were published again (Phase 0, 1 and 2 did not run; `artifacts` are
+    /// those files, and the records of the image are that build's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs_reused_from: Option<String>,
+}
+
+/// A snapshot a build wrote into the build cache.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredSnapshot {
+    /// How many leading steps it holds.
+    pub after_step: usize,
+    pub key: String,
+    /// Seconds it took (remounts, copy, sync).
+    pub seconds: f64,
+    /// `reflink` or `sparse-copy`.
+    pub method: String,
 }
 
 fn all_phases() -> Vec<u8> {

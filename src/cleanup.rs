@@ -17,6 +17,8 @@ pub struct Report {
     pub skipped_live: Vec<PathBuf>,
     /// binfmt_misc handlers (`kib-qemu-<cpu>-<pid>`) of runs that no longer exist, removed.
     pub binfmt_handlers: Vec<String>,
+    /// Half-written build-cache snapshots of runs that no longer exist, removed.
+    pub partial_snapshots: Vec<PathBuf>,
 }
 
 /// Whether `pid` is a running kib process.

@@ -80,6 +80,80 @@ pub enum Command {
     /// Print the JSON Schema of kib manifests and phase files, derived from the types kib reads
     /// them with. Editors use it for completion and checking (see the README's modeline).
     Schema(SchemaArgs),
+    /// The build cache of Phase 1 snapshots (see `customize --no-cache`): list them (ls) or evict
+    /// the least recently used (prune).
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List the snapshots: key, manifest, the step after which it was taken, size on disk, last
+    /// use and age, most recently used first.
+    Ls(CacheLsArgs),
+    /// Evict the least recently used snapshots until the build cache holds at most --max-size
+    /// (default: the customize default), or all of them with --all; also removes what killed
+    /// builds left half-written. Needs write access to the cache folder.
+    Prune(CachePruneArgs),
+}
+
+/// Which cache folder `kib cache` works on.
+#[derive(Debug, Args)]
+pub struct CacheDirOptions {
+    /// kib's cache folder (the build cache is its `build/`). Default: the configuration's
+    /// cache_dir, else /var/cache/kib.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// kib's configuration file. Default /etc/kib/config.yaml, if it exists.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CacheLsArgs {
+    #[command(flatten)]
+    pub dir: CacheDirOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct CachePruneArgs {
+    #[command(flatten)]
+    pub dir: CacheDirOptions,
+    /// Keep at most this much (allocated on disk; binary units such as 20GiB, or 0).
+    #[arg(long, value_name = "SIZE", default_value = crate::buildcache::DEFAULT_MAX_SIZE, conflicts_with = "all")]
+    pub max_size: String,
+    /// Remove every snapshot.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// How a build uses the build cache (customize and build).
+#[derive(Debug, Clone, Args)]
+pub struct BuildCacheOptions {
+    /// Do not use the build cache: no snapshot is reused and none is stored. Also how to pick up
+    /// new package versions: `packages` steps without pinned versions are cached by their
+    /// inputs like any other step (see --refresh).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Reuse snapshots only from before the first `packages` step: it and every later step run
+    /// again, so that apt (dnf, zypper) installs what the repositories have today. Snapshots are
+    /// still stored.
+    #[arg(long, conflicts_with = "no_cache")]
+    pub refresh: bool,
+    /// Snapshot the disk after steps that took at least this many seconds, and always after
+    /// the last step.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::buildcache::DEFAULT_MIN_SECONDS)]
+    pub cache_min_seconds: f64,
+    /// After storing a snapshot, evict the least recently used ones until the build cache
+    /// (`<cache-dir>/build`) holds at most this much (allocated on disk, binary units).
+    #[arg(long, value_name = "SIZE", default_value = crate::buildcache::DEFAULT_MAX_SIZE)]
+    pub cache_max_size: String,
+}
+
+impl Default for BuildCacheOptions {
+    fn default() -> Self {
+        BuildCacheOptions { no_cache: false, refresh: false, cache_min_seconds: crate::buildcache::DEFAULT_MIN_SECONDS, cache_max_size: crate::buildcache::DEFAULT_MAX_SIZE.into() }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -349,6 +423,8 @@ pub struct BuildArgs {
     pub work_dir: PathBuf,
     #[command(flatten)]
     pub fetch: FetchOptions,
+    #[command(flatten)]
+    pub cache: BuildCacheOptions,
 }
 
 #[derive(Debug, Args)]
@@ -422,6 +498,8 @@ pub struct CustomizeArgs {
     /// run's steps and input.
     #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "0,1,2", value_parser = clap::value_parser!(u8).range(0..=2))]
     pub phases: Vec<u8>,
+    #[command(flatten)]
+    pub cache: BuildCacheOptions,
     /// Set by `kib build`: the os-release `ID` and `VERSION_ID` pattern the OS catalogue
     /// promises; an image that says otherwise is refused after Phase 0.
     #[arg(skip)]
@@ -518,6 +596,10 @@ pub struct CleanupArgs {
     /// The work directory base that runs used (their --work-dir).
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,
+    /// kib's cache folder, whose half-written build-cache snapshots (of killed runs) are
+    /// removed. Default: the configuration's cache_dir, else /var/cache/kib.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -81,6 +81,16 @@ pub fn interrupted() -> Option<i32> {
     }
 }
 
+/// For crash tests: when the environment variable `KIB_TEST_KILL_AT` equals `point`, kib sends
+/// itself SIGKILL here, as a host that loses power or an OOM kill would stop it. The points are
+/// named where they are (such as [`crate::buildcache::KILL_POINT`]).
+pub fn test_kill_point(point: &str) {
+    if std::env::var_os("KIB_TEST_KILL_AT").is_some_and(|v| v == point) {
+        tracing::debug!("KIB_TEST_KILL_AT={point}: SIGKILL");
+        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+}
+
 /// Why a command did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {

@@ -6,12 +6,14 @@
 //! [`cmd`] has one module per subcommand, on top of everything; nothing imports a command, and no
 //! module imports from a later phase. Below the phases: [`manifest`], [`pkg`] (package databases
 //! and managers), [`sys`] (the seam over loop devices, mounts, probes and host commands),
-//! [`fetch`], [`guest`], [`exec`], and the records [`bom`] and [`lock`].
+//! [`fetch`], [`guest`], [`exec`], the build cache [`buildcache`], and the records [`bom`] and
+//! [`lock`].
 
 pub mod bases;
 pub mod bolt;
 pub mod boot;
 pub mod bom;
+pub mod buildcache;
 pub mod check;
 pub mod cleanup;
 pub mod cli;

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Schema(args) => cmd::schema::run(args, out),
         Command::Matrix(c) => cmd::matrix::run(c, out),
         Command::Build(args) => cmd::build::run(args),
+        Command::Cache(c) => cmd::cache::run(c, out),
     };
     match result {
         Ok(code) => code,

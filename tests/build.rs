@@ -42,7 +42,7 @@ fn fixtures(dir: &Path) -> std::path::PathBuf {
 fn build_cmd(server: &MirrorServer, tmp: &Path, cache: &Path, out: &Path) -> Command {
     let u = server.url();
     let mut c = Command::new(assert_cmd::cargo::cargo_bin("kib"));
-    c.current_dir(repo()).args(["build", "--os", "debian-12", "--provider", "qemu", "--release-channel", "1-30", "--output-dir"]);
+    c.current_dir(repo()).args(["build", "--no-cache", "--os", "debian-12", "--provider", "qemu", "--release-channel", "1-30", "--output-dir"]);
     c.arg(out).arg("--work-dir").arg(tmp.join("work")).arg("--cache-dir").arg(cache);
     for m in [
         format!("{LATEST}={u}/debian"),

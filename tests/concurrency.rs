@@ -58,7 +58,7 @@ fn three_builds_at_once_two_inputs_one_cache() {
         Command::new(assert_cmd::cargo::cargo_bin("kib"))
             .current_dir(repo())
             .arg("-q")
-            .args(["customize", "--manifest"])
+            .args(["customize", "--no-cache", "--manifest"])
             .arg(&m)
             .arg("--disk-image")
             .arg(input)

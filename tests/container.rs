@@ -154,7 +154,7 @@ fn host_build() -> &'static Path {
         let tmp = tempfile::tempdir().unwrap();
         let started = Instant::now();
         let out = Command::new(assert_cmd::cargo::cargo_bin("kib"))
-            .args(["customize", "--disk-image"])
+            .args(["customize", "--no-cache", "--disk-image"])
             .arg(base_image())
             .arg("--manifest")
             .arg(repo().join("testdata/bench/overhead.yaml"))

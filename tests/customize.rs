@@ -20,7 +20,7 @@ fn node_manifest_builds_a_kubernetes_node_image() {
     let out = tmp.path().join("out");
     let work = tmp.path().join("work");
     let run = kib()
-        .args(["customize", "--manifest", "manifests/k8s-node-debian.yaml", "--disk-image"])
+        .args(["customize", "--no-cache", "--manifest", "manifests/k8s-node-debian.yaml", "--disk-image"])
         .arg(&base)
         .arg("--output-dir")
         .arg(&out)

@@ -191,7 +191,7 @@ fn kib_fetch_fills_the_cache_for_offline_builds() {
     // The server is gone: an offline build from that cache still works.
     let img = image(tmp.path());
     let run = kib()
-        .args(["customize", "--offline", "--disk-image"])
+        .args(["customize", "--no-cache", "--offline", "--disk-image"])
         .arg(&img)
         .arg("--manifest")
         .arg(&m)

@@ -179,7 +179,7 @@ fn release_channel_picks_the_manifest() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let out = kib()
-        .args(["customize", "--release-channel", "1-29", "--disk-image"])
+        .args(["customize", "--no-cache", "--release-channel", "1-29", "--disk-image"])
         .arg(base_image())
         .arg("--work-dir")
         .arg(tmp.path())

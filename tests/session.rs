@@ -47,7 +47,7 @@ fn resolv_conf_symlink_is_restored_and_hostile_links_stay_inside() {
     let out = tmp.path().join("out");
     let work = tmp.path().join("work");
     let run = kib()
-        .args(["customize", "--disk-image"])
+        .args(["customize", "--no-cache", "--disk-image"])
         .arg(&img)
         .arg("--manifest")
         .arg(&manifest)

@@ -44,7 +44,7 @@ fn overhead() -> PathBuf {
 fn customize_url(url: &str, tmp: &Path, out: &str, cache: &Path, extra: &[&str]) -> (bool, String) {
     let o = Command::new(assert_cmd::cargo::cargo_bin("kib"))
         .current_dir(repo())
-        .args(["customize", "--disk-image", url, "--manifest"])
+        .args(["customize", "--no-cache", "--disk-image", url, "--manifest"])
         .arg(overhead())
         .arg("--output-dir")
         .arg(tmp.join(out))

@@ -115,6 +115,7 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode> {
         convert_jobs: None,
         qcow2_compression: None,
         phases: vec![0, 1, 2],
+        cache: args.cache.clone(),
         expect_os: Some((base.os_release.id.clone(), base.os_release.version_id.clone())),
     };
     super::customize::run_in_namespace(&customize)

@@ -13,7 +13,12 @@ pub fn run(args: &CleanupArgs, output: OutputFormat) -> Result<ExitCode> {
     }
     // binfmt_misc may have to be mounted to find stale handlers: in kib's own namespace.
     mounts::enter_private_namespace()?;
-    let r = crate::cleanup::run(&args.work_dir)?;
+    let mut r = crate::cleanup::run(&args.work_dir)?;
+    let cache_dir = match &args.cache_dir {
+        Some(d) => d.clone(),
+        None => crate::config::Config::load(None)?.cache_dir.unwrap_or_else(|| "/var/cache/kib".into()),
+    };
+    r.partial_snapshots = crate::buildcache::Store::new(&cache_dir).remove_partials()?;
     if output == OutputFormat::Json {
         out::line(serde_json::to_string_pretty(&r)?);
         return Ok(ExitCode::SUCCESS);
@@ -27,10 +32,13 @@ pub fn run(args: &CleanupArgs, output: OutputFormat) -> Result<ExitCode> {
     for d in &r.work_dirs {
         out::line(format!("removed work directory {}", d.display()));
     }
+    for f in &r.partial_snapshots {
+        out::line(format!("removed partial build-cache snapshot {}", f.display()));
+    }
     for d in &r.skipped_live {
         out::line(format!("kept {} (its kib process is running)", d.display()));
     }
-    if r.loop_devices.is_empty() && r.work_dirs.is_empty() && r.binfmt_handlers.is_empty() {
+    if r.loop_devices.is_empty() && r.work_dirs.is_empty() && r.binfmt_handlers.is_empty() && r.partial_snapshots.is_empty() {
         out::line(format!("nothing to clean up in {}", args.work_dir.display()));
     }
     Ok(ExitCode::SUCCESS)

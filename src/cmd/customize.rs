@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use indexmap::IndexMap;
 
 use crate::bom::{Bom, Continuation, ManifestRecord};
+use crate::buildcache::{self, BuildCache};
 use crate::cli::CustomizeArgs;
 use crate::context::{BuildContext, Phase, PhaseSet};
 use crate::fetch::image::{self, Check, FetchedImage};
@@ -195,6 +196,14 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
     crate::input::refuse_outputs_on_input(&input, &outputs)?;
     phase2::ensure_output_dir(&args.output_dir)?;
     tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
+    let mut cache = build_cache(args, &plan, &input, &fetcher.cache_dir, &ctx)?;
+    let phase2_key = phase2_description(&plan, &ctx);
+    if let (Some(c), Some(k)) = (&mut cache, &phase2_key) {
+        if let Some((dir, stored)) = c.reusable_outputs(k) {
+            return publish_stored_outputs(args, &plan, &input, fetched.as_ref(), c, &dir, stored, &ctx, t0);
+        }
+    }
+    let start_from = cache.as_ref().and_then(|c| c.start_from());
 
     // Phase 0
     let activity = Activity::phase(if phases.contains(Phase::Base) { "Phase 0: verify, working copy, mount" } else { "Phase 0 (attach and mount only)" });
@@ -205,7 +214,9 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
         work_base: args.work_dir.clone(),
         cache_dir: Some(fetcher.cache_dir.clone()),
         read_only: false,
-        grow_to: plan.disk_size,
+        // A snapshot is grown already.
+        grow_to: if start_from.is_some() { None } else { plan.disk_size },
+        start_from,
     })?;
     if let Some(f) = &fetched {
         image.input.url = Some(f.fetched.url.clone());
@@ -214,17 +225,7 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
     activity.finish();
     let phase0_s = t0.elapsed().as_secs_f64();
     check_provider_fits(manifest, &image.facts.arch, &image.table)?;
-    if let Some((id, version)) = &args.expect_os {
-        let got_id = image.facts.os_release.get("ID").map_or("", String::as_str);
-        let got_version = image.facts.os_release.get("VERSION_ID").map_or("", String::as_str);
-        if got_id != id || version.as_deref().is_some_and(|v| !crate::bases::version_matches(v, got_version)) {
-            bail!(
-                "{}: the OS catalogue promises os-release ID={id}{}, and the image says ID={got_id} VERSION_ID={got_version}",
-                input.display(),
-                version.as_deref().map(|v| format!(" VERSION_ID={v}")).unwrap_or_default()
-            );
-        }
-    }
+    check_expected_os(args, &image.facts.os_release, &input)?;
     if phases.contains(Phase::Artifacts) && !manifest.sysprep.skip.iter().any(|s| s == crate::selinux::SKIP_NAME) {
         // An SELinux image kib could not label fails now, not after Phase 1.
         if let Err(e) = crate::selinux::detect(image.root()) {
@@ -232,6 +233,12 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
         }
     }
     let continuation = Continuation::find(&input, &image.input.sha256);
+    if continuation.is_some() {
+        cache = None; // its build date decides the steps; see build_cache
+    }
+    if let Some(c) = &mut cache {
+        c.after_phase0(&mut image, manifest, &ctx);
+    }
     let ctx = match &continuation {
         Some(c) => {
             tracing::info!(
@@ -265,7 +272,8 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
 
     // Phase 1
     let activity = Activity::phase(if phases.contains(Phase::Customization) { "Phase 1: the manifest's steps" } else { "Phase 1 (left out)" });
-    let mut p1 = phase1::run(&image, manifest, &ctx, &fetcher, phases, lock.as_ref().map(|l| Arc::new(l.packages.clone())))?;
+    let step_cache = cache.as_mut().map(|c| c as &mut dyn phase1::StepCache);
+    let mut p1 = phase1::run(&image, manifest, &ctx, &fetcher, phases, lock.as_ref().map(|l| Arc::new(l.packages.clone())), step_cache)?;
     activity.finish();
     let phase1_s = p1.seconds;
     let steps_run = std::mem::take(&mut p1.steps);
@@ -280,6 +288,9 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
         jobs: args.convert_jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         name: plan.name.clone(),
     })?;
+    if let Some(c) = &mut cache {
+        c.finish();
+    }
     let (based_on, mut steps) = continuation.map_or((None, Vec::new()), |c| (Some(c.record), c.steps));
     steps.extend(steps_run);
     let bom = Bom {
@@ -305,11 +316,18 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
         steps,
         sysprep: p2.sysprep,
         artifacts: p2.artifacts,
+        build_cache: cache.as_ref().map(BuildCache::record),
     };
     let files = phase2::write_records(&bom, &plan.name, phases.contains(Phase::Artifacts), staging.dir())?;
     let names: Vec<&str> = files.iter().map(String::as_str).collect();
     staging.commit(&args.output_dir, &names)?;
     image.close()?;
+    if let Some(c) = &cache {
+        if let Some(k) = &phase2_key {
+            c.store_outputs(k, &args.output_dir, &bom);
+        }
+        c.prune();
+    }
     activity.finish();
     let phase2_s = t2.elapsed().as_secs_f64();
     progress::emit(Event::Result { status: Status::Ok, seconds: t0.elapsed().as_secs_f64(), outputs: output_files(&args.output_dir, &files)?, error: None });
@@ -319,6 +337,135 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
         files.iter().map(|f| Path::new(&args.output_dir).join(f).display().to_string()).collect::<Vec<_>>().join(" ")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses an image whose os-release is not what `kib build`'s OS catalogue promised.
+fn check_expected_os(args: &CustomizeArgs, os_release: &IndexMap<String, String>, input: &Path) -> Result<()> {
+    if let Some((id, version)) = &args.expect_os {
+        let got_id = os_release.get("ID").map_or("", String::as_str);
+        let got_version = os_release.get("VERSION_ID").map_or("", String::as_str);
+        if got_id != id || version.as_deref().is_some_and(|v| !crate::bases::version_matches(v, got_version)) {
+            bail!(
+                "{}: the OS catalogue promises os-release ID={id}{}, and the image says ID={got_id} VERSION_ID={got_version}",
+                input.display(),
+                version.as_deref().map(|v| format!(" VERSION_ID={v}")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What decides Phase 2's outputs besides the disk after the last step, for the build cache's
+/// stored outputs: `None` without Phase 2 (nothing is stored or reused then).
+fn phase2_description(plan: &Plan, ctx: &BuildContext) -> Option<String> {
+    if !plan.phases.contains(Phase::Artifacts) {
+        return None;
+    }
+    let m = &plan.manifest;
+    // The OVF descriptor names the build date.
+    let date = if plan.formats.contains(&Format::Ova) { ctx.build_date.as_str() } else { "" };
+    Some(format!("formats {:?}
+compression {:?}
+name {}
+sysprep {:?}
+output {:?}
+provider {:?}
+manifest name {}
+date {date}
+", plan.formats, plan.compression, plan.name, m.sysprep, m.output, m.provider, m.name))
+}
+
+/// The fast path of an unchanged rebuild: the build cache holds the outputs of an earlier build
+/// with the same last snapshot and Phase 2 options, so they are copied (reflinked where the
+/// filesystem can) into the output folder with a BOM that is that build's, with this build's
+/// date, input and manifest records and a `build_cache` record saying so. Nothing is mounted.
+///
+/// Errors: the input does not match the checksum list beside it, `kib build`'s OS check, a
+/// copy or a record that cannot be written.
+#[allow(clippy::too_many_arguments)]
+fn publish_stored_outputs(
+    args: &CustomizeArgs,
+    plan: &Plan,
+    input: &Path,
+    fetched: Option<&FetchedImage>,
+    cache: &mut BuildCache,
+    dir: &Path,
+    stored: buildcache::OutputsEntry,
+    ctx: &BuildContext,
+    t0: Instant,
+) -> Result<ExitCode> {
+    let activity = Activity::phase("Phases 0-2: nothing changed, the outputs come from the build cache");
+    let base = cache.restored_base().context("the build cache restored no input record")?.clone();
+    check_expected_os(args, &base.facts.os_release, input)?;
+    let format = phase0::workcopy::inspect(input)?;
+    let mut record = phase0::InputRecord {
+        path: std::path::absolute(input).unwrap_or_else(|_| input.to_path_buf()),
+        url: fetched.map(|f| f.fetched.url.clone()),
+        sha256: base.input_sha256.clone(),
+        format: format.format,
+        virtual_size: format.virtual_size,
+        verified_against: fetched.and_then(|f| f.verified_against.clone()),
+        sha256_source: "cache".into(),
+    };
+    if plan.phases.contains(Phase::Base) && !args.no_verify && fetched.is_none() {
+        match phase0::verify::expected_sum(input).with_context(|| format!("reading the checksum list beside {}", input.display()))? {
+            Some(e) if e.sha256 != record.sha256 => bail!(
+                "checksum mismatch for {}: {} lists sha256 {}, but the file's sha256 is {}. The download may be corrupt or tampered with; fetch it again, or pass --no-verify to skip this check",
+                input.display(),
+                e.list.display(),
+                e.sha256,
+                record.sha256
+            ),
+            Some(e) => record.verified_against = Some(e.list.display().to_string()),
+            None => tracing::warn!("no SHA256SUMS or sha256sum.txt beside {} lists it: not verified", input.display()),
+        }
+    }
+    let phase0_s = t0.elapsed().as_secs_f64();
+    let t2 = Instant::now();
+    let staging = Staging::create(&args.output_dir, None)?;
+    for f in &stored.files {
+        let task = Activity::task(format!("{} from the build cache", f.name), Some(f.size));
+        phase0::workcopy::clone_or_copy(&dir.join(&f.name), &staging.dir().join(&f.name), &task).with_context(|| format!("copying {} from the build cache", f.name))?;
+        task.finish();
+    }
+    cache.note_outputs_reused(&stored.key);
+    cache.finish();
+    let earlier = stored.bom.build_started.clone();
+    let mut bom = stored.bom;
+    bom.build_started = ctx.started.clone();
+    bom.phases = plan.phases.numbers();
+    bom.based_on = None;
+    bom.phase_seconds = IndexMap::from([("phase0".to_string(), round(phase0_s)), ("phase1".to_string(), 0.0), ("phase2".to_string(), round(t2.elapsed().as_secs_f64()))]);
+    bom.input = record;
+    bom.manifest = ManifestRecord::new(&plan.manifest);
+    bom.locked_from = args.lock.as_ref().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+    bom.build_cache = Some(cache.record());
+    let files = phase2::write_records(&bom, &plan.name, true, staging.dir())?;
+    let names: Vec<&str> = files.iter().map(String::as_str).collect();
+    staging.commit(&args.output_dir, &names)?;
+    activity.finish();
+    tracing::info!("build cache: nothing changed; published the outputs {} of the build of {}", buildcache::short(&stored.key), earlier);
+    progress::emit(Event::Result { status: Status::Ok, seconds: t0.elapsed().as_secs_f64(), outputs: output_files(&args.output_dir, &files)?, error: None });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The build cache of this run ([`crate::buildcache`]), looked up before Phase 0: `None` with
+/// `--no-cache`, when Phase 0 or Phase 1 is left out, or when the input continues an earlier
+/// `--phases 0,1` build (whose recorded date its steps see).
+///
+/// Errors: a bad `--cache-max-size`, an unreadable `--lock`.
+fn build_cache(args: &CustomizeArgs, plan: &Plan, input: &Path, cache_dir: &Path, ctx: &BuildContext) -> Result<Option<BuildCache>> {
+    let o = &args.cache;
+    if o.no_cache || !plan.phases.contains(Phase::Base) || !plan.phases.contains(Phase::Customization) {
+        return Ok(None);
+    }
+    if input.with_file_name("bom.json").exists() && crate::phase0::verify::InputCache::new(cache_dir).lookup(input).is_some_and(|s| Continuation::find(input, &s).is_some()) {
+        tracing::info!("build cache: not used, the input continues an earlier kib build");
+        return Ok(None);
+    }
+    let max_size = manifest::parse_disk_size(&o.cache_max_size).map_err(|e| anyhow::anyhow!("--cache-max-size: {e}"))?;
+    let settings = buildcache::Settings { cache_dir: cache_dir.to_path_buf(), min_seconds: o.cache_min_seconds, max_size, refresh: o.refresh, lock: args.lock.clone() };
+    Ok(Some(BuildCache::prepare(settings, input, &plan.manifest, ctx, plan.disk_size)?))
 }
 
 /// The local file to build from: `--disk-image` itself, or for a URL its verified copy in the

@@ -25,6 +25,7 @@ pub fn run(args: &InspectArgs, output: OutputFormat) -> Result<ExitCode> {
         cache_dir: None,
         read_only: true,
         grow_to: None,
+        start_from: None,
     })?;
     let report = inspect::report(&image)?;
     image.close()?;

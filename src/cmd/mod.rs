@@ -3,6 +3,7 @@
 //! and nothing imports a command.
 
 pub mod build;
+pub mod cache;
 pub mod check;
 pub mod cleanup;
 pub mod completions;

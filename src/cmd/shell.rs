@@ -60,6 +60,7 @@ pub fn run(args: &ShellArgs, output: crate::cli::OutputFormat) -> Result<ExitCod
         cache_dir: Some(args.cache_dir.clone()),
         read_only: false,
         grow_to,
+        start_from: None,
     })?;
     let argv = if args.command.is_empty() { default_command(&image) } else { args.command.clone() };
     let what = format!("`{}` in the image", argv.join(" "));

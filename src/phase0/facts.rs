@@ -7,7 +7,7 @@ use indexmap::IndexMap;
 use crate::guest::GuestRoot;
 
 /// Facts about the image's OS, read through [`GuestRoot`] (never following a link out of it).
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct Facts {
     /// os-release key/value pairs, in file order.
     pub os_release: IndexMap<String, String>,

@@ -62,6 +62,11 @@ pub struct Options {
     /// Grow the disk to this many bytes before mounting the rest of the tree (see [`grow`]).
     /// Not with `read_only`.
     pub grow_to: Option<u64>,
+    /// Start from this raw disk instead of the input: a build-cache snapshot of this input,
+    /// already grown and customized by some steps (see [`crate::buildcache`]). Used only when
+    /// the input's SHA-256 is known without reading it (see [`verify::InputCache`]); then the
+    /// snapshot is cloned or copied as the working copy and `grow_to` must be `None`.
+    pub start_from: Option<PathBuf>,
 }
 
 /// The input image as the BOM records it.
@@ -200,6 +205,12 @@ impl Image {
                 (None, Some(_)) => crate::hash::sha256_file(input).with_context(|| format!("reading {}", input.display()))?,
                 (None, None) => String::new(),
             };
+        } else if let (Some(snapshot), Some(sum)) = (&opts.start_from, &known) {
+            let copying = crate::progress::Activity::task("working copy from the build cache", std::fs::metadata(snapshot).ok().map(|m| m.len()));
+            let how = workcopy::clone_or_copy(snapshot, &image.disk, &copying).with_context(|| format!("copying the build-cache snapshot {}", snapshot.display()))?;
+            copying.finish();
+            tracing::debug!("working copy from the build cache {} ({})", snapshot.display(), how.name());
+            image.input.sha256 = sum.clone();
         } else {
             image.input.sha256 = workcopy::make(input, &format, &image.disk, known.as_deref())?;
         }

@@ -135,8 +135,52 @@ pub fn make(input: &Path, format: &InputFormat, dest: &Path, known_sha256: Optio
     Ok(sum)
 }
 
+/// How [`clone_or_copy`] copied a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyMethod {
+    /// The filesystem shares the blocks (`FICLONE`: btrfs, xfs with reflink, bcachefs): no
+    /// data is copied.
+    Reflink,
+    /// [`sparse_copy`]: the data extents only, moved by the kernel where it can.
+    SparseCopy,
+}
+
+impl CopyMethod {
+    /// `reflink` or `sparse-copy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CopyMethod::Reflink => "reflink",
+            CopyMethod::SparseCopy => "sparse-copy",
+        }
+    }
+}
+
+/// Copies the raw disk `input` to the new file `dest` (which must not exist): a reflink where
+/// the filesystem has them (both files on one btrfs or reflink-enabled xfs), else
+/// [`sparse_copy`]. Used for the build cache's snapshots and for restoring one as a working copy.
+///
+/// Errors: `dest` exists or cannot be created, or reading or writing fails; a partial `dest` is
+/// left for the caller to remove.
+pub fn clone_or_copy(input: &Path, dest: &Path, progress: &Activity) -> std::io::Result<CopyMethod> {
+    {
+        let src = File::open(input)?;
+        let dst = std::fs::OpenOptions::new().write(true).create_new(true).open(dest)?;
+        match rustix::fs::ioctl_ficlone(&dst, &src) {
+            Ok(()) => {
+                progress.set_position(src.metadata()?.len());
+                return Ok(CopyMethod::Reflink);
+            }
+            // No reflinks here (ext4, tmpfs, two filesystems): copy the data.
+            Err(_) => std::fs::remove_file(dest)?,
+        }
+    }
+    sparse_copy(input, dest, progress)?;
+    Ok(CopyMethod::SparseCopy)
+}
+
 /// Copies the data extents of `input` to a new file `dest` of the same size; holes stay holes.
-fn sparse_copy(input: &Path, dest: &Path, progress: &Activity) -> std::io::Result<()> {
+pub fn sparse_copy(input: &Path, dest: &Path, progress: &Activity) -> std::io::Result<()> {
     use rustix::fs::{copy_file_range, seek, SeekFrom as RSeek};
     let src = File::open(input)?;
     let dst = File::create(dest)?;

@@ -110,6 +110,21 @@ impl OpenSession {
     }
 }
 
+/// A build cache around the steps ([`crate::buildcache`] implements it): which leading steps
+/// the restored working copy already holds, and snapshots of the image after steps.
+pub trait StepCache {
+    /// How many leading steps the working copy already holds (restored from a snapshot), their
+    /// records as they ran then, and whether the package metadata was fresh after them.
+    fn restored(&self) -> (usize, Vec<StepRecord>, bool);
+    /// Whether to snapshot the image after step `index` (0-based), which ran as `record` says.
+    fn wants_snapshot(&self, index: usize, record: &StepRecord) -> bool;
+    /// Snapshots the image after step `index`, while the chroot session is closed; `records` are
+    /// the records of every step so far, `refreshed` the package state after them.
+    ///
+    /// Errors: only what must stop the build; a snapshot that cannot be taken is a warning.
+    fn snapshot(&mut self, index: usize, records: &[StepRecord], refreshed: bool) -> Result<()>;
+}
+
 /// What Phase 1 hands on to Phase 2.
 pub struct Phase1Output {
     /// What each step did (skipped ones too), in order.
@@ -124,12 +139,13 @@ pub struct Phase1Output {
 
 /// Runs Phase 1 on the mounted `image` when `phases` has it: opens the chroot session (also
 /// when only Phase 2's sysprep needs it), finds the package manager, runs every step of
-/// `manifest`. `pins` are `--lock`'s package versions.
+/// `manifest`. `pins` are `--lock`'s package versions; `cache`, the build cache: the steps it
+/// restored are not run again, and it snapshots the image after expensive steps.
 ///
 /// Errors: a `packages` step on an image with no package manager kib supports (before the
 /// first step runs), or the first failing step (see [`run_steps`]). The session is closed on
 /// error.
-pub fn run(image: &Image, manifest: &Manifest, ctx: &BuildContext, fetcher: &Fetcher, phases: PhaseSet, pins: Option<std::sync::Arc<pkg::PackagePins>>) -> Result<Phase1Output> {
+pub fn run(image: &Image, manifest: &Manifest, ctx: &BuildContext, fetcher: &Fetcher, phases: PhaseSet, pins: Option<std::sync::Arc<pkg::PackagePins>>, cache: Option<&mut dyn StepCache>) -> Result<Phase1Output> {
     let t = Instant::now();
     let steps_run = phases.contains(Phase::Customization);
     let sysprep = phases.contains(Phase::Artifacts) && manifest.sysprep.enabled;
@@ -154,7 +170,7 @@ pub fn run(image: &Image, manifest: &Manifest, ctx: &BuildContext, fetcher: &Fet
     let mut manager = manager;
     let steps = if steps_run {
         let mut state = pkg::StepState { pins, ..Default::default() };
-        let ran = run_steps(&mut open.session, root, manifest, &image.facts, ctx, fetcher, manager.as_deref_mut(), &mut state);
+        let ran = run_steps(&mut open.session, root, manifest, &image.facts, ctx, fetcher, manager.as_deref_mut(), &mut state, cache);
         match ran {
             Ok(steps) => steps,
             Err(e) => {
@@ -184,7 +200,10 @@ fn needs_package_manager(manifest: &Manifest, facts: &Facts, ctx: &BuildContext)
 }
 
 /// Runs every step of `manifest` in order, `packages` steps with `manager`. Stops at the first
-/// failing step with an error that names it, its origin and the tail of its output.
+/// failing step with an error that names it, its origin and the tail of its output. With a
+/// `cache`, the steps it restored are recorded as they ran then and not run, and the image is
+/// snapshotted after the steps it asks for, with the session closed (see
+/// [`Session::closed_while`]).
 #[allow(clippy::too_many_arguments)]
 pub fn run_steps(
     session: &mut Session,
@@ -195,12 +214,20 @@ pub fn run_steps(
     fetcher: &Fetcher,
     mut manager: Option<&mut (dyn PackageManager + 'static)>,
     state: &mut pkg::StepState,
+    mut cache: Option<&mut dyn StepCache>,
 ) -> Result<Vec<StepRecord>> {
     let vars = step_vars(manifest, facts, ctx);
     let os_ids = facts.os_ids();
     let total = manifest.steps.len();
     let mut records = Vec::with_capacity(total);
-    for (i, step) in manifest.steps.iter().enumerate() {
+    let mut restored = 0;
+    if let Some(c) = cache.as_deref() {
+        let (n, done, refreshed) = c.restored();
+        restored = n.min(total);
+        records.extend(done.into_iter().take(restored));
+        state.refreshed = refreshed;
+    }
+    for (i, step) in manifest.steps.iter().enumerate().skip(restored) {
         if let Some(sig) = crate::exec::interrupted() {
             bail!("interrupted by signal {sig} before step {}/{total} `{}`", i + 1, step.name);
         }
@@ -211,6 +238,7 @@ pub fn run_steps(
             crate::progress::Activity::step(format!("step {}/{total} {} ({kind}, `when` does not match)", i + 1, step.name)).skip();
             record.status = "skipped".into();
             records.push(record);
+            snapshot_after(session, &mut cache, i, &records, state.refreshed)?;
             continue;
         }
         tracing::debug!("step {}/{total} `{}` ({kind})", i + 1, step.name);
@@ -240,8 +268,20 @@ pub fn run_steps(
         activity.finish();
         tracing::debug!("step {}/{total} `{}` done in {:.2}s", i + 1, step.name, record.duration_seconds);
         records.push(record);
+        snapshot_after(session, &mut cache, i, &records, state.refreshed)?;
     }
     Ok(records)
+}
+
+/// Lets the build cache snapshot the image after step `index` when it wants to, with the session
+/// closed meanwhile.
+fn snapshot_after(session: &mut Session, cache: &mut Option<&mut dyn StepCache>, index: usize, records: &[StepRecord], refreshed: bool) -> Result<()> {
+    let Some(cache) = cache.as_deref_mut() else { return Ok(()) };
+    let Some(last) = records.last() else { return Ok(()) };
+    if !cache.wants_snapshot(index, last) {
+        return Ok(());
+    }
+    session.closed_while(|| cache.snapshot(index, records, refreshed))
 }
 
 /// What a step's executor works with.

@@ -176,6 +176,22 @@ impl Session {
         self.root.exists(Path::new(guest))
     }
 
+    /// Closes the session (every file it changed restored, everything it mounted unmounted),
+    /// runs `f` on the image as the steps left it, then opens the session again as
+    /// [`Session::open`] does. The build cache snapshots the image this way, so that no file of
+    /// the session (the host's resolv.conf, policy-rc.d, sources rewritten through the mirror
+    /// map with their credentials) is ever in a snapshot.
+    ///
+    /// Errors: closing or reopening the session fails, or `f` fails (after the reopening).
+    pub fn closed_while<T>(&mut self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let debian_family = self.policy_saved.is_some();
+        self.close()?;
+        let out = f();
+        let sys = Arc::clone(&self.sys);
+        *self = Session::open(&sys, &self.root, debian_family, self.mirrors.clone()).context("opening the chroot session again")?;
+        out
+    }
+
     /// Undoes everything `open` did, in reverse order. Safe to call twice.
     pub fn close(&mut self) -> Result<()> {
         if !self.open {

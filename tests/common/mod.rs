@@ -126,7 +126,9 @@ pub fn tiny_image(dir: &Path, name: &str, files: &[(&str, &str)]) -> PathBuf {
 }
 
 /// A `kib customize` command with the output, work and cache folders inside `tmp`
-/// (`out`, `work`, `cache`).
+/// (`out`, `work`, `cache`), and `--no-cache`: a test that builds twice in one `tmp` builds
+/// twice, and no test pays for snapshots it never uses (tests/incremental.rs tests the build
+/// cache with commands of its own).
 pub fn customize_cmd(img: &Path, manifest: &Path, tmp: &Path) -> Command {
     customize_cmd_to(img, manifest, tmp, &tmp.join("out"))
 }
@@ -144,7 +146,8 @@ pub fn customize_cmd_to(img: &Path, manifest: &Path, tmp: &Path, out: &Path) -> 
         .arg("--work-dir")
         .arg(tmp.join("work"))
         .arg("--cache-dir")
-        .arg(tmp.join("cache"));
+        .arg(tmp.join("cache"))
+        .arg("--no-cache");
     c
 }
 
