@@ -153,8 +153,11 @@ pub fn run(image: &Image, manifest: &Manifest, ctx: &BuildContext, fetcher: &Fet
     let mut open = OpenSession::open(image, fetcher.mirrors.clone())?;
     let mut manager = manager;
     let steps = if steps_run {
-        let mut state = pkg::StepState { pins, ..Default::default() };
-        let ran = run_steps(&mut open.session, root, manifest, &image.facts, ctx, fetcher, manager.as_deref_mut(), &mut state);
+        let cache = fetcher.package_cache.then(|| pkg::PackageCache { dir: fetcher.cache_dir.join("packages"), arch: image.facts.arch.clone() });
+        let mut state = pkg::StepState { pins, cache, ..Default::default() };
+        let ran = run_steps(&mut open.session, root, manifest, &image.facts, ctx, fetcher, manager.as_deref_mut(), &mut state)
+            // The image's own package folders again, for sysprep (and Phase 2's unmount).
+            .and_then(|steps| open.session.release_package_cache().map(|()| steps));
         match ran {
             Ok(steps) => steps,
             Err(e) => {
