@@ -77,7 +77,7 @@ for b in "${@:-overhead node}"; do
           qemu-img --version >/dev/null || { echo "compare: qemu-img broke installing libguestfs-tools" >&2; exit 1; }
         fi
       fi
-      if [ -z "$vc_why" ] && ! testdata/bench/virt-customize-node.sh "$image" "$out/vc.qcow2" > target/bench/virt-customize.log 2>&1; then
+      if [ -z "$vc_why" ] && ! testdata/bench/virt-customize-node.sh --check > target/bench/virt-customize.log 2>&1; then
         vc_why="it fails on this host (target/bench/virt-customize.log: $(tail -n 1 target/bench/virt-customize.log))"
       fi
       if [ -z "$vc_why" ]; then
