@@ -86,11 +86,11 @@ for b in "${@:-overhead node}"; do
         echo "compare: virt-customize is left out: $vc_why" | tee target/bench/virt-customize.txt
       fi
       hyperfine --runs "$runs" --export-json target/bench/compare.json "${cmds[@]}"
-      cp "$out/kib/bom.json" target/bench/compare-bom.json
       # kib's own peak RSS (VmHWM), and /usr/bin/time's, which is the largest of kib and its children.
       /usr/bin/time -v -o target/bench/compare-time.txt scripts/lib/peak-rss.sh $k --output-dir "$out/kib" \
         2> target/bench/compare-rss.txt >/dev/null
       grep '^peak-rss:' target/bench/compare-rss.txt >> target/bench/compare-time.txt
+      cp "$out/kib/bom.json" target/bench/compare-bom.json   # phase shares of this warm-cache run
       hyperfine --runs "$runs" --export-json target/bench/disk-sizes.json -L size 2GiB,8GiB,32GiB -n "kib, {size} disk" \
         "$k --disk-size {size} --output-dir $out/sizes"
       python3 scripts/lib/bench-report.py target/bench/compare.json target/bench/disk-sizes.json \

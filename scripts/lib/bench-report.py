@@ -42,7 +42,7 @@ def main():
     total = sum(ph.values())
     if total:
         shares = ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in ph.items())
-        print(f"\nkib's phases (last run): {shares}")
+        print(f"\nkib's phases (the RSS run, package cache warm): {shares}")
     with open(timev) as f:
         t = f.read()
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1))
