@@ -391,9 +391,9 @@ mod tests {
                   print(hashlib.sha256(gzip.open(sys.argv[1]).read()).hexdigest())\n\
                   t = tarfile.open(sys.argv[2], 'r:gz')\n\
                   print(' '.join(m.name for m in t.getmembers()), hashlib.sha256(t.extractfile('disk.raw').read()).hexdigest())\n";
-        let out = Command::new("python3").args(["-c", py]).arg(sdir.join("n.raw.gz")).arg(sdir.join("n.tar.gz")).output().unwrap();
+        let read = Command::new("python3").args(["-c", py]).arg(sdir.join("n.raw.gz")).arg(sdir.join("n.tar.gz")).output().unwrap();
         let sum = crate::hash::sha256_bytes(&data);
-        assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{sum}\ndisk.raw {sum}\n"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&read.stdout), format!("{sum}\ndisk.raw {sum}\n"), "{}", String::from_utf8_lossy(&read.stderr));
         let vhd: serde_json::Value = serde_json::from_slice(&Command::new("qemu-img").args(["info", "-f", "vpc", "--output=json"]).arg(sdir.join("n.vhd")).output().unwrap().stdout).unwrap();
         // A fixed VHD is the raw disk plus a 512-byte footer; its virtual size is 1 MiB-aligned.
         assert_eq!(vhd["virtual-size"].as_u64().unwrap(), data.len() as u64);
