@@ -10,36 +10,92 @@
 #              to clean, so this is not the time of the same job on Debian's arm64 cloud image
 #   conversions  one node build into the five formats, one conversion at a time, printing each one's
 #              time from kib's JSON-lines events (target/bench/conversions.txt)
+#   compare    the issue-14 benchmark, in one hyperfine session on the same base image and node manifest with qcow2
+#              output: kib (package cache warm, as an image factory runs it), kib --no-package-cache, the hand-written
+#              baseline testdata/bench/baseline-node.sh (sparse copy, loop device at an offset, mount, chroot apt, the
+#              node's files, sysprep, fstrim, qemu-img convert) and virt-customize (testdata/bench/virt-customize-node.sh)
+#              where libguestfs-tools installs without touching qemu-img (DESIGN §6; KIB_BENCH_VIRT_CUSTOMIZE=0 skips it).
+#              Then kib's peak RSS (/usr/bin/time -v) and kib at 2, 8 and 32 GiB disks holding the same data
+#              (--disk-size). Prints medians, ratios to the baseline, kib's overhead (kib − baseline) and phase shares
+#              (scripts/lib/bench-report.py) into target/bench/compare.txt. KIB_BENCH_RUNS (default 3) runs each.
 #   memory     not timed: kib's peak RSS (/usr/bin/time -v) for a build whose download step fetches a 1 GiB
 #              archive (a tar of incompressible data, served from 127.0.0.1) and both unpacks it and writes it whole
 #              into the image (the images step copies its archives with the same streaming write); also for the
 #              overhead build. The limit is 100 MiB; it fails above. Results in target/bench/memory.txt
-# Usage: scripts/bench.sh [overhead|node|formats|formats-serial|conversions|memory]... (default: overhead node), as root
+# Usage: scripts/bench.sh [compare|overhead|node|formats|formats-serial|conversions|memory]... (default: overhead node), as root
 # Each conversion's own time is in the `end` events of `kib customize --output json`.
 # Results go to target/bench/<name>.json (hyperfine's export) and are printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:$HOME/.cargo/bin:/root/.cargo/bin"
 bash scripts/deps.sh
+# hyperfine is Debian's (bookworm has 1.15). Where a distribution lacks it:
+#   cargo install --locked hyperfine --root /var/tmp/kib-perf/tools   and put /var/tmp/kib-perf/tools/bin on PATH.
+export PATH="$PATH:/var/tmp/kib-perf/tools/bin"
 command -v hyperfine >/dev/null || { apt-get install -y -qq hyperfine >/dev/null; }
-cargo build --release --locked -q
+# KIB_BENCH_KIB: another kib binary to time (an older build, for before/after figures).
+if [ -n "${KIB_BENCH_KIB:-}" ]; then KIB=$KIB_BENCH_KIB; else cargo build --release --locked -q; KIB=./target/release/kib; fi
 image=$(bash scripts/make-base-image.sh | tail -n 1)
 mkdir -p target/bench
 out=$(mktemp -d /var/tmp/kib-bench.XXXXXX)
 trap 'rm -rf "$out"' EXIT
-kib="./target/release/kib -q customize --disk-image $image --output-dir $out"
+kib="$KIB -q customize --disk-image $image --output-dir $out"
 # Warm the input checksum cache and the page cache once, as an image factory's steady state is.
 $kib --manifest testdata/bench/overhead.yaml >/dev/null
 for b in "${@:-overhead node}"; do
   for name in $b; do
     warmup=0
     if [ "$name" = conversions ]; then
-      ./target/release/kib customize --output json --disk-image "$image" --output-dir "$out" --manifest manifests/k8s-node-debian.yaml \
+      $KIB customize --output json --disk-image "$image" --output-dir "$out" --manifest manifests/k8s-node-debian.yaml \
         --format qcow2,ova,vhd,gce,raw.zst --qcow2-compression zstd --convert-jobs 1 \
         | grep -E '"event":"(end|result)"' | grep -E '"kind":"(phase|task)"|"event":"result"' \
         | grep -vE '"label":"(sha256 of|hashing|working copy)' \
         | sed -E 's/.*"label":"([^"]*)".*"seconds":([0-9.]+).*/\1: \2 s/; s/.*"event":"result".*"seconds":([0-9.]+).*/total: \1 s/' \
         | tee target/bench/conversions.txt
+      continue
+    fi
+    if [ "$name" = compare ]; then
+      runs=${KIB_BENCH_RUNS:-3}
+      node=manifests/k8s-node-debian.yaml
+      k="$KIB -q customize --disk-image $image --manifest $node --format qcow2"
+      mkdir -p "$out/kib" "$out/sizes"
+      # An image factory's steady state: kib's package cache and input checksum cache are warm.
+      $k --output-dir "$out/kib" >/dev/null
+      cmds=(-n kib "$k --output-dir $out/kib"
+            -n "kib --no-package-cache" "$k --no-package-cache --output-dir $out/kib"
+            -n baseline "testdata/bench/baseline-node.sh $image $out/baseline.qcow2")
+      vc_why=
+      if [ "${KIB_BENCH_VIRT_CUSTOMIZE:-1}" = 0 ]; then
+        vc_why="KIB_BENCH_VIRT_CUSTOMIZE=0"
+      elif ! command -v virt-customize >/dev/null; then
+        # DESIGN §6: Debian's qemu-system-x86 replaces qemu-utils 10 and qemu-img disappears. Install
+        # libguestfs-tools only when apt would leave every qemu package alone.
+        if apt-get -s install --no-install-recommends libguestfs-tools 2>/dev/null | grep -qE '^(Inst|Remv) qemu'; then
+          vc_why="installing libguestfs-tools would replace this host's qemu packages (and qemu-img; DESIGN §6)"
+        else
+          DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libguestfs-tools >/dev/null
+          qemu-img --version >/dev/null || { echo "compare: qemu-img broke installing libguestfs-tools" >&2; exit 1; }
+        fi
+      fi
+      if [ -z "$vc_why" ] && ! testdata/bench/virt-customize-node.sh --check > target/bench/virt-customize.log 2>&1; then
+        vc_why="it fails on this host (target/bench/virt-customize.log: $(tail -n 1 target/bench/virt-customize.log))"
+      fi
+      if [ -z "$vc_why" ]; then
+        cmds+=(-n virt-customize "testdata/bench/virt-customize-node.sh $image $out/vc.qcow2")
+      else
+        echo "compare: virt-customize is left out: $vc_why" | tee target/bench/virt-customize.txt
+      fi
+      hyperfine --runs "$runs" --export-json target/bench/compare.json "${cmds[@]}"
+      # kib's own peak RSS (VmHWM), and /usr/bin/time's, which is the largest of kib and its children.
+      /usr/bin/time -v -o target/bench/compare-time.txt scripts/lib/peak-rss.sh $k --output-dir "$out/kib" \
+        2> target/bench/compare-rss.txt >/dev/null
+      grep '^peak-rss:' target/bench/compare-rss.txt >> target/bench/compare-time.txt
+      cp "$out/kib/bom.json" target/bench/compare-bom.json   # phase shares of this warm-cache run
+      hyperfine --runs "$runs" --export-json target/bench/disk-sizes.json -L size 2GiB,8GiB,32GiB -n "kib, {size} disk" \
+        "$k --disk-size {size} --output-dir $out/sizes"
+      python3 scripts/lib/bench-report.py target/bench/compare.json target/bench/disk-sizes.json \
+        target/bench/compare-bom.json target/bench/compare-time.txt | tee target/bench/compare.txt
+      [ -z "$vc_why" ] || echo "virt-customize: left out: $vc_why" | tee -a target/bench/compare.txt
       continue
     fi
     if [ "$name" = memory ]; then
@@ -60,7 +116,7 @@ for b in "${@:-overhead node}"; do
       sleep 1
       : > target/bench/memory.txt
       for m in testdata/bench/overhead.yaml "$srv/memory.yaml"; do
-        /usr/bin/time -v -o "$srv/time.txt" ./target/release/kib -q customize --disk-image "$image" --output-dir "$out" \
+        /usr/bin/time -v -o "$srv/time.txt" $KIB -q customize --disk-image "$image" --output-dir "$out" \
           --manifest "$m" --disk-size 5GiB --cache-dir "$srv/cache" >/dev/null
         kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$srv/time.txt")
         wall=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$srv/time.txt")
@@ -76,7 +132,7 @@ for b in "${@:-overhead node}"; do
       formats) cmd="$kib --manifest testdata/bench/overhead.yaml --format qcow2,ova,vhd,gce,raw.zst"; runs=3 ;;
       node-arm64)
         arm64=$(bash testdata/arm64/make-image.sh | tail -n 1)
-        cmd="./target/release/kib -q customize --disk-image $arm64 --output-dir $out --manifest manifests/k8s-node-debian.yaml --format qcow2"; runs=3; warmup=1 ;;
+        cmd="$KIB -q customize --disk-image $arm64 --output-dir $out --manifest manifests/k8s-node-debian.yaml --format qcow2"; runs=3; warmup=1 ;;
       formats-serial) cmd="$kib --manifest testdata/bench/overhead.yaml --format qcow2,ova,vhd,gce,raw.zst --convert-jobs 1"; runs=3 ;;
       *) echo "unknown benchmark $name" >&2; exit 2 ;;
     esac

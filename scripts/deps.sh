@@ -31,6 +31,11 @@ for pkg in lvm2 policycoreutils selinux-utils attr; do
 done
 # python3-venv: scripts/k8s-validators.sh makes a venv for PyPI's kubernetes-validate (tests/matrix.rs).
 have_pkg python3-venv || need+=(python3-venv)
+# pigz: parallel gzip for the gce and raw.gz formats (kib falls back to gzip, on one CPU, without it).
+# hyperfine: scripts/bench.sh.
+for pkg in pigz hyperfine; do
+  have_pkg "$pkg" || need+=("$pkg")
+done
 # xmllint validates OVA descriptors against DMTF's OVF schema in the tests (libxml2-utils).
 have_pkg libxml2-utils || need+=(libxml2-utils)
 # g++: libfuzzer-sys compiles libFuzzer (C++) for scripts/fuzz.sh.

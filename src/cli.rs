@@ -322,6 +322,11 @@ pub struct FetchOptions {
     /// Range) without using one up. 0: no retries, and no resume.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub fetch_retries: u32,
+    /// Let the package manager download into the image's own caches instead of kib's shared
+    /// package cache (<cache dir>/packages, bound into the image while the steps run), so that
+    /// every package and index is fetched again.
+    #[arg(long)]
+    pub no_package_cache: bool,
 }
 
 #[derive(Debug, Args)]

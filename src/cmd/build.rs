@@ -83,6 +83,7 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode> {
         cache_dir: args.fetch.cache_dir.clone(),
         config: args.fetch.config.clone(),
         fetch_retries: args.fetch.fetch_retries,
+        no_package_cache: args.fetch.no_package_cache,
     };
     let fetcher = super::fetcher(&fetch_opts())?;
     let (disk_image, verified) = match &args.base_image {

@@ -22,7 +22,7 @@ pub fn run(c: &MatrixCommand, output: OutputFormat) -> Result<ExitCode> {
 
 /// Loads the plan with a fetcher on `cache_dir` (for URL bases' checksum lists).
 fn load(file: &Path, o: &MatrixOutputOptions) -> Result<Plan> {
-    let fetcher = super::fetcher(&FetchOptions { mirror: Vec::new(), offline: false, cache_dir: Some(o.cache_dir.clone()), config: None, fetch_retries: 4 })?;
+    let fetcher = super::fetcher(&FetchOptions { mirror: Vec::new(), offline: false, cache_dir: Some(o.cache_dir.clone()), config: None, fetch_retries: 4, no_package_cache: false })?;
     let mut opts = LoadOptions::new();
     opts.output_dir = o.output_dir.clone();
     opts.fetcher = Some(&fetcher);

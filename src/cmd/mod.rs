@@ -41,6 +41,7 @@ pub fn mounting_as_root(subcommand: &str) -> Result<()> {
 pub fn fetcher(opts: &FetchOptions) -> Result<Fetcher> {
     let mut f = Config::load(opts.config.as_deref())?.fetcher(&opts.mirror, opts.cache_dir.as_deref(), opts.offline)?;
     f.retry.retries = opts.fetch_retries;
+    f.package_cache = !opts.no_package_cache;
     f.progress = Some(download_progress());
     Ok(f)
 }

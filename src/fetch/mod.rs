@@ -170,6 +170,9 @@ pub struct Fetcher {
     pub pins: Option<Arc<DownloadPins>>,
     /// How failed transfers are retried and resumed.
     pub retry: RetryPolicy,
+    /// Whether `packages` steps use kib's shared package cache under `cache_dir/packages`
+    /// (see [`crate::pkg::PackageCache`]); `--no-package-cache` turns it off.
+    pub package_cache: bool,
     /// Told of every transfer's progress; by default one log line every 5 s per transfer.
     pub progress: Option<ProgressHook>,
     agent: ureq::Agent,
@@ -198,6 +201,7 @@ impl Fetcher {
             offline,
             pins: None,
             retry: RetryPolicy::default(),
+            package_cache: true,
             progress: Some(download::log_lines(std::time::Duration::from_secs(5))),
             agent: config.into(),
         }

@@ -169,8 +169,11 @@ pub fn run(image: &Image, manifest: &Manifest, ctx: &BuildContext, fetcher: &Fet
     let mut open = OpenSession::open(image, fetcher.mirrors.clone())?;
     let mut manager = manager;
     let steps = if steps_run {
-        let mut state = pkg::StepState { pins, ..Default::default() };
-        let ran = run_steps(&mut open.session, root, manifest, &image.facts, ctx, fetcher, manager.as_deref_mut(), &mut state, cache);
+        let package_cache = fetcher.package_cache.then(|| pkg::PackageCache { dir: fetcher.cache_dir.join("packages"), arch: image.facts.arch.clone() });
+        let mut state = pkg::StepState { pins, cache: package_cache, ..Default::default() };
+        let ran = run_steps(&mut open.session, root, manifest, &image.facts, ctx, fetcher, manager.as_deref_mut(), &mut state, cache)
+            // The image's own package folders again, for sysprep (and Phase 2's unmount).
+            .and_then(|steps| open.session.release_package_cache().map(|()| steps));
         match ran {
             Ok(steps) => steps,
             Err(e) => {
@@ -238,7 +241,7 @@ pub fn run_steps(
             crate::progress::Activity::step(format!("step {}/{total} {} ({kind}, `when` does not match)", i + 1, step.name)).skip();
             record.status = "skipped".into();
             records.push(record);
-            snapshot_after(session, &mut cache, i, &records, state.refreshed)?;
+            snapshot_after(session, &mut cache, i, &records, state)?;
             continue;
         }
         tracing::debug!("step {}/{total} `{}` ({kind})", i + 1, step.name);
@@ -268,19 +271,23 @@ pub fn run_steps(
         activity.finish();
         tracing::debug!("step {}/{total} `{}` done in {:.2}s", i + 1, step.name, record.duration_seconds);
         records.push(record);
-        snapshot_after(session, &mut cache, i, &records, state.refreshed)?;
+        snapshot_after(session, &mut cache, i, &records, state)?;
     }
     Ok(records)
 }
 
 /// Lets the build cache snapshot the image after step `index` when it wants to, with the session
-/// closed meanwhile.
-fn snapshot_after(session: &mut Session, cache: &mut Option<&mut dyn StepCache>, index: usize, records: &[StepRecord], refreshed: bool) -> Result<()> {
+/// closed meanwhile. Closing it releases the shared package cache's binds too (the snapshot
+/// holds the image's own package folders, never the cache's), so the next packages step binds
+/// it again.
+fn snapshot_after(session: &mut Session, cache: &mut Option<&mut dyn StepCache>, index: usize, records: &[StepRecord], state: &mut pkg::StepState) -> Result<()> {
     let Some(cache) = cache.as_deref_mut() else { return Ok(()) };
     let Some(last) = records.last() else { return Ok(()) };
     if !cache.wants_snapshot(index, last) {
         return Ok(());
     }
+    let refreshed = state.refreshed;
+    state.session_closed();
     session.closed_while(|| cache.snapshot(index, records, refreshed))
 }
 

@@ -52,6 +52,9 @@ pub struct Session {
     sys: Arc<dyn Sys>,
     /// The API mounts, undone in reverse on close.
     mounts: Stack,
+    /// kib's package cache bound over the package manager's folders (see
+    /// [`crate::pkg::PackageCache`]); released before sysprep and on close.
+    package_cache: Stack,
     env: Vec<(String, OsString)>,
     mirrors: MirrorMap,
     /// Repository files rewritten through the mirror map: path, original content, mode.
@@ -91,7 +94,7 @@ impl Session {
             }
         }
         let grub_cfg = root.read(Path::new(GRUB_CFG)).ok().flatten().filter(|c| has_menuentry(c));
-        let mut s = Session { root, sys: Arc::clone(sys), mounts: Stack::default(), env, mirrors, saved_sources: Vec::new(), resolv_saved: None, policy_saved: None, grub_cfg, open: true };
+        let mut s = Session { root, sys: Arc::clone(sys), mounts: Stack::default(), package_cache: Stack::default(), env, mirrors, saved_sources: Vec::new(), resolv_saved: None, policy_saved: None, grub_cfg, open: true };
         s.mounts = mount_api(sys, &s.root).context("mounting /dev, /sys and /run in the image")?;
         s.install_resolv_conf().context("putting the host's resolv.conf in place")?;
         if debian_family {
@@ -143,6 +146,38 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Bind-mounts host folders over image folders (made when missing), releasing earlier
+    /// binds of this kind first; see [`crate::pkg::Chroot::bind_package_cache`]. On error, what
+    /// this call bound is undone.
+    ///
+    /// Errors: an image folder cannot be made, or a bind fails.
+    pub fn bind_package_cache(&mut self, binds: &[(PathBuf, PathBuf)]) -> Result<()> {
+        self.release_package_cache()?;
+        for (host, guest) in binds {
+            let bound = self
+                .root
+                .mkdir_p(guest, 0o755)
+                .with_context(|| format!("preparing {} in the image for the package cache", guest.display()))
+                .and_then(|_| mounts::bind_in(&self.sys, &self.root, host, false, guest));
+            match bound {
+                Ok(m) => self.package_cache.push_mount(m),
+                Err(e) => {
+                    let _ = self.package_cache.close();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases the package cache binds, so that the image's own package folders show again
+    /// (for sysprep to empty them). Harmless when none are bound.
+    ///
+    /// Errors: an unmount fails (see [`crate::sys::Mounted::close`]).
+    pub fn release_package_cache(&mut self) -> Result<()> {
+        self.package_cache.close().context("releasing the package cache binds")
     }
 
     /// The image's root.
@@ -205,6 +240,8 @@ impl Session {
                 first_err.get_or_insert(e);
             }
         };
+        // First the package cache, bound over image folders (and after every step's command).
+        note(self.release_package_cache());
         // Debian's update-grub (run by kernel and grub package scripts) writes a grub.cfg
         // without boot entries when / is a file-backed loop device, as it is here. Put the
         // image's own grub.cfg back rather than leave an image that cannot boot.
@@ -303,6 +340,9 @@ impl crate::pkg::Chroot for Session {
     /// upstream sources.
     fn rewrite_sources(&mut self, files: &[PathBuf]) -> Result<()> {
         self.rewrite_through_mirrors(files)
+    }
+    fn bind_package_cache(&mut self, binds: &[(PathBuf, PathBuf)]) -> Result<()> {
+        Session::bind_package_cache(self, binds)
     }
 }
 

@@ -13,6 +13,8 @@ use crate::exec;
 use crate::progress::Activity;
 pub use crate::format::{Format, Qcow2Compression};
 
+use super::stream;
+
 /// The staging folder: artifacts are written there and moved into the output folder together by
 /// [`Staging::commit`] once all of them are complete; if the build fails first, dropping it
 /// removes them. It lies in the run's work directory when that is on the output folder's
@@ -67,15 +69,15 @@ impl Drop for Staging {
     }
 }
 
-/// The command that writes `format` to `dest` from the raw `disk` (any format but raw).
-fn command(format: Format, compression: Qcow2Compression, disk: &Path, dest: &Path) -> Command {
+/// The qemu-img command that writes `format` to `dest` from the raw `disk` (the formats qemu-img
+/// writes: raw, qcow2, vmdk, vhdx, vhd).
+fn qemu_command(format: Format, compression: Qcow2Compression, disk: &Path, dest: &Path) -> Command {
     let qemu = |args: &[&str]| {
         let mut c = Command::new("qemu-img");
         c.args(["convert", "-f", "raw"]).args(args).arg(disk).arg(dest);
         c
     };
     match format {
-        Format::Raw => qemu(&["-O", "raw"]),
         Format::Qcow2 => match compression {
             Qcow2Compression::None => qemu(&["-O", "qcow2"]),
             Qcow2Compression::Zlib => qemu(&["-O", "qcow2", "-c"]),
@@ -84,25 +86,35 @@ fn command(format: Format, compression: Qcow2Compression, disk: &Path, dest: &Pa
         Format::Vmdk | Format::Ova => qemu(&["-O", "vmdk", "-o", "subformat=streamOptimized"]),
         Format::Vhdx => qemu(&["-O", "vhdx", "-o", "subformat=dynamic"]),
         Format::Vhd => qemu(&["-O", "vpc", "-o", "subformat=fixed,force_size=on"]),
+        Format::Raw | Format::RawZst | Format::RawGz | Format::Gce => qemu(&["-O", "raw"]),
+    }
+}
+
+/// The compressor that turns the raw disk on its standard input into `format` (raw.zst,
+/// raw.gz) on its standard output.
+fn compressor(format: Format) -> Command {
+    match format {
         Format::RawZst => {
             let mut c = Command::new("zstd");
-            c.args(["-q", "-T0", "-o"]).arg(dest).arg(disk);
+            c.args(["-q", "-T0", "-c"]);
             c
         }
-        Format::RawGz => {
-            let mut c = Command::new("sh");
-            c.args(["-c", "gzip -c -- \"$1\" > \"$2\"", "sh"]).arg(disk).arg(dest);
-            c
-        }
-        Format::Gce => {
-            // GCE wants the disk named disk.raw, which the working copy is.
-            let mut c = Command::new("tar");
-            c.args(["--format=gnu", "--sparse", "-czf"]).arg(dest).arg("-C").arg(disk.parent().unwrap_or(Path::new("."))).arg(
-                disk.file_name().unwrap_or_default(),
-            );
+        _ => {
+            let mut c = Command::new(stream::gzip_program());
+            c.arg("-c");
             c
         }
     }
+}
+
+/// The pipeline that writes the gce tarball of `disk` (named disk.raw, as GCE wants) to its
+/// standard output: GNU tar with the disk's holes recorded as holes, into gzip.
+fn gce_pipeline(disk: &Path) -> Vec<Command> {
+    let mut tar = Command::new("tar");
+    tar.args(["--format=gnu", "--sparse", "-cf", "-", "-C"]).arg(disk.parent().unwrap_or(Path::new("."))).arg(disk.file_name().unwrap_or_default());
+    let mut gzip = Command::new(stream::gzip_program());
+    gzip.arg("-c");
+    vec![tar, gzip]
 }
 
 /// Whether a file renames from `from` into `to`: creates an empty probe file in `from`, renames it
@@ -139,25 +151,6 @@ pub struct Plan {
     pub ovf: Option<super::ova::OvfInfo>,
 }
 
-/// One unit of conversion work.
-#[derive(Debug, Clone, Copy)]
-enum Task {
-    One(Format),
-    /// The streamOptimized VMDK, then the OVA around it; `keep_vmdk` when vmdk was asked for too,
-    /// so it is converted once.
-    VmdkOva { keep_vmdk: bool },
-}
-
-/// Writes `<name>.<format>` for each format into `dir` (a [`Staging`] folder) from the raw
-/// `disk`, `plan.jobs` at a time, the slowest first (see DESIGN §6: streamOptimized VMDK and zlib
-/// qcow2 take tens of seconds, raw and uncompressed qcow2 about one). The OVA reuses the VMDK.
-/// Raw output comes last and is the working copy itself, renamed, when it lies on the same
-/// filesystem (so `disk` may be gone afterwards). Returns each artifact with its SHA-256, in the
-/// order of `formats`.
-///
-/// Errors: a vhd of a disk whose size is not a whole MiB, an ova without `plan.ovf`, or a failing
-/// conversion (its output is shown); the first error is returned after every running conversion
-/// ended.
 /// Whether `f` writes about as many bytes as the disk holds (so that a bar can show a total).
 fn uncompressed(f: Format, compression: Qcow2Compression) -> bool {
     match f {
@@ -167,6 +160,39 @@ fn uncompressed(f: Format, compression: Qcow2Compression) -> bool {
     }
 }
 
+/// One unit of conversion work.
+#[derive(Debug, Clone)]
+enum Task {
+    /// qemu-img writes the file, hashed right after by the same worker (qemu-img seeks in its
+    /// output, so it cannot write to a pipe).
+    Qemu(Format),
+    /// The streamOptimized VMDK, then the OVA around it; `keep_vmdk` when vmdk was asked for too,
+    /// so it is converted once.
+    VmdkOva { keep_vmdk: bool },
+    /// One read of the raw disk feeds the compressors of these formats (raw.zst, raw.gz), each
+    /// output hashed as it is written, and with `hash_raw` hashes the raw output-to-be too.
+    Compress { formats: Vec<Format>, hash_raw: bool },
+    /// gce: tar into gzip, hashed as it is written.
+    Gce,
+    /// The raw output's SHA-256 alone (no compressor reads the disk).
+    HashRaw,
+}
+
+/// What a task wrote.
+type Written = (Format, stream::Hashed);
+
+/// Writes `<name>.<format>` for each format into `dir` (a [`Staging`] folder) from the raw
+/// `disk`, `plan.jobs` at a time, the slowest first (see DESIGN §6: streamOptimized VMDK and zlib
+/// qcow2 take tens of seconds, raw and uncompressed qcow2 about one). Every artifact is hashed
+/// while it is written (streamed formats) or by the worker that wrote it, right after (qemu-img's
+/// formats), and the raw disk is read once for raw, raw.zst and raw.gz together. gzip is pigz
+/// when the host has it. The OVA reuses the VMDK. Raw output comes last and is the working copy
+/// itself, renamed, when it lies on the same filesystem (so `disk` may be gone afterwards).
+/// Returns each artifact with its SHA-256, in the order of `formats`.
+///
+/// Errors: a vhd of a disk whose size is not a whole MiB, an ova without `plan.ovf`, or a failing
+/// conversion (its output is shown); the first error is returned after every running conversion
+/// ended.
 pub fn convert_all(disk: &Path, dir: &Path, name: &str, formats: &[Format], plan: &Plan) -> Result<Vec<Artifact>> {
     let disk_meta = std::fs::metadata(disk).with_context(|| format!("reading {}", disk.display()))?;
     if formats.contains(&Format::Vhd) {
@@ -185,34 +211,78 @@ pub fn convert_all(disk: &Path, dir: &Path, name: &str, formats: &[Format], plan
     if formats.contains(&Format::Ova) {
         tasks.push(Task::VmdkOva { keep_vmdk: formats.contains(&Format::Vmdk) });
     }
-    let slowness = |f: &Format| match f {
-        Format::Vmdk => 0,
-        Format::Qcow2 if plan.compression == Qcow2Compression::Zlib => 1,
-        Format::RawGz | Format::Gce => 2,
-        Format::Vhdx | Format::Vhd => 4,
+    let compressed: Vec<Format> = formats.iter().copied().filter(|f| matches!(f, Format::RawZst | Format::RawGz)).collect();
+    let slowness = |t: &Task| match t {
+        Task::VmdkOva { .. } | Task::Qemu(Format::Vmdk) => 0,
+        Task::Qemu(Format::Qcow2) if plan.compression == Qcow2Compression::Zlib => 1,
+        Task::Compress { .. } | Task::Gce => 2,
+        Task::Qemu(Format::Vhdx | Format::Vhd) => 4,
+        Task::HashRaw => 5,
         _ => 3,
     };
-    let mut singles: Vec<Format> = formats.iter().copied().filter(|f| !(matches!(f, Format::Raw | Format::Ova) || *f == Format::Vmdk && formats.contains(&Format::Ova))).collect();
-    singles.sort_by_key(slowness);
-    tasks.extend(singles.into_iter().map(Task::One));
+    for f in formats {
+        match f {
+            Format::Raw | Format::Ova | Format::RawZst | Format::RawGz => {}
+            Format::Vmdk if formats.contains(&Format::Ova) => {}
+            Format::Gce => tasks.push(Task::Gce),
+            f => tasks.push(Task::Qemu(*f)),
+        }
+    }
+    let hash_raw = formats.contains(&Format::Raw);
+    if !compressed.is_empty() {
+        tasks.push(Task::Compress { formats: compressed, hash_raw });
+    } else if hash_raw {
+        tasks.push(Task::HashRaw);
+    }
+    tasks.sort_by_key(slowness);
 
     use std::os::unix::fs::MetadataExt;
     let populated = disk_meta.blocks() * 512;
-    let run_task = |task: Task| -> Result<Vec<(Format, PathBuf)>> {
+    let hash_file = |f: Format, p: PathBuf| -> Result<Written> {
+        let size = std::fs::metadata(&p).with_context(|| format!("reading {}", p.display()))?.len();
+        let task = Activity::task(format!("sha256 of {}", p.file_name().unwrap_or_default().to_string_lossy()), Some(size));
+        let file = std::fs::File::open(&p).with_context(|| format!("hashing {}", p.display()))?;
+        let sha256 = crate::hash::sha256_reader(&mut task.reader(file)).with_context(|| format!("hashing {}", p.display()))?;
+        task.finish();
+        Ok((f, stream::Hashed { path: p, sha256, size }))
+    };
+    let run_task = |task: Task| -> Result<Vec<Written>> {
         let t = std::time::Instant::now();
         match task {
-            Task::One(f) => {
+            Task::Qemu(f) => {
                 let dest = dir.join(f.file_name(name));
                 let task = Activity::task(format!("converting to {}", f.name()), uncompressed(f, plan.compression).then_some(populated));
-                task.watch_growth(&dest).during(|| exec::run(&mut command(f, plan.compression, disk, &dest), &format!("writing the {} image", f.name()), None))?;
+                task.watch_growth(&dest).during(|| exec::run(&mut qemu_command(f, plan.compression, disk, &dest), &format!("writing the {} image", f.name()), None))?;
                 task.finish();
                 tracing::debug!("converted to {} in {:.1}s", f.name(), t.elapsed().as_secs_f64());
-                Ok(vec![(f, dest)])
+                Ok(vec![hash_file(f, dest)?])
             }
+            Task::Gce => {
+                let dest = dir.join(Format::Gce.file_name(name));
+                let task = Activity::task("converting to gce (tar.gz)", None);
+                let hashed = task.watch_growth(&dest).during(|| stream::pipeline_to_file(&mut gce_pipeline(disk), &dest, "writing the gce tarball"))?;
+                task.finish();
+                tracing::debug!("converted to gce in {:.1}s with {}", t.elapsed().as_secs_f64(), stream::gzip_program());
+                Ok(vec![(Format::Gce, hashed)])
+            }
+            Task::Compress { formats, hash_raw } => {
+                let label = formats.iter().map(|f| f.name()).collect::<Vec<_>>().join(" and ");
+                let task = Activity::task(format!("compressing to {label}"), Some(disk_meta.len()));
+                let outs: Vec<(Command, PathBuf, String)> = formats.iter().map(|f| (compressor(*f), dir.join(f.file_name(name)), format!("writing the {} image", f.name()))).collect();
+                let (hashed, raw_sum) = stream::fan_out(disk, outs, hash_raw, &|n| task.inc(n))?;
+                task.finish();
+                tracing::debug!("compressed to {label} in {:.1}s", t.elapsed().as_secs_f64());
+                let mut out: Vec<Written> = formats.into_iter().zip(hashed).collect();
+                if let Some(sha256) = raw_sum {
+                    out.push((Format::Raw, stream::Hashed { path: disk.to_path_buf(), sha256, size: disk_meta.len() }));
+                }
+                Ok(out)
+            }
+            Task::HashRaw => Ok(vec![hash_file(Format::Raw, disk.to_path_buf())?]),
             Task::VmdkOva { keep_vmdk } => {
                 let vmdk = if keep_vmdk { dir.join(Format::Vmdk.file_name(name)) } else { dir.join(format!(".{name}-ova-disk.vmdk")) };
                 let task = Activity::task("converting to vmdk (streamOptimized)", None);
-                task.watch_growth(&vmdk).during(|| exec::run(&mut command(Format::Vmdk, plan.compression, disk, &vmdk), "writing the streamOptimized vmdk for the ova", None))?;
+                task.watch_growth(&vmdk).during(|| exec::run(&mut qemu_command(Format::Vmdk, plan.compression, disk, &vmdk), "writing the streamOptimized vmdk for the ova", None))?;
                 task.finish();
                 tracing::debug!("converted to vmdk in {:.1}s", t.elapsed().as_secs_f64());
                 let t = std::time::Instant::now();
@@ -221,12 +291,13 @@ pub fn convert_all(disk: &Path, dir: &Path, name: &str, formats: &[Format], plan
                 info.name = name.to_string();
                 let size = std::fs::metadata(&vmdk).map_or(0, |m| m.len());
                 let task = Activity::task("packing the ova", Some(size));
-                task.watch_growth(&ova).during(|| super::ova::write(&ova, &info, &vmdk, disk_meta.len(), populated)).context("writing the ova")?;
+                let (vmdk_sum, hashed) = task.watch_growth(&ova).during(|| super::ova::write(&ova, &info, &vmdk, disk_meta.len(), populated)).context("writing the ova")?;
                 task.finish();
                 tracing::debug!("packed the ova in {:.1}s", t.elapsed().as_secs_f64());
-                let mut out = vec![(Format::Ova, ova)];
+                let mut out = vec![(Format::Ova, hashed)];
                 if keep_vmdk {
-                    out.push((Format::Vmdk, vmdk));
+                    let size = std::fs::metadata(&vmdk).with_context(|| format!("reading {}", vmdk.display()))?.len();
+                    out.push((Format::Vmdk, stream::Hashed { path: vmdk, sha256: vmdk_sum, size }));
                 } else {
                     std::fs::remove_file(&vmdk).with_context(|| format!("removing {}", vmdk.display()))?;
                 }
@@ -251,42 +322,22 @@ pub fn convert_all(disk: &Path, dir: &Path, name: &str, formats: &[Format], plan
             });
         }
     });
-    let mut written: Vec<(Format, PathBuf)> = Vec::new();
+    let mut written: Vec<Written> = Vec::new();
     for r in results.into_inner().expect("results lock") {
         written.extend(r?);
     }
-    if formats.contains(&Format::Raw) {
+    if let Some((_, raw)) = written.iter_mut().find(|w| w.0 == Format::Raw) {
         let dest = dir.join(format!("{name}.raw"));
         let t = std::time::Instant::now();
         move_raw(disk, &dest)?;
         tracing::info!("raw image ready in {:.1}s", t.elapsed().as_secs_f64());
-        written.push((Format::Raw, dest));
+        raw.path = dest;
     }
-    // Hash every artifact in parallel, in the requested order.
     written.sort_by_key(|(f, _)| formats.iter().position(|x| x == f));
-    std::thread::scope(|s| {
-        let jobs: Vec<_> = written
-            .iter()
-            .map(|(f, p)| {
-                s.spawn(move || -> Result<Artifact> {
-                    Ok(Artifact {
-                        file: p.file_name().expect("artifact has a name").to_string_lossy().into_owned(),
-                        format: f.name().to_string(),
-                        sha256: {
-                            let size = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?.len();
-                            let task = Activity::task(format!("sha256 of {}", p.file_name().unwrap_or_default().to_string_lossy()), Some(size));
-                            let file = std::fs::File::open(p).with_context(|| format!("hashing {}", p.display()))?;
-                            let sum = crate::hash::sha256_reader(&mut task.reader(file)).with_context(|| format!("hashing {}", p.display()))?;
-                            task.finish();
-                            sum
-                        },
-                        size: std::fs::metadata(p)?.len(),
-                    })
-                })
-            })
-            .collect();
-        jobs.into_iter().map(|j| j.join().expect("hash thread panicked")).collect()
-    })
+    Ok(written
+        .into_iter()
+        .map(|(f, h)| Artifact { file: h.path.file_name().expect("artifact has a name").to_string_lossy().into_owned(), format: f.name().to_string(), sha256: h.sha256, size: h.size })
+        .collect())
 }
 
 #[cfg(test)]
@@ -321,11 +372,28 @@ mod tests {
         let wc = d.path().join("disk.raw");
         std::fs::write(&wc, &data).unwrap();
         let staging = Staging::create(&out, None).unwrap();
-        let all = [Format::Vhd, Format::Vhdx, Format::RawZst, Format::RawGz, Format::Gce];
+        let all = [Format::Vhd, Format::Vhdx, Format::RawZst, Format::RawGz, Format::Gce, Format::Raw];
         let arts = convert_all(&wc, staging.dir(), "n", &all, &plan(Qcow2Compression::None, 1)).unwrap();
         let names: Vec<String> = arts.iter().map(|a| a.file.clone()).collect();
-        assert_eq!(names, ["n.vhd", "n.vhdx", "n.raw.zst", "n.raw.gz", "n.tar.gz"]);
+        assert_eq!(names, ["n.vhd", "n.vhdx", "n.raw.zst", "n.raw.gz", "n.tar.gz", "n.raw"]);
         let sdir = staging.dir().to_path_buf();
+        // Hashed while written (and the raw in the compressors' pass): the sums are the files'.
+        for a in &arts {
+            let p = sdir.join(&a.file);
+            assert_eq!((a.sha256.as_str(), a.size), (crate::hash::sha256_file(&p).unwrap().as_str(), std::fs::metadata(&p).unwrap().len()), "{}", a.file);
+        }
+        assert_eq!(std::fs::read(sdir.join("n.raw")).unwrap(), data);
+        // Standard gzip, whether pigz or gzip wrote it: gzip -t, and Python's gzip and tarfile.
+        for f in ["n.raw.gz", "n.tar.gz"] {
+            assert!(Command::new("gzip").arg("-t").arg(sdir.join(f)).status().unwrap().success(), "gzip -t {f}");
+        }
+        let py = "import gzip, hashlib, sys, tarfile\n\
+                  print(hashlib.sha256(gzip.open(sys.argv[1]).read()).hexdigest())\n\
+                  t = tarfile.open(sys.argv[2], 'r:gz')\n\
+                  print(' '.join(m.name for m in t.getmembers()), hashlib.sha256(t.extractfile('disk.raw').read()).hexdigest())\n";
+        let read = Command::new("python3").args(["-c", py]).arg(sdir.join("n.raw.gz")).arg(sdir.join("n.tar.gz")).output().unwrap();
+        let sum = crate::hash::sha256_bytes(&data);
+        assert_eq!(String::from_utf8_lossy(&read.stdout), format!("{sum}\ndisk.raw {sum}\n"), "{}", String::from_utf8_lossy(&read.stderr));
         let vhd: serde_json::Value = serde_json::from_slice(&Command::new("qemu-img").args(["info", "-f", "vpc", "--output=json"]).arg(sdir.join("n.vhd")).output().unwrap().stdout).unwrap();
         // A fixed VHD is the raw disk plus a 512-byte footer; its virtual size is 1 MiB-aligned.
         assert_eq!(vhd["virtual-size"].as_u64().unwrap(), data.len() as u64);

@@ -6,6 +6,7 @@
 pub mod convert;
 pub mod ova;
 pub mod sbom;
+pub mod stream;
 pub mod sysprep;
 
 use std::path::Path;

@@ -267,8 +267,11 @@ pub fn manifest<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> St
 /// the manifest and the disk (as `<name>-disk1.vmdk`), in ustar format. `capacity` and
 /// `populated` are the disk's virtual and allocated sizes, in bytes.
 ///
+/// Returns the SHA-256 of the VMDK and what was written (the OVA's SHA-256 and size, hashed as it
+/// was written).
+///
 /// Errors: reading the VMDK or writing `dest` (a full output filesystem).
-pub fn write(dest: &Path, info: &OvfInfo, vmdk: &Path, capacity: u64, populated: u64) -> Result<()> {
+pub fn write(dest: &Path, info: &OvfInfo, vmdk: &Path, capacity: u64, populated: u64) -> Result<(String, super::stream::Hashed)> {
     let disk_name = format!("{}-disk1.vmdk", info.name);
     let file_size = std::fs::metadata(vmdk).with_context(|| format!("reading {}", vmdk.display()))?.len();
     let vmdk_sum = crate::hash::sha256_file(vmdk).with_context(|| format!("hashing {}", vmdk.display()))?;
@@ -277,7 +280,7 @@ pub fn write(dest: &Path, info: &OvfInfo, vmdk: &Path, capacity: u64, populated:
     let ovf_sum = crate::hash::sha256_bytes(ovf.as_bytes());
     let mf = manifest([(ovf_name.as_str(), ovf_sum.as_str()), (disk_name.as_str(), vmdk_sum.as_str())]);
     let out = std::fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
-    let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, out));
+    let mut tar = tar::Builder::new(super::stream::HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, out)));
     let mtime = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let header = |size: u64| {
         let mut h = tar::Header::new_ustar();
@@ -292,9 +295,10 @@ pub fn write(dest: &Path, info: &OvfInfo, vmdk: &Path, capacity: u64, populated:
     tar.append_data(&mut header(mf.len() as u64), &mf_name, mf.as_bytes())?;
     let disk = std::fs::File::open(vmdk).with_context(|| format!("opening {}", vmdk.display()))?;
     tar.append_data(&mut header(file_size), &disk_name, disk).with_context(|| format!("writing {} into {}", disk_name, dest.display()))?;
-    let mut w = tar.into_inner().with_context(|| format!("writing {}", dest.display()))?;
+    let w = tar.into_inner().with_context(|| format!("writing {}", dest.display()))?;
+    let (mut w, sha256, size) = w.finish();
     w.flush().with_context(|| format!("writing {}", dest.display()))?;
-    Ok(())
+    Ok((vmdk_sum, super::stream::Hashed { path: dest.to_path_buf(), sha256, size }))
 }
 
 #[cfg(test)]
@@ -403,7 +407,9 @@ mod tests {
         let mut i = info();
         i.name = "node".into();
         let ova = d.path().join("node.ova");
-        write(&ova, &i, &vmdk, 1 << 20, 4096).unwrap();
+        let (vmdk_sum, hashed) = write(&ova, &i, &vmdk, 1 << 20, 4096).unwrap();
+        assert_eq!(vmdk_sum, crate::hash::sha256_file(&vmdk).unwrap());
+        assert_eq!((hashed.sha256, hashed.size), (crate::hash::sha256_file(&ova).unwrap(), std::fs::metadata(&ova).unwrap().len()), "hashed as written");
         let mut a = tar::Archive::new(std::fs::File::open(&ova).unwrap());
         let mut files = Vec::new();
         for e in a.entries().unwrap() {

@@ -11,7 +11,23 @@ use crate::guest::GuestRoot;
 /// The apt preferences file that pins the locked versions while a `packages` step runs.
 pub const LOCK_PREFERENCES: &str = "/etc/apt/preferences.d/zz-kib-lock.pref";
 
-const DPKG_OPTS: &[&str] = &["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold", "-o", "Dpkg::Use-Pty=0"];
+/// Options of every apt-get run that changes packages. `--force-unsafe-io`: dpkg skips its fsync
+/// of every unpacked file, as mmdebstrap and mkosi do; the image is synced once, when Phase 2
+/// unmounts it, and a build that dies half-way is thrown away anyway. Downloaded packages are
+/// kept (whatever the image's apt.conf says), since with kib's package cache they outlive the
+/// build.
+const DPKG_OPTS: &[&str] = &[
+    "-o",
+    "Dpkg::Options::=--force-confdef",
+    "-o",
+    "Dpkg::Options::=--force-confold",
+    "-o",
+    "Dpkg::Options::=--force-unsafe-io",
+    "-o",
+    "Dpkg::Use-Pty=0",
+    "-o",
+    "APT::Keep-Downloaded-Packages=true",
+];
 
 /// apt. Needs from the image: apt-get, apt-mark, dpkg, dpkg-query.
 #[derive(Debug, Default, Clone, Copy)]
@@ -98,6 +114,22 @@ impl PackageManager for Apt {
         }
     }
 
+    /// `/var/cache/apt` (downloaded packages in `archives/`, and the binary caches apt builds
+    /// from the lists) and `/var/lib/apt/lists` (the repositories' indexes).
+    fn cache_dirs(&self) -> &'static [(&'static str, &'static str)] {
+        &[("cache", "/var/cache/apt"), ("lists", "/var/lib/apt/lists")]
+    }
+
+    fn cache_key_files(&self, root: &GuestRoot) -> Result<Vec<PathBuf>> {
+        let mut files = vec![PathBuf::from("/etc/apt/trusted.gpg")];
+        for dir in ["/etc/apt/trusted.gpg.d", "/etc/apt/keyrings"] {
+            let mut names = root.read_dir(Path::new(dir))?;
+            names.sort();
+            files.extend(names.into_iter().map(|n| Path::new(dir).join(n)));
+        }
+        Ok(files)
+    }
+
     fn lock_files(&self, pins: &PackagePins) -> Vec<(PathBuf, String)> {
         let mut s = format!("# kib --lock {}: removed after the build\n", pins.source.display());
         for (name, p) in &pins.packages {
@@ -144,6 +176,44 @@ mod tests {
         apply_step(&mut Apt, &mut c, &step, &mut state, None).unwrap();
         assert_eq!(c.log().last().unwrap(), &format!("apt-get -q -y install {o} curl"));
         assert_eq!(c.log().len(), 6);
+    }
+
+    #[test]
+    fn the_package_cache_is_bound_by_sources_and_rebound_when_they_change() {
+        let mut c = FakeChroot::new();
+        let (uid, gid) = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
+        c.root.write(Path::new("/etc/apt/sources.list"), b"deb http://deb.debian.org/debian bookworm main\n", 0o644, uid, gid).unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache = crate::pkg::PackageCache { dir: cache_dir.path().join("packages"), arch: "amd64".into() };
+        let mut state = StepState { cache: Some(cache), ..Default::default() };
+        let step = Packages { install: vec!["jq".into()], ..Default::default() };
+        apply_step(&mut Apt, &mut c, &step, &mut state, None).unwrap();
+        assert_eq!(c.cache_binds.len(), 1);
+        let key = state.bound_key.clone().unwrap();
+        let base = cache_dir.path().join("packages/apt").join(&key);
+        assert_eq!(c.cache_binds[0], [(base.join("cache"), PathBuf::from("/var/cache/apt")), (base.join("lists"), PathBuf::from("/var/lib/apt/lists"))]);
+        assert!(base.join("cache").is_dir() && base.join("lists").is_dir());
+        // Same sources: no new bind, no second refresh.
+        apply_step(&mut Apt, &mut c, &step, &mut state, None).unwrap();
+        assert_eq!(c.cache_binds.len(), 1);
+        assert_eq!(c.log().iter().filter(|l| l.ends_with("update")).count(), 1);
+        // A new repository (or a new key) is another cache, bound in its place, and refreshed.
+        c.root.write(Path::new("/etc/apt/sources.list.d/k8s.list"), b"deb https://pkgs.k8s.io/core:/stable:/v1.30/deb/ /\n", 0o644, uid, gid).unwrap();
+        apply_step(&mut Apt, &mut c, &step, &mut state, None).unwrap();
+        assert_eq!(c.cache_binds.len(), 2);
+        assert_ne!(state.bound_key.as_deref(), Some(key.as_str()));
+        assert_eq!(c.log().iter().filter(|l| l.ends_with("update")).count(), 2);
+        let k2 = state.bound_key.clone().unwrap();
+        c.root.mkdir_p(Path::new("/etc/apt/keyrings"), 0o755).unwrap();
+        c.root.write(Path::new("/etc/apt/keyrings/k8s.asc"), b"key", 0o644, uid, gid).unwrap();
+        apply_step(&mut Apt, &mut c, &step, &mut state, None).unwrap();
+        assert_ne!(state.bound_key.as_deref(), Some(k2.as_str()));
+        // dpkg skips its per-file fsync; downloads are kept for the next build.
+        assert!(c.log()[1].contains("Dpkg::Options::=--force-unsafe-io") && c.log()[1].contains("APT::Keep-Downloaded-Packages=true"), "{:?}", c.log());
+        // Without the cache, nothing is bound.
+        let mut c = FakeChroot::new();
+        apply_step(&mut Apt, &mut c, &step, &mut StepState::default(), None).unwrap();
+        assert!(c.cache_binds.is_empty());
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //!   repository (or `main`) whose `exclude=` names a package the step installs, which is how
 //!   upstream image-builder installs kubelet, kubeadm and kubectl from pkgs.k8s.io's repository
 //!   whose `exclude=` holds them afterwards.
+//! - I/O: nothing like dpkg's `--force-unsafe-io` is passed, because rpm already does not fsync
+//!   the files it unpacks: `%_flush_io` is off unless a host defines it (rpm 4.14+; 4.18's
+//!   /usr/lib/rpm/macros). kib's shared package cache is apt's only (dnf keeps no packages by
+//!   default, `keepcache=0`).
 //! - hold: `dnf versionlock add` when the image has the versionlock plugin, otherwise the names
 //!   are added to `exclude=` in `[main]` of dnf.conf (yum.conf for yum). The log says which.
 //! - refresh: `dnf -y --refresh makecache`.

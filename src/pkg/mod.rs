@@ -158,6 +158,10 @@ pub trait Chroot {
     /// now; the session puts every original back when it closes. Files already rewritten are
     /// left alone, so calling it before every step is cheap.
     fn rewrite_sources(&mut self, files: &[PathBuf]) -> Result<()>;
+    /// Bind-mounts each `(host folder, image folder)` of kib's shared package cache over the
+    /// image folder (made when missing), after releasing the binds of an earlier call. They stay
+    /// until the session releases them (at the end of Phase 1, before sysprep) or closes.
+    fn bind_package_cache(&mut self, binds: &[(PathBuf, PathBuf)]) -> Result<()>;
 }
 
 /// The pins of a `--lock` build: every package the locked BOM recorded, by name.
@@ -228,6 +232,20 @@ pub trait PackageManager: Send {
     fn lock_files(&self, _pins: &PackagePins) -> Vec<(PathBuf, String)> {
         Vec::new()
     }
+    /// The image folders holding the tool's downloaded packages and repository metadata, which
+    /// kib's shared package cache replaces while steps run (see [`PackageCache`]): a name for
+    /// the cache's subfolder, and the image path. Default: none (the tool keeps its own caches
+    /// in the image, and sysprep empties them).
+    fn cache_dirs(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+    /// The image files whose content keys the shared package cache, beside
+    /// [`PackageManager::repository_files`]: the repositories' signing keys (apt: trusted.gpg,
+    /// trusted.gpg.d, /etc/apt/keyrings), so that metadata checked against one set of keys is
+    /// never reused by an image trusting another. Default: none.
+    fn cache_key_files(&self, _root: &GuestRoot) -> Result<Vec<PathBuf>> {
+        Ok(Vec::new())
+    }
 }
 
 /// The backend for `kind`, using the image's tool `tool` (`apt-get`, `dnf`, `microdnf`, ...).
@@ -265,6 +283,136 @@ pub struct StepState {
     pub refreshed: bool,
     /// `--lock`: the versions to install.
     pub pins: Option<std::sync::Arc<PackagePins>>,
+    /// kib's shared package cache; `None`: the tools use the image's own caches.
+    pub cache: Option<PackageCache>,
+    /// The key of the package cache bound into the image now.
+    pub bound_key: Option<String>,
+    /// The key of the package cache whose binds went with the chroot session when it was closed
+    /// for a build-cache snapshot: binding the same one again needs no refresh.
+    pub released_key: Option<String>,
+}
+
+impl StepState {
+    /// The chroot session was closed (for a build-cache snapshot), and the package cache's binds
+    /// with it: the next packages step binds it again.
+    pub fn session_closed(&mut self) {
+        if let Some(k) = self.bound_key.take() {
+            self.released_key = Some(k);
+        }
+    }
+}
+
+/// kib's package cache, shared by builds: the package manager's downloaded packages and
+/// repository metadata (apt: `/var/cache/apt`, archives included, and `/var/lib/apt/lists`)
+/// live in `<dir>/<manager>/<key>/<name>` on the host and are bind-mounted over the image's
+/// folders while the steps run, so that a build that needs nothing new downloads nothing (apt
+/// still asks the repositories whether their indexes changed; an unchanged one answers 304).
+/// The key is the SHA-256 (first 16 hex digits) of the manager, the architecture, and the
+/// image's repository definitions (after the mirror map) and signing keys, so images with
+/// other sources or keys never share metadata. The image's own caches stay as they were, and
+/// sysprep empties them as before. A packages step holds an exclusive `flock` on
+/// `<key>/.lock`, so concurrent builds sharing a key take turns.
+#[derive(Debug, Clone)]
+pub struct PackageCache {
+    /// `<cache dir>/packages`.
+    pub dir: PathBuf,
+    /// The image's architecture (`amd64`, `arm64`).
+    pub arch: String,
+}
+
+impl PackageCache {
+    /// The key for `kind` over the image files `files` (absent ones are skipped): see
+    /// [`PackageCache`].
+    ///
+    /// Errors: a file cannot be read.
+    pub fn key(&self, kind: ManagerKind, root: &GuestRoot, files: &[PathBuf]) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(format!("kib package cache 1\0{kind}\0{}\0", self.arch));
+        for f in files {
+            let content = match root.read(f) {
+                Ok(c) => c,
+                // A folder among the keys (keyrings/sub/): not a key file.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::ISDIR.raw_os_error()) => None,
+                Err(e) => bail!("reading {} in the image: {e}", f.display()),
+            };
+            if let Some(content) = content {
+                h.update(f.as_os_str().as_encoded_bytes());
+                h.update([0]);
+                h.update((content.len() as u64).to_le_bytes());
+                h.update(&content);
+            }
+        }
+        Ok(hex::encode(h.finalize())[..16].to_string())
+    }
+}
+
+/// An exclusive `flock` on a package cache entry, held while a packages step runs.
+#[derive(Debug)]
+pub struct CacheLock {
+    _file: std::fs::File,
+}
+
+impl CacheLock {
+    /// Locks `<dir>/.lock`, waiting (and saying so) while another build holds it. Gives up when
+    /// kib is interrupted.
+    ///
+    /// Errors: the lock file cannot be opened, flock fails otherwise than busy, or an interrupt.
+    pub fn acquire(dir: &Path) -> Result<CacheLock> {
+        use anyhow::Context;
+        use rustix::fs::{flock, FlockOperation};
+        let path = dir.join(".lock");
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let mut told = false;
+        loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(CacheLock { _file: file }),
+                Err(rustix::io::Errno::WOULDBLOCK | rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e).with_context(|| format!("locking {}", path.display())),
+            }
+            if let Some(sig) = crate::exec::interrupted() {
+                bail!("interrupted by signal {sig} while waiting for the package cache {}", dir.display());
+            }
+            if !told {
+                tracing::info!("waiting for another build using the package cache {}", dir.display());
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Binds the shared package cache for `mgr` into the image when `state` has one and the
+/// manager supports it (again when the repositories changed since the last bind, which then
+/// makes the step refresh the metadata), and locks it for the step. `None`: no cache.
+///
+/// Errors: a repository file cannot be read, a cache folder cannot be made, the bind fails.
+fn use_package_cache(mgr: &dyn PackageManager, c: &mut dyn Chroot, files: &[PathBuf], state: &mut StepState) -> Result<Option<CacheLock>> {
+    use anyhow::Context;
+    let dirs = mgr.cache_dirs();
+    let Some(cache) = state.cache.as_ref().filter(|_| !dirs.is_empty()) else { return Ok(None) };
+    let mut keyed = files.to_vec();
+    keyed.extend(mgr.cache_key_files(c.root())?);
+    let key = cache.key(mgr.kind(), c.root(), &keyed)?;
+    let base = cache.dir.join(mgr.kind().to_string()).join(&key);
+    if state.bound_key.as_deref() != Some(key.as_str()) {
+        let mut binds = Vec::new();
+        for (name, guest) in dirs {
+            let host = base.join(name);
+            std::fs::create_dir_all(&host).with_context(|| format!("creating the package cache folder {}", host.display()))?;
+            binds.push((host, PathBuf::from(guest)));
+        }
+        c.bind_package_cache(&binds)?;
+        tracing::info!("package cache {} bound over {}", base.display(), dirs.iter().map(|(_, g)| *g).collect::<Vec<_>>().join(" and "));
+        // This cache's metadata may be older than the sources (or absent): refresh it, unless it
+        // is the one bound before the session was closed for a snapshot.
+        if state.released_key.as_deref() != Some(key.as_str()) {
+            state.refreshed = false;
+        }
+        state.released_key = None;
+        state.bound_key = Some(key);
+    }
+    Ok(Some(CacheLock::acquire(&base)?))
 }
 
 /// Applies one `packages` step with `mgr`: refresh, install, remove, purge, hold, in that order,
@@ -279,6 +427,7 @@ pub fn apply_step(mgr: &mut dyn PackageManager, c: &mut dyn Chroot, step: &crate
     use anyhow::Context;
     let files = mgr.repository_files(c.root())?;
     c.rewrite_sources(&files)?;
+    let _cache_lock = use_package_cache(mgr, c, &files, state)?;
     let Some(pins) = state.pins.clone() else {
         return run_verbs(mgr, c, step, state, None, timeout);
     };
@@ -347,6 +496,8 @@ pub(crate) mod fake {
         /// Every command run, its argv joined with spaces.
         pub commands: std::cell::RefCell<Vec<String>>,
         pub rewritten: Vec<PathBuf>,
+        /// Every package cache bind: (host, image) pairs, one entry per call.
+        pub cache_binds: Vec<Vec<(PathBuf, PathBuf)>>,
         /// Commands whose joined argv contains this fail with exit code 100.
         pub fail_on: Option<String>,
         _dir: tempfile::TempDir,
@@ -355,7 +506,7 @@ pub(crate) mod fake {
     impl FakeChroot {
         pub fn new() -> FakeChroot {
             let dir = tempfile::tempdir().unwrap();
-            FakeChroot { root: GuestRoot::open(dir.path()).unwrap(), commands: Default::default(), rewritten: Vec::new(), fail_on: None, _dir: dir }
+            FakeChroot { root: GuestRoot::open(dir.path()).unwrap(), commands: Default::default(), rewritten: Vec::new(), cache_binds: Vec::new(), fail_on: None, _dir: dir }
         }
 
         pub fn log(&self) -> Vec<String> {
@@ -379,6 +530,10 @@ pub(crate) mod fake {
         }
         fn rewrite_sources(&mut self, files: &[PathBuf]) -> Result<()> {
             self.rewritten.extend(files.iter().cloned());
+            Ok(())
+        }
+        fn bind_package_cache(&mut self, binds: &[(PathBuf, PathBuf)]) -> Result<()> {
+            self.cache_binds.push(binds.to_vec());
             Ok(())
         }
     }
