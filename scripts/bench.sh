@@ -18,11 +18,16 @@
 #              Then kib's peak RSS (/usr/bin/time -v) and kib at 2, 8 and 32 GiB disks holding the same data
 #              (--disk-size). Prints medians, ratios to the baseline, kib's overhead (kib − baseline) and phase shares
 #              (scripts/lib/bench-report.py) into target/bench/compare.txt. KIB_BENCH_RUNS (default 3) runs each.
+#              The same session times the build cache (its manifest is generated into target/bench/incr/: the node
+#              manifest's steps between a first and a last step whose file sources change before each run): an
+#              unchanged rebuild, a rebuild whose last step changed, and one whose first step changed (every step runs
+#              again; the package cache is warm).
+#   incremental  only those three build-cache figures (absolute times, no baseline)
 #   memory     not timed: kib's peak RSS (/usr/bin/time -v) for a build whose download step fetches a 1 GiB
 #              archive (a tar of incompressible data, served from 127.0.0.1) and both unpacks it and writes it whole
 #              into the image (the images step copies its archives with the same streaming write); also for the
 #              overhead build. The limit is 100 MiB; it fails above. Results in target/bench/memory.txt
-# Usage: scripts/bench.sh [compare|overhead|node|formats|formats-serial|conversions|memory]... (default: overhead node), as root
+# Usage: scripts/bench.sh [compare|incremental|overhead|node|formats|formats-serial|conversions|memory]... (default: overhead node), as root
 # Each conversion's own time is in the `end` events of `kib customize --output json`.
 # Results go to target/bench/<name>.json (hyperfine's export) and are printed.
 set -euo pipefail
@@ -39,14 +44,40 @@ image=$(bash scripts/make-base-image.sh | tail -n 1)
 mkdir -p target/bench
 out=$(mktemp -d /var/tmp/kib-bench.XXXXXX)
 trap 'rm -rf "$out"' EXIT
-kib="$KIB -q customize --disk-image $image --output-dir $out"
+# --no-cache: each timed run does the whole work; the build cache's own figures are `incremental`'s.
+kib="$KIB -q customize --no-cache --disk-image $image --output-dir $out"
 # Warm the input checksum cache and the page cache once, as an image factory's steady state is.
 $kib --manifest testdata/bench/overhead.yaml >/dev/null
+
+# The build cache's figures: the node manifest's steps (the same includes and steps as
+# manifests/k8s-node-debian.yaml) between a first and a last step whose file sources change
+# before each run of "first/last step changed". One priming build fills the build cache and the
+# package cache; then incr_cmds holds hyperfine's --prepare/-n/command for the three rebuilds:
+# unchanged, last step changed, first step changed (every step runs again, package cache warm).
+incr_setup() {
+  local d=target/bench/incr
+  mkdir -p "$d" "$out/incr"
+  printf '%s\n' 'apiVersion: kib/v1' 'kind: Phase' 'metadata: {description: "bench: a first step whose source changes"}' \
+    'steps:' '  - name: bench first step' '    file: {path: /etc/kib-bench-first, source: first.txt, mode: "0644"}' >"$d/bench-first.yaml"
+  printf '%s\n' 'apiVersion: kib/v1' 'kind: ImageManifest' 'metadata: {name: bench-incremental}' \
+    'variables: {pause_image: "registry.k8s.io/pause:3.9"}' \
+    'include: [bench-first.yaml, phases/node/kernel.yaml, phases/node/no-auto-updates.yaml, phases/node/base-packages-debian.yaml, phases/runtime/containerd-debian.yaml]' \
+    'steps:' '  - name: kubelet defaults' '    file: {path: /etc/default/kubelet, content: "KUBELET_EXTRA_ARGS=\n"}' \
+    '  - name: bench last step' '    file: {path: /etc/kib-bench-last, source: last.txt, mode: "0644"}' \
+    'output: {formats: [qcow2]}' >"$d/incremental.yaml"
+  echo first >"$d/first.txt"
+  echo last >"$d/last.txt"
+  local ki="$KIB -q customize --disk-image $image --manifest $d/incremental.yaml --format qcow2 --output-dir $out/incr"
+  $ki >/dev/null
+  incr_cmds=(--prepare true -n "kib, unchanged rebuild (build cache)" "$ki"
+             --prepare "date +%s%N > $d/last.txt" -n "kib, last step changed (build cache)" "$ki"
+             --prepare "date +%s%N > $d/first.txt" -n "kib, first step changed (package cache warm)" "$ki")
+}
 for b in "${@:-overhead node}"; do
   for name in $b; do
     warmup=0
     if [ "$name" = conversions ]; then
-      $KIB customize --output json --disk-image "$image" --output-dir "$out" --manifest manifests/k8s-node-debian.yaml \
+      $KIB customize --no-cache --output json --disk-image "$image" --output-dir "$out" --manifest manifests/k8s-node-debian.yaml \
         --format qcow2,ova,vhd,gce,raw.zst --qcow2-compression zstd --convert-jobs 1 \
         | grep -E '"event":"(end|result)"' | grep -E '"kind":"(phase|task)"|"event":"result"' \
         | grep -vE '"label":"(sha256 of|hashing|working copy)' \
@@ -57,13 +88,14 @@ for b in "${@:-overhead node}"; do
     if [ "$name" = compare ]; then
       runs=${KIB_BENCH_RUNS:-3}
       node=manifests/k8s-node-debian.yaml
-      k="$KIB -q customize --disk-image $image --manifest $node --format qcow2"
+      # --no-cache: every run does the whole work (the build cache's rebuilds are timed apart, below).
+      k="$KIB -q customize --no-cache --disk-image $image --manifest $node --format qcow2"
       mkdir -p "$out/kib" "$out/sizes"
       # An image factory's steady state: kib's package cache and input checksum cache are warm.
       $k --output-dir "$out/kib" >/dev/null
-      cmds=(-n kib "$k --output-dir $out/kib"
-            -n "kib --no-package-cache" "$k --no-package-cache --output-dir $out/kib"
-            -n baseline "testdata/bench/baseline-node.sh $image $out/baseline.qcow2")
+      cmds=(--prepare true -n kib "$k --output-dir $out/kib"
+            --prepare true -n "kib --no-package-cache" "$k --no-package-cache --output-dir $out/kib"
+            --prepare true -n baseline "testdata/bench/baseline-node.sh $image $out/baseline.qcow2")
       vc_why=
       if [ "${KIB_BENCH_VIRT_CUSTOMIZE:-1}" = 0 ]; then
         vc_why="KIB_BENCH_VIRT_CUSTOMIZE=0"
@@ -81,10 +113,12 @@ for b in "${@:-overhead node}"; do
         vc_why="it fails on this host (target/bench/virt-customize.log: $(tail -n 1 target/bench/virt-customize.log))"
       fi
       if [ -z "$vc_why" ]; then
-        cmds+=(-n virt-customize "testdata/bench/virt-customize-node.sh $image $out/vc.qcow2")
+        cmds+=(--prepare true -n virt-customize "testdata/bench/virt-customize-node.sh $image $out/vc.qcow2")
       else
         echo "compare: virt-customize is left out: $vc_why" | tee target/bench/virt-customize.txt
       fi
+      incr_setup
+      cmds+=("${incr_cmds[@]}")
       hyperfine --runs "$runs" --export-json target/bench/compare.json "${cmds[@]}"
       # kib's own peak RSS (VmHWM), and /usr/bin/time's, which is the largest of kib and its children.
       /usr/bin/time -v -o target/bench/compare-time.txt scripts/lib/peak-rss.sh $k --output-dir "$out/kib" \
@@ -96,6 +130,11 @@ for b in "${@:-overhead node}"; do
       python3 scripts/lib/bench-report.py target/bench/compare.json target/bench/disk-sizes.json \
         target/bench/compare-bom.json target/bench/compare-time.txt | tee target/bench/compare.txt
       [ -z "$vc_why" ] || echo "virt-customize: left out: $vc_why" | tee -a target/bench/compare.txt
+      continue
+    fi
+    if [ "$name" = incremental ]; then
+      incr_setup
+      hyperfine --runs "${KIB_BENCH_RUNS:-3}" --export-json target/bench/incremental.json "${incr_cmds[@]}"
       continue
     fi
     if [ "$name" = memory ]; then
@@ -116,7 +155,7 @@ for b in "${@:-overhead node}"; do
       sleep 1
       : > target/bench/memory.txt
       for m in testdata/bench/overhead.yaml "$srv/memory.yaml"; do
-        /usr/bin/time -v -o "$srv/time.txt" $KIB -q customize --disk-image "$image" --output-dir "$out" \
+        /usr/bin/time -v -o "$srv/time.txt" $KIB -q customize --no-cache --disk-image "$image" --output-dir "$out" \
           --manifest "$m" --disk-size 5GiB --cache-dir "$srv/cache" >/dev/null
         kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$srv/time.txt")
         wall=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$srv/time.txt")
@@ -132,7 +171,7 @@ for b in "${@:-overhead node}"; do
       formats) cmd="$kib --manifest testdata/bench/overhead.yaml --format qcow2,ova,vhd,gce,raw.zst"; runs=3 ;;
       node-arm64)
         arm64=$(bash testdata/arm64/make-image.sh | tail -n 1)
-        cmd="$KIB -q customize --disk-image $arm64 --output-dir $out --manifest manifests/k8s-node-debian.yaml --format qcow2"; runs=3; warmup=1 ;;
+        cmd="$KIB -q customize --no-cache --disk-image $arm64 --output-dir $out --manifest manifests/k8s-node-debian.yaml --format qcow2"; runs=3; warmup=1 ;;
       formats-serial) cmd="$kib --manifest testdata/bench/overhead.yaml --format qcow2,ova,vhd,gce,raw.zst --convert-jobs 1"; runs=3 ;;
       *) echo "unknown benchmark $name" >&2; exit 2 ;;
     esac
