@@ -104,12 +104,13 @@ impl Case {
 
     /// `podman run --rm --name … FLAGS` with the base image's folder read-only at /base, the
     /// repository's testdata/bench at /m, /var/cache/kib and the output folder at /out, then
-    /// `sh -c PRELUDE; exec kib customize … overhead.yaml …`.
+    /// `sh -c PRELUDE; exec kib customize --no-cache … overhead.yaml …` (no build cache: each run
+    /// must attach and mount, and make the same bytes as the host build).
     fn run(&self, flags: &[&str], prelude: &str, manifest: &str) -> Output {
         let base = base_image();
         let started = Instant::now();
         let script = format!(
-            "{prelude}\nexec kib customize --disk-image /base/{} --manifest {manifest} -o /out --work-dir {}",
+            "{prelude}\nexec kib customize --no-cache --disk-image /base/{} --manifest {manifest} -o /out --work-dir {}",
             base.file_name().unwrap().to_string_lossy(),
             self.work_in_container
         );
