@@ -31,7 +31,7 @@ test_build=$!
 jobs_to_kill+=("$test_build")
 # The arm64 fixture spends its time on one emulated CPU (qemu-user), so it is built beside the
 # other fixtures, which mostly wait on Debian's archive or on mkfs; its log is shown if it fails.
-setsid bash testdata/arm64/make-image.sh >target/arm64-fixture.out 2>target/arm64-fixture.log &
+setsid -w bash testdata/arm64/make-image.sh >target/arm64-fixture.out 2>target/arm64-fixture.log &
 arm64_fixture=$!
 jobs_to_kill+=("$arm64_fixture")
 KIB_BASE_IMAGE=$(bash scripts/make-base-image.sh | tail -n 1)

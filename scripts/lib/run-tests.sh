@@ -27,7 +27,7 @@ mkdir -p "$logs" "$(dirname "$times")"
 touch "$times"
 
 # name<TAB>executable<TAB>source, for every test binary of the build.
-list=$(cargo test "$@" --no-run --message-format=json 2>/dev/null | python3 -c '
+list=$(cargo test "$@" --no-run --message-format=json 2>target/test-list.log | python3 -c '
 import json, sys, os
 for line in sys.stdin:
     try:
@@ -39,8 +39,8 @@ for line in sys.stdin:
     t = m["target"]
     name = t["name"] if "test" in t["kind"] else "unit-" + t["name"]
     print("%s\t%s\t%s" % (name, m["executable"], os.path.relpath(t["src_path"])))
-')
-[ -n "$list" ] || { echo "run-tests.sh: cargo listed no test binaries" >&2; exit 1; }
+') || list=""
+[ -n "$list" ] || { tail -n 40 target/test-list.log >&2; echo "run-tests.sh: cargo listed no test binaries (its log: target/test-list.log)" >&2; exit 1; }
 
 # Longest first, by the recorded times, else the figures shipped beside this script, else first
 # of all (a new binary).
