@@ -9,7 +9,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -206,14 +206,13 @@ impl GuestRoot {
         self.write_from(guest, &mut r, mode, uid, gid).map(|_| ())
     }
 
-    /// [`GuestRoot::write`] with the content streamed from `r` in 1 MiB pieces (never held whole
+    /// [`GuestRoot::write`] with the content streamed from `r` in 4 MiB pieces (never held whole
     /// in memory: image archives and downloads may be GiBs). Returns the bytes written and
     /// their SHA-256 (lowercase hex).
     ///
     /// Errors: `r` fails, the path leaves the root or cannot be created, or the disk is full
     /// (ENOSPC, as an `io::Error`); the temporary file is removed on error.
     pub fn write_from(&self, guest: &Path, r: &mut dyn io::Read, mode: u32, uid: u32, gid: u32) -> io::Result<(u64, String)> {
-        use sha2::Digest;
         let (parent, name) = self.parent(guest, true)?;
         let mut tmp_name = OsString::from(".kib-tmp-");
         tmp_name.push(&name);
@@ -226,24 +225,11 @@ impl GuestRoot {
         )?;
         let result = (|| -> io::Result<(u64, String)> {
             let mut f = File::from(fd);
-            let mut hash = sha2::Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut size = 0u64;
-            loop {
-                let n = match r.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                f.write_all(&buf[..n])?;
-                hash.update(&buf[..n]);
-                size += n as u64;
-            }
+            let (size, sha256) = crate::hash::copy_hashed(r, &mut f, &mut || Ok(()))?;
             rfs::fchown(f.as_fd(), Some(rfs::Uid::from_raw(uid)), Some(rfs::Gid::from_raw(gid)))?;
             rfs::fchmod(f.as_fd(), Mode::from_raw_mode(mode))?;
             rfs::renameat(&parent, &tmp_name, &parent, &name)?;
-            Ok((size, hex::encode(hash.finalize())))
+            Ok((size, sha256))
         })();
         if result.is_err() {
             let _ = rfs::unlinkat(&parent, &tmp_name, AtFlags::empty());

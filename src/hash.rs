@@ -1,6 +1,6 @@
 //! SHA-256 of files, streamed.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -26,6 +26,30 @@ pub fn sha256_reader(r: &mut impl Read) -> io::Result<String> {
         h.update(&buf[..n]);
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// Copies everything `r` yields into `w`, hashing it on the way, in [`CHUNK`]-sized pieces (never
+/// held whole in memory). After each piece `after_chunk` may stop the copy with an error (kib's
+/// interruption check). Returns the bytes copied and their lowercase hex SHA-256.
+///
+/// Errors: reading or writing fails, or `after_chunk` says stop.
+pub fn copy_hashed(r: &mut dyn Read, w: &mut dyn Write, after_chunk: &mut dyn FnMut() -> io::Result<()>) -> io::Result<(u64, String)> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut size = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        w.write_all(&buf[..n])?;
+        size += n as u64;
+        after_chunk()?;
+    }
+    Ok((size, hex::encode(h.finalize())))
 }
 
 /// The lowercase hex SHA-256 of a byte string.

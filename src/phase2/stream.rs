@@ -13,9 +13,6 @@ use sha2::{Digest, Sha256};
 
 use crate::exec::ExecError;
 
-/// Buffer size of the copies: 1 MiB.
-const BUF: usize = 1 << 20;
-
 /// What a streamed conversion wrote: the file, its SHA-256 (lowercase hex) and size in bytes.
 #[derive(Debug, Clone)]
 pub struct Hashed {
@@ -50,25 +47,12 @@ fn is_executable(p: &Path) -> bool {
 /// Errors: reading, creating or writing fails.
 pub fn write_hashed(mut r: impl Read, dest: &Path) -> io::Result<Hashed> {
     let mut f = std::fs::File::create(dest)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; BUF];
-    let mut size = 0u64;
-    loop {
-        let n = match r.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        h.update(&buf[..n]);
-        f.write_all(&buf[..n])?;
-        size += n as u64;
-        if let Some(signal) = crate::exec::interrupted() {
-            return Err(io::Error::other(ExecError::Interrupted { what: format!("writing {}", dest.display()), signal }));
-        }
-    }
+    let (size, sha256) = crate::hash::copy_hashed(&mut r, &mut f, &mut || match crate::exec::interrupted() {
+        Some(signal) => Err(io::Error::other(ExecError::Interrupted { what: format!("writing {}", dest.display()), signal })),
+        None => Ok(()),
+    })?;
     f.flush()?;
-    Ok(Hashed { path: dest.to_path_buf(), sha256: hex::encode(h.finalize()), size })
+    Ok(Hashed { path: dest.to_path_buf(), sha256, size })
 }
 
 /// A writer that hashes what passes through it into `inner` and counts it.
