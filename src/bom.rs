@@ -6,7 +6,7 @@
 //! Shape (version 1, unchanged since the first kib): `bom_version`, `kib_version`,
 //! `build_started`, `phases`, `based_on`, `phase_seconds`, `input`, `manifest`, `os_release`,
 //! `architecture`, `emulation`, `kernels`, `partition_table`, `filesystems`, `disk_growth`,
-//! `locked_from`, `packages`, `steps`, `sysprep`, `artifacts`, `build_cache`. Fields added after the first
+//! `locked_from`, `packages`, `steps`, `sysprep`, `artifacts`, `build_cache`, `backend`. Fields added after the first
 //! version have defaults, so older BOMs still read.
 
 use std::path::{Path, PathBuf};
@@ -87,6 +87,10 @@ pub struct Bom {
     /// the snapshots it wrote. Absent with `--no-cache` (and in BOMs older than the cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_cache: Option<BuildCacheRecord>,
+    /// How the image's filesystems were reached (loop devices or libguestfs), why, and what that
+    /// changes. Absent in BOMs older than the guestfs backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<crate::backend::BackendRecord>,
 }
 
 /// The build cache's part in a build (see [`crate::buildcache`]).

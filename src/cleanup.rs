@@ -52,8 +52,14 @@ fn loops_backed_under(dir: &Path) -> Vec<(String, PathBuf)> {
 /// mounted there). Also removes the binfmt_misc handlers a killed foreign-architecture build
 /// registered (`kib-qemu-<cpu>-<pid>` whose pid is no running kib); the host's own handlers are
 /// never touched. Must run in kib's private mount namespace (binfmt_misc may get mounted).
-pub fn run(work_base: &Path) -> Result<Report> {
-    let mut report = Report { binfmt_handlers: crate::phase1::binfmt::remove_stale(live_kib).context("removing stale binfmt_misc handlers")?, ..Default::default() };
+///
+/// Without `root` (a normal user after guestfs-backend runs): no binfmt_misc handlers, and a loop
+/// device backed by a work directory is an error (root must detach it).
+pub fn run(work_base: &Path, root: bool) -> Result<Report> {
+    let mut report = Report::default();
+    if root {
+        report.binfmt_handlers = crate::phase1::binfmt::remove_stale(live_kib).context("removing stale binfmt_misc handlers")?;
+    }
     let entries = match std::fs::read_dir(work_base) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
@@ -70,6 +76,9 @@ pub fn run(work_base: &Path) -> Result<Report> {
             continue;
         }
         for (dev, backing) in loops_backed_under(&dir) {
+            if !root {
+                anyhow::bail!("{dev} is backed by {}: run kib cleanup as root to detach it", backing.display());
+            }
             // In a container the node may be missing from /dev (see ensure_loop_node).
             let node = match dev.strip_prefix("/dev/loop").and_then(|n| n.parse().ok()) {
                 Some(n) => crate::sys::loopnode::ensure_loop_node(n)?,

@@ -426,6 +426,9 @@ pub struct BuildArgs {
     /// Where the per-run work directory is created.
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,
+    /// How kib reaches the image's filesystems: loop, guestfs or auto, as for `kib customize`.
+    #[arg(long, value_enum, default_value_t = crate::backend::BackendArg::Auto)]
+    pub backend: crate::backend::BackendArg,
     #[command(flatten)]
     pub fetch: FetchOptions,
     #[command(flatten)]
@@ -505,6 +508,12 @@ pub struct CustomizeArgs {
     pub phases: Vec<u8>,
     #[command(flatten)]
     pub cache: BuildCacheOptions,
+    /// How kib reaches the image's filesystems: loop (loop devices and mounts; needs root),
+    /// guestfs (libguestfs's appliance reads the tree out and writes the changes back; no root:
+    /// see the README's "Without root"), or auto: loop when kib is root and /dev/loop-control
+    /// works, guestfs otherwise. The BOM records the choice and why.
+    #[arg(long, value_enum, default_value_t = crate::backend::BackendArg::Auto)]
+    pub backend: crate::backend::BackendArg,
     /// Set by `kib build`: the os-release `ID` and `VERSION_ID` pattern the OS catalogue
     /// promises; an image that says otherwise is refused after Phase 0.
     #[arg(skip)]
@@ -575,6 +584,10 @@ pub struct CheckArgs {
     /// Where the work directory is created (for non-raw images, and --boot's overlay and seed).
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,
+    /// How kib reaches the image's filesystems: loop, guestfs or auto, as for `kib customize`
+    /// (guestfs reads the tree out through libguestfs's appliance, without root).
+    #[arg(long, value_enum, default_value_t = crate::backend::BackendArg::Auto)]
+    pub backend: crate::backend::BackendArg,
     /// Also boot the image under QEMU, from a throwaway overlay with a NoCloud seed, and check
     /// the running node: containerd active, kubelet enabled but not running, the manifest's
     /// modules loaded and sysctls live, swap off, no failed units, the images ctr lists, a fresh
@@ -623,6 +636,10 @@ pub struct InspectArgs {
     /// Where the work directory is created (only used for non-raw images).
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,
+    /// How kib reaches the image's filesystems: loop, guestfs or auto, as for `kib customize`
+    /// (guestfs reads the tree out through libguestfs's appliance, without root).
+    #[arg(long, value_enum, default_value_t = crate::backend::BackendArg::Auto)]
+    pub backend: crate::backend::BackendArg,
 }
 
 #[cfg(test)]

@@ -52,12 +52,29 @@ impl Config {
     /// Errors: a mirror specification without `=` or with an empty side.
     pub fn fetcher(&self, extra_mirrors: &[String], cache_dir: Option<&Path>, offline: bool) -> Result<crate::fetch::Fetcher> {
         let mirrors = crate::fetch::MirrorMap::parse(&self.mirror_specs(extra_mirrors))?;
-        let cache_dir = cache_dir.map(Path::to_path_buf).or_else(|| self.cache_dir.clone()).unwrap_or_else(|| "/var/cache/kib".into());
+        let cache_dir = cache_dir.map(Path::to_path_buf).or_else(|| self.cache_dir.clone()).unwrap_or_else(default_cache_dir);
         Ok(crate::fetch::Fetcher::new(mirrors, &cache_dir, offline || self.offline))
     }
 
     /// Mirror specifications (`FROM=TO`), the file's first, then `extra`.
     pub fn mirror_specs(&self, extra: &[String]) -> Vec<String> {
         self.mirrors.iter().map(|(f, t)| format!("{f}={t}")).chain(extra.iter().cloned()).collect()
+    }
+}
+
+/// The cache folder when neither `--cache-dir` nor the configuration names one: `/var/cache/kib`
+/// for root (the real root: uid 0 outside any user namespace), else `$XDG_CACHE_HOME/kib` or
+/// `~/.cache/kib` (a normal user, also inside the guestfs backend's user namespace, where kib is
+/// uid 0 but /var/cache/kib is not its own).
+pub fn default_cache_dir() -> std::path::PathBuf {
+    let real_root = rustix::process::geteuid().is_root()
+        && std::fs::read_to_string("/proc/self/uid_map").map_or(true, |m| m.split_whitespace().take(2).eq(["0", "0"]));
+    if real_root {
+        return "/var/cache/kib".into();
+    }
+    match (std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()), std::env::var_os("HOME").filter(|v| !v.is_empty())) {
+        (Some(x), _) => std::path::PathBuf::from(x).join("kib"),
+        (None, Some(h)) => std::path::PathBuf::from(h).join(".cache/kib"),
+        (None, None) => "/var/tmp/kib-cache".into(),
     }
 }

@@ -9,6 +9,7 @@
 //! [`fetch`], [`guest`], [`exec`], the build cache [`buildcache`], and the records [`bom`] and
 //! [`lock`].
 
+pub mod backend;
 pub mod bases;
 pub mod bolt;
 pub mod boot;
@@ -24,6 +25,7 @@ pub mod exec;
 pub mod fetch;
 pub mod format;
 pub mod guest;
+pub mod guestfs;
 pub mod hash;
 pub mod input;
 pub mod inspect;

@@ -94,6 +94,11 @@ pub fn mount_in(sys: &Arc<dyn Sys>, root: &GuestRoot, guest: &Path, source: &str
 ///
 /// Errors: either path cannot be opened, or the mount fails.
 pub fn bind_in(sys: &Arc<dyn Sys>, root: &GuestRoot, source: &Path, source_in_image: bool, guest: &Path) -> Result<Mounted> {
+    bind_in_with(sys, root, source, source_in_image, guest, MountFlags::BIND)
+}
+
+/// [`bind_in`] with `flags` (`BIND`, or `BIND | REC` for a recursive bind).
+pub fn bind_in_with(sys: &Arc<dyn Sys>, root: &GuestRoot, source: &Path, source_in_image: bool, guest: &Path, flags: MountFlags) -> Result<Mounted> {
     let target = if source_in_image {
         // An fstab bind entry's mount point, like any other, is made when missing.
         root.mkdir_p(guest, 0o755).with_context(|| format!("preparing bind target {} in the image", guest.display()))?
@@ -110,7 +115,7 @@ pub fn bind_in(sys: &Arc<dyn Sys>, root: &GuestRoot, source: &Path, source_in_im
     };
     let at = root.path().join(guest.strip_prefix("/").unwrap_or(guest));
     let shown = source_in_image.then(|| root.path().join(source.strip_prefix("/").unwrap_or(source)));
-    let spec = MountSpec { source: &source_str, source_at: shown.as_deref(), target: &GuestRoot::fd_path(&target), at: &at, fstype: "", flags: MountFlags::BIND, data: None };
+    let spec = MountSpec { source: &source_str, source_at: shown.as_deref(), target: &GuestRoot::fd_path(&target), at: &at, fstype: "", flags, data: None };
     Mounted::mount(sys, &spec)
         .with_context(|| format!("bind-mounting {} on {} in the image", source.display(), guest.display()))
 }

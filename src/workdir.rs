@@ -18,6 +18,13 @@ pub struct WorkDir {
     path: Option<PathBuf>,
 }
 
+/// This process's pid as the host sees it: in the guestfs backend's PID namespace kib is pid 1
+/// there, while /proc (the host's, not remounted) names it by its host pid, which `kib cleanup`
+/// looks for.
+pub fn host_pid() -> u32 {
+    std::fs::read_link("/proc/self").ok().and_then(|p| p.to_str().and_then(|s| s.parse().ok())).unwrap_or_else(std::process::id)
+}
+
 impl WorkDir {
     /// Creates a new work directory under `base` (created if missing).
     pub fn create(base: &Path) -> Result<Self> {
@@ -27,7 +34,7 @@ impl WorkDir {
             .tempdir_in(base)
             .with_context(|| format!("creating a work directory in {}", base.display()))?
             .keep();
-        std::fs::write(path.join(OWNER_FILE), std::process::id().to_string())?;
+        std::fs::write(path.join(OWNER_FILE), host_pid().to_string())?;
         Ok(WorkDir { path: Some(path) })
     }
 

@@ -65,7 +65,10 @@ pub fn fetch_base(fetcher: &Fetcher, src: &bases::Source) -> Result<PathBuf> {
 
 /// Runs `kib build`.
 pub fn run(args: &BuildArgs) -> Result<ExitCode> {
-    super::mounting_as_root("build")?;
+    let backend = match super::mounting("build", args.backend)? {
+        super::Entered::Ran(code) => return Ok(code),
+        super::Entered::Here(choice) => choice,
+    };
     let provider = match (&args.provider, args.hypervisor) {
         (Some(p), _) => p.clone(),
         (None, Some(h)) => h.provider().to_string(),
@@ -118,6 +121,7 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode> {
         phases: vec![0, 1, 2],
         cache: args.cache.clone(),
         expect_os: Some((base.os_release.id.clone(), base.os_release.version_id.clone())),
+        backend: args.backend,
     };
-    super::customize::run_in_namespace(&customize)
+    super::customize::run_in_namespace(&customize, &backend)
 }

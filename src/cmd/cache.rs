@@ -16,7 +16,7 @@ fn cache_dir(o: &CacheDirOptions) -> Result<PathBuf> {
     if let Some(d) = &o.cache_dir {
         return Ok(d.clone());
     }
-    Ok(Config::load(o.config.as_deref())?.cache_dir.unwrap_or_else(|| "/var/cache/kib".into()))
+    Ok(Config::load(o.config.as_deref())?.cache_dir.unwrap_or_else(crate::config::default_cache_dir))
 }
 
 /// `3h`, `2d`: a duration in seconds, coarsely.

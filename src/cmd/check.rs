@@ -12,7 +12,10 @@ use crate::phase0::{self, Image};
 use crate::{manifest, out};
 
 pub fn run(args: &CheckArgs, output: OutputFormat) -> Result<ExitCode> {
-    super::mounting_as_root("check")?;
+    let backend = match super::mounting("check", args.backend)? {
+        super::Entered::Ran(code) => return Ok(code),
+        super::Entered::Here(choice) => choice.backend,
+    };
     let manifest = args.manifest.as_deref().map(|m| manifest::load_with(m, &args.set, args.provider.as_deref())).transpose()?;
     let bom_path = args.bom.clone().unwrap_or_else(|| args.disk_image.with_file_name("bom.json"));
     let bom = match Bom::read(&bom_path) {
@@ -29,7 +32,7 @@ pub fn run(args: &CheckArgs, output: OutputFormat) -> Result<ExitCode> {
         Some(b) => BuildContext::now().with_build_date(&b.build_started),
         None => BuildContext::now(),
     };
-    let image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: false, work_base: args.work_dir.clone(), cache_dir: None, read_only: true, grow_to: None, start_from: None })?;
+    let image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: false, work_base: args.work_dir.clone(), cache_dir: None, read_only: true, grow_to: None, start_from: None, backend, guestfs_cache: Some(crate::config::default_cache_dir().join("guestfs")) })?;
     let mut checks = crate::check::run(image.root(), &image.facts, &ctx, manifest.as_ref(), bom.as_ref())?;
     checks.extend(crate::check::selinux_labels(&image)?);
     let expect = crate::check::boot_expectations(manifest.as_ref(), &image.facts, &ctx, bom.as_ref());

@@ -2,21 +2,23 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::cli::{CleanupArgs, OutputFormat};
 use crate::{mounts, out};
 
 pub fn run(args: &CleanupArgs, output: OutputFormat) -> Result<ExitCode> {
-    if !rustix::process::geteuid().is_root() {
-        bail!("kib cleanup must run as root: it detaches loop devices");
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        // binfmt_misc may have to be mounted to find stale handlers: in kib's own namespace.
+        mounts::enter_private_namespace()?;
     }
-    // binfmt_misc may have to be mounted to find stale handlers: in kib's own namespace.
-    mounts::enter_private_namespace()?;
-    let mut r = crate::cleanup::run(&args.work_dir)?;
+    // A normal user cleans what its guestfs-backend runs left (work directories); loop devices
+    // and binfmt_misc handlers are root's, and a loop device found then is an error that says so.
+    let mut r = crate::cleanup::run(&args.work_dir, root)?;
     let cache_dir = match &args.cache_dir {
         Some(d) => d.clone(),
-        None => crate::config::Config::load(None)?.cache_dir.unwrap_or_else(|| "/var/cache/kib".into()),
+        None => crate::config::Config::load(None)?.cache_dir.unwrap_or_else(crate::config::default_cache_dir),
     };
     r.partial_snapshots = crate::buildcache::Store::new(&cache_dir).remove_partials()?;
     if output == OutputFormat::Json {

@@ -172,16 +172,25 @@ pub fn check_provider_fits(manifest: &Manifest, arch: &str, table: &crate::phase
 
 /// Runs `kib customize`.
 pub fn run(args: &CustomizeArgs) -> Result<ExitCode> {
-    super::mounting_as_root("customize")?;
-    run_in_namespace(args)
+    match super::mounting("customize", args.backend)? {
+        super::Entered::Ran(code) => Ok(code),
+        super::Entered::Here(choice) => run_in_namespace(args, &choice),
+    }
 }
 
-/// Runs the build, once [`super::mounting_as_root`] has been called (by `customize` or `build`).
-pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
+/// Runs the build, once [`super::mounting`] has been called (by `customize` or `build`), with the
+/// backend it chose.
+pub fn run_in_namespace(args: &CustomizeArgs, backend: &crate::backend::Choice) -> Result<ExitCode> {
     let ctx = BuildContext::now();
     let t0 = Instant::now();
+    let guestfs = backend.backend == crate::backend::Backend::Guestfs;
     let mut plan = Plan::new(args)?;
     let mut fetcher = super::fetcher(&args.fetch)?;
+    if guestfs && fetcher.package_cache {
+        // apt's _apt user would own the cache's files on the host through a subordinate uid.
+        tracing::info!("the guestfs backend does not use the package cache");
+        fetcher.package_cache = false;
+    }
     let lock = args.lock.as_deref().map(Lock::load).transpose()?;
     if let Some(lock) = &lock {
         tracing::info!("--lock {}: {} packages and {} downloads pinned", lock.path.display(), lock.packages.packages.len(), lock.downloads.sums.len());
@@ -196,7 +205,12 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
     crate::input::refuse_outputs_on_input(&input, &outputs)?;
     phase2::ensure_output_dir(&args.output_dir)?;
     tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
-    let mut cache = build_cache(args, &plan, &input, &fetcher.cache_dir, &ctx)?;
+    let mut cache = if guestfs {
+        tracing::info!("the guestfs backend does not use the build cache");
+        None
+    } else {
+        build_cache(args, &plan, &input, &fetcher.cache_dir, &ctx)?
+    };
     let phase2_key = phase2_description(&plan, &ctx);
     if let (Some(c), Some(k)) = (&mut cache, &phase2_key) {
         if let Some((dir, stored)) = c.reusable_outputs(k) {
@@ -217,6 +231,8 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
         // A snapshot is grown already.
         grow_to: if start_from.is_some() { None } else { plan.disk_size },
         start_from,
+        backend: backend.backend,
+        guestfs_cache: Some(fetcher.cache_dir.join("guestfs")),
     })?;
     if let Some(f) = &fetched {
         image.input.url = Some(f.fetched.url.clone());
@@ -317,6 +333,11 @@ pub fn run_in_namespace(args: &CustomizeArgs) -> Result<ExitCode> {
         sysprep: p2.sysprep,
         artifacts: p2.artifacts,
         build_cache: cache.as_ref().map(BuildCache::record),
+        backend: Some(crate::backend::BackendRecord {
+            name: backend.backend,
+            reason: backend.reason.clone(),
+            differences: if guestfs { crate::guestfs::DIFFERENCES.iter().map(|d| d.to_string()).collect() } else { Vec::new() },
+        }),
     };
     let files = phase2::write_records(&bom, &plan.name, phases.contains(Phase::Artifacts), staging.dir())?;
     let names: Vec<&str> = files.iter().map(String::as_str).collect();

@@ -14,7 +14,10 @@ pub fn run(args: &InspectArgs, output: OutputFormat) -> Result<ExitCode> {
     if args.sbom.is_some() && output == OutputFormat::Json {
         anyhow::bail!("--sbom prints an SBOM, which is JSON already; leave out --output json");
     }
-    super::mounting_as_root("inspect")?;
+    let backend = match super::mounting("inspect", args.backend)? {
+        super::Entered::Ran(code) => return Ok(code),
+        super::Entered::Here(choice) => choice.backend,
+    };
     if let Some(out) = &args.sbom_output {
         crate::input::refuse_outputs_on_input(&args.image, std::slice::from_ref(out))?;
     }
@@ -26,6 +29,8 @@ pub fn run(args: &InspectArgs, output: OutputFormat) -> Result<ExitCode> {
         read_only: true,
         grow_to: None,
         start_from: None,
+        backend,
+        guestfs_cache: Some(crate::config::default_cache_dir().join("guestfs")),
     })?;
     let report = inspect::report(&image)?;
     image.close()?;

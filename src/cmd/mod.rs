@@ -37,6 +37,46 @@ pub fn mounting_as_root(subcommand: &str) -> Result<()> {
     Ok(())
 }
 
+/// What [`mounting`] did: the backend to use here, or the whole command already ran in the guestfs
+/// backend's namespaces (its exit status).
+#[derive(Debug)]
+pub enum Entered {
+    Here(crate::backend::Choice),
+    Ran(std::process::ExitCode),
+}
+
+/// For the subcommands that open an image with `--backend`: resolves it (see
+/// [`crate::backend::choose`]); for loop, [`mounting_as_root`]; for guestfs, runs kib again in its
+/// namespaces ([`crate::guestfs::ns::reexec`]) unless this is that inner kib, which installs the
+/// signal handlers. Logs the choice and its reason.
+///
+/// Errors: loop without root; guestfs without its tools (one paragraph naming both backends).
+pub fn mounting(subcommand: &str, arg: crate::backend::BackendArg) -> Result<Entered> {
+    use crate::backend::{self, Backend, Choice};
+    if let Some(reason) = crate::guestfs::ns::inside() {
+        exec::install_signal_handlers()?;
+        tracing::info!("backend guestfs ({reason})");
+        return Ok(Entered::Here(Choice { backend: Backend::Guestfs, reason }));
+    }
+    let host = backend::Host::probe();
+    let choice = backend::choose(arg, &host);
+    match choice.backend {
+        Backend::Loop => {
+            mounting_as_root(subcommand)?;
+            tracing::info!("backend loop ({})", choice.reason);
+            Ok(Entered::Here(choice))
+        }
+        Backend::Guestfs => {
+            let loop_why = match (&host.loop_control, host.root) {
+                (_, false) => "not root".to_string(),
+                (Err(e), true) => format!("/dev/loop-control: {e}"),
+                (Ok(()), true) => "not chosen".to_string(),
+            };
+            Ok(Entered::Ran(crate::guestfs::ns::reexec(subcommand, &choice.reason, &loop_why)?))
+        }
+    }
+}
+
 /// The fetcher the options and the configuration file describe (see [`Config::fetcher`]).
 pub fn fetcher(opts: &FetchOptions) -> Result<Fetcher> {
     let mut f = Config::load(opts.config.as_deref())?.fetcher(&opts.mirror, opts.cache_dir.as_deref(), opts.offline)?;

@@ -61,6 +61,8 @@ pub fn run(args: &ShellArgs, output: crate::cli::OutputFormat) -> Result<ExitCod
         read_only: false,
         grow_to,
         start_from: None,
+        backend: crate::backend::Backend::Loop,
+        guestfs_cache: None,
     })?;
     let argv = if args.command.is_empty() { default_command(&image) } else { args.command.clone() };
     let what = format!("`{}` in the image", argv.join(" "));

@@ -36,8 +36,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
+use crate::backend::Backend;
 use crate::guest::GuestRoot;
-use crate::mounts;
+use crate::{guestfs, mounts};
 use crate::sys::{self, LoopDev, MountFlags, Mounted, Stack, Sys};
 use crate::workdir::WorkDir;
 use facts::Facts;
@@ -67,6 +68,12 @@ pub struct Options {
     /// the input's SHA-256 is known without reading it (see [`verify::InputCache`]); then the
     /// snapshot is cloned or copied as the working copy and `grow_to` must be `None`.
     pub start_from: Option<PathBuf>,
+    /// How the filesystems are reached: loop devices and mounts, or libguestfs's appliance
+    /// reading the tree out into a tmpfs ([`crate::guestfs`]).
+    pub backend: Backend,
+    /// kib's cache folder for libguestfs's supermin appliance (guestfs backend only; unused
+    /// with a fixed appliance).
+    pub guestfs_cache: Option<PathBuf>,
 }
 
 /// The input image as the BOM records it.
@@ -134,8 +141,18 @@ pub struct Image {
     sys: Arc<dyn Sys>,
     read_only: bool,
     grow_to: Option<u64>,
+    /// With the guestfs backend: the appliance, what it mounted, and the tree before the steps.
+    guestfs: Option<GuestfsTree>,
     // Declared last: dropped after the Drop impl has unmounted.
     work: WorkDir,
+}
+
+/// The guestfs backend's state of an opened image (see [`crate::guestfs`]).
+#[derive(Debug)]
+struct GuestfsTree {
+    app: guestfs::Appliance,
+    mounted: Vec<guestfs::Mounted>,
+    before: guestfs::TreeState,
 }
 
 impl Image {
@@ -194,6 +211,7 @@ impl Image {
             sys,
             read_only: opts.read_only,
             grow_to: if opts.read_only { None } else { opts.grow_to },
+            guestfs: None,
             work,
         };
         let cache = opts.cache_dir.as_deref().map(verify::InputCache::new);
@@ -234,9 +252,18 @@ impl Image {
             image.input.verified_against = Some(e.list.display().to_string());
         }
         tracing::debug!("working copy ready ({}, {} bytes) in {:.1?}", format.format, format.virtual_size, t.elapsed());
-        let activity = crate::progress::Activity::step("partition table, loop devices, mounts");
+        let activity = crate::progress::Activity::step(match opts.backend {
+            Backend::Loop => "partition table, loop devices, mounts",
+            Backend::Guestfs => "partition table, the tree through libguestfs",
+        });
         image.table = partition::read(&image.disk).with_context(|| format!("reading the partition table of {}", input.display()))?;
-        image.mount_tree().with_context(|| format!("mounting the filesystems of {}", input.display()))?;
+        match opts.backend {
+            Backend::Loop => image.mount_tree().with_context(|| format!("mounting the filesystems of {}", input.display()))?,
+            Backend::Guestfs => {
+                let cache = opts.guestfs_cache.clone().unwrap_or_else(|| image.work.path().join("guestfs-cache"));
+                image.extract_tree(&cache).with_context(|| format!("reading the filesystems of {} through libguestfs", input.display()))?
+            }
+        }
         activity.finish();
         if let Err(e) = image.facts.check_arch() {
             if opts.read_only {
@@ -277,6 +304,71 @@ impl Image {
         }
         let size = std::fs::metadata(&self.disk)?.len();
         Ok(vec![Partition { number: 0, start: 0, size, type_id: String::new(), part_uuid: String::new(), name: String::new() }])
+    }
+
+    /// The guestfs backend's Phase 0: the tree read out through the appliance into a tmpfs at
+    /// the root folder (see [`crate::guestfs::extract`]), then the facts, the filesystems and the
+    /// tree's state for the write-back.
+    fn extract_tree(&mut self, cache: &Path) -> Result<()> {
+        if self.grow_to.is_some() {
+            bail!("growing the disk (disk.size, --disk-size) needs the loop backend; the guestfs backend does not grow disks yet");
+        }
+        let parts = self.partitions_or_whole_disk()?;
+        let mut probes = Vec::with_capacity(parts.len());
+        for p in &parts {
+            probes.push(self.sys.probe(&self.disk, p.start, p.size).with_context(|| format!("probing partition {} with blkid", p.number))?);
+        }
+        if let Some(p) = parts.iter().zip(&probes).find(|(_, pr)| pr.get("TYPE").map(String::as_str) == Some(lvmap::PV_TYPE)).map(|(p, _)| p) {
+            bail!("partition {} is an LVM physical volume; LVM images need the loop backend (--backend loop, as root) for now", p.number);
+        }
+        let data = format!("mode=0755,size={}", self.input.virtual_size + (256 << 20));
+        let spec = sys::MountSpec { source: "kib-tree", source_at: None, target: &self.root_dir, at: &self.root_dir, fstype: "tmpfs", flags: MountFlags::empty(), data: Some(&data) };
+        self.held.push_mount(Mounted::mount(&self.sys, &spec).context("mounting a tmpfs for the image's tree")?);
+        let app = guestfs::Appliance::prepare(&self.work.path().join("guestfs"), cache)?;
+        tracing::info!("libguestfs's appliance runs under {}", app.accel.to_uppercase());
+        let activity = crate::progress::Activity::task("reading the tree out through libguestfs", None);
+        let mounted = guestfs::extract(&app, &self.disk, &self.root_dir, self.work.path())?;
+        activity.finish();
+        let root = GuestRoot::open(&self.root_dir).context("opening the image's tree")?;
+        let Some(os) = facts::os_release(&root).context("reading os-release")? else {
+            bail!("the root filesystem libguestfs found has no /etc/os-release");
+        };
+        self.facts = facts::collect(&root, os).context("reading the image's architecture and kernels")?;
+        self.root = Some(root);
+        for m in &mounted {
+            let number = m.partition().unwrap_or(0);
+            let probe = parts.iter().position(|p| p.number == number).map(|i| &probes[i]);
+            let get = |k: &str| probe.and_then(|p| p.get(k).cloned()).unwrap_or_default();
+            self.filesystems.push(Filesystem { partition: number, lv: None, fstype: get("TYPE"), uuid: get("UUID"), mount_point: m.mount_point.clone() });
+        }
+        let before = if self.read_only { guestfs::TreeState::default() } else { guestfs::TreeState::record(&self.root_dir).context("recording the tree's state")? };
+        tracing::debug!("{} paths read out of {} filesystem(s)", before.len(), mounted.len());
+        self.guestfs = Some(GuestfsTree { app, mounted, before });
+        Ok(())
+    }
+
+    /// The backend this image was opened with.
+    pub fn backend(&self) -> Backend {
+        if self.guestfs.is_some() {
+            Backend::Guestfs
+        } else {
+            Backend::Loop
+        }
+    }
+
+    /// With the guestfs backend, writes what the steps and sysprep changed in the tree back into
+    /// the working copy, and with `trim` discards the filesystems' free blocks (see
+    /// [`crate::guestfs::write_back`]). Nothing with loop devices (their writes are in place).
+    ///
+    /// Errors: the appliance or tar fails; the tree stays as it is.
+    pub fn write_back(&mut self, trim: bool) -> Result<()> {
+        let Some(g) = &self.guestfs else { return Ok(()) };
+        if self.read_only {
+            return Ok(());
+        }
+        let changes = g.before.changes(&self.root_dir).context("finding what the steps changed")?;
+        tracing::info!("writing back {} changed and {} removed paths through libguestfs", changes.write.len(), changes.remove.len());
+        guestfs::write_back(&g.app, &self.disk, &self.root_dir, self.work.path(), &g.mounted, &changes, trim).context("writing the changes back into the disk")
     }
 
     fn mount_tree(&mut self) -> Result<()> {

@@ -296,7 +296,18 @@ pub fn mount_api(sys: &Arc<dyn Sys>, r: &GuestRoot) -> Result<Stack> {
     for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
         r.symlink(target, &Path::new("/dev").join(link))?;
     }
-    stack.push_mount(mounts::mount_in(sys, r, Path::new("/sys"), "sysfs", "sysfs", MountFlags::RDONLY | nosuid_nodev | MountFlags::NOEXEC, None)?);
+    match mounts::mount_in(sys, r, Path::new("/sys"), "sysfs", "sysfs", MountFlags::RDONLY | nosuid_nodev | MountFlags::NOEXEC, None) {
+        Ok(m) => stack.push_mount(m),
+        // In the guestfs backend's user namespace, which does not own the network namespace, a
+        // new sysfs is refused: the host's is bound instead (read-only to the image's programs,
+        // which hold no privilege over it).
+        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()))) => {
+            tracing::debug!("sysfs cannot be mounted here ({e:#}); binding the host's /sys");
+            // Recursive: a user namespace may not bind /sys without the submounts locked to it.
+            stack.push_mount(mounts::bind_in_with(sys, r, Path::new("/sys"), false, Path::new("/sys"), MountFlags::BIND | MountFlags::REC)?);
+        }
+        Err(e) => return Err(e),
+    }
     stack.push_mount(mounts::mount_in(sys, r, Path::new("/run"), "kib-run", "tmpfs", nosuid_nodev, Some("mode=0755"))?);
     r.mkdir_p(Path::new("/run/lock"), 0o1777)?;
     Ok(stack)

@@ -91,11 +91,16 @@ pub fn run(image: &mut Image, p1: Phase1Output, manifest: &Manifest, ctx: &Build
         None => crate::pkg::installed(image.root())?,
     };
     activity.finish();
-    if artifacts_phase {
+    if image.backend() == crate::backend::Backend::Guestfs {
+        let activity = Activity::step("write the changes back through libguestfs");
+        image.write_back(artifacts_phase)?;
+        activity.finish();
+    } else if artifacts_phase {
         let activity = Activity::step("fstrim");
         trim(image);
         activity.finish();
-    } else {
+    }
+    if !artifacts_phase {
         tracing::info!("Phase 2 is left out (--phases {}): no sysprep; the result is the working copy as the steps left it", opts.phases);
     }
     let activity = Activity::step("unmount and detach");

@@ -178,6 +178,8 @@ pub struct Mounted {
     sys: Arc<dyn Sys>,
     at: PathBuf,
     mounted: bool,
+    /// A recursive bind: its submounts go with it, so it is detached (MNT_DETACH) at once.
+    recursive: bool,
 }
 
 /// How many times a busy unmount is tried, 100 ms apart, before a lazy one.
@@ -190,7 +192,7 @@ impl Mounted {
     /// the chain as an `io::Error`).
     pub fn mount(sys: &Arc<dyn Sys>, spec: &MountSpec<'_>) -> Result<Mounted> {
         sys.mount(spec).with_context(|| format!("mounting {} ({}) on {}", spec.source, if spec.flags.contains(MountFlags::BIND) { "bind" } else { spec.fstype }, spec.at.display()))?;
-        Ok(Mounted { sys: Arc::clone(sys), at: spec.at.to_path_buf(), mounted: true })
+        Ok(Mounted { sys: Arc::clone(sys), at: spec.at.to_path_buf(), mounted: true, recursive: spec.flags.contains(MountFlags::BIND | MountFlags::REC) })
     }
 
     /// Where it is mounted (a host path).
@@ -208,6 +210,9 @@ impl Mounted {
     fn unmount(&mut self) -> Result<()> {
         if !std::mem::take(&mut self.mounted) {
             return Ok(());
+        }
+        if self.recursive {
+            return self.sys.unmount(&self.at, true).with_context(|| format!("detaching {}", self.at.display()));
         }
         let busy = rustix::io::Errno::BUSY.raw_os_error();
         for attempt in 1..=UNMOUNT_TRIES {

@@ -61,6 +61,10 @@ impl Sys for RealSys {
     }
 
     fn mount(&self, spec: &MountSpec<'_>) -> io::Result<()> {
+        if spec.flags.contains(MountFlags::BIND | MountFlags::REC) {
+            rustix::mount::mount_bind_recursive(spec.source, spec.target)?;
+            return Ok(());
+        }
         if spec.flags.contains(MountFlags::BIND) {
             rustix::mount::mount_bind(spec.source, spec.target)?;
             return Ok(());

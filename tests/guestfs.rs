@@ -1,0 +1,302 @@
+//! The guestfs backend (src/guestfs/): a normal user, without root and without loop devices,
+//! builds the node manifest through libguestfs's appliance (under TCG here), and the result
+//! equals root's loop-backend build of the same manifest: the same packages, steps and sysprep
+//! in the BOM, the same SBOM components, and the same tree, file by file (type, mode, owner,
+//! size, content, symlink target, xattrs, link count), apart from what the package cache and
+//! ldconfig's timestamps change. The input stays bit-identical, no loop device is used, and no
+//! process or work directory is left. Then: `--backend auto` as that user goes to the guestfs
+//! backend and, on a host without its tools, fails with the paragraph naming both backends; a
+//! SIGKILLed guestfs build leaves no process (the appliance's qemu included), and `kib cleanup`
+//! as the user removes its work directory.
+//!
+//! Needs scripts/guestfs-setup.sh (libguestfs-tools, uidmap, the fixed appliance); scripts/test.sh
+//! runs it. One guestfs build of the node manifest is this suite's budget (about 2.5 min here).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const USER: &str = "kibguestfs";
+
+/// Makes the test user (with a subordinate id range, through scripts/guestfs-setup.sh) and a
+/// folder it owns. Returns its uid.
+fn test_user(dir: &Path) -> u32 {
+    if Command::new("id").arg(USER).output().unwrap().status.code() != Some(0) {
+        let s = Command::new("useradd").args(["--create-home", "--shell", "/bin/bash", USER]).status().unwrap();
+        assert!(s.success(), "useradd {USER}");
+    }
+    let setup = Command::new("bash").arg(repo().join("scripts/guestfs-setup.sh")).arg(USER).output().unwrap();
+    assert!(setup.status.success(), "guestfs-setup.sh: {}", String::from_utf8_lossy(&setup.stderr));
+    let uid: u32 = String::from_utf8(Command::new("id").args(["-u", USER]).output().unwrap().stdout).unwrap().trim().parse().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::os::unix::fs::chown(dir, Some(uid), None).unwrap();
+    uid
+}
+
+/// `kib ARGS` as the test user, with its own HOME (so its cache is `HOME/.cache/kib`) and the
+/// `env` assignments `envs`.
+fn as_user(home: &Path, envs: &[&str], args: &[&std::ffi::OsStr]) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", USER, "--", "env"]).arg(format!("HOME={}", home.display())).args(envs).arg(assert_cmd::cargo::cargo_bin("kib")).args(args).current_dir("/");
+    c
+}
+
+/// Processes of `uid` (the user's builds must leave none).
+fn processes_of(uid: u32) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.uid() == uid))
+        .map(|e| std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default().replace('\0', " "))
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+fn wait_no_processes(uid: u32, limit: Duration) -> Vec<String> {
+    let t = Instant::now();
+    loop {
+        let p = processes_of(uid);
+        if p.is_empty() || t.elapsed() > limit {
+            return p;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One entry of a tree's fingerprint: mode, uid, gid, size, content or link target, xattrs,
+/// link count.
+type Entry = (u32, u32, u32, u64, String, Vec<(String, Vec<u8>)>, u64);
+
+fn fingerprint(root: &Path) -> BTreeMap<PathBuf, Entry> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Entry>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let content = if m.is_file() {
+                sha256(&p)
+            } else if m.file_type().is_symlink() {
+                std::fs::read_link(&p).unwrap().to_string_lossy().into_owned()
+            } else {
+                String::new()
+            };
+            let mut xattrs: Vec<(String, Vec<u8>)> = xattr_list(&p);
+            xattrs.sort();
+            let (size, nlink) = if m.is_dir() { (0, 0) } else { (m.size(), m.nlink()) };
+            out.insert(p.strip_prefix(root).unwrap().to_path_buf(), (m.mode(), m.uid(), m.gid(), size, content, xattrs, nlink));
+            if m.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// The extended attributes of `p` (not following a symlink).
+fn xattr_list(p: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut names = vec![0u8; 4096];
+    let Ok(n) = rustix::fs::llistxattr(p, &mut names) else { return Vec::new() };
+    names[..n]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(|name| {
+            let name = std::ffi::CString::new(name).unwrap();
+            let mut v = vec![0u8; 65536];
+            let len = rustix::fs::lgetxattr(p, name.as_c_str(), &mut v).unwrap_or(0);
+            v.truncate(len);
+            (name.to_string_lossy().into_owned(), v)
+        })
+        .collect()
+}
+
+/// The output qcow2's root partition, as a raw file mounted read-only.
+fn mounted_output(qcow2: &Path, tmp: &Path, tag: &str) -> Mounted {
+    let raw = tmp.join(format!("{tag}.raw"));
+    let s = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(qcow2).arg(&raw).status().unwrap();
+    assert!(s.success());
+    Mounted::partition(&raw, 1, &tmp.join(format!("{tag}.mnt")))
+}
+
+fn bom(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("bom.json")).unwrap()).unwrap()
+}
+
+fn names(bom: &serde_json::Value, key: &str, field: &str) -> Vec<String> {
+    bom[key].as_array().unwrap().iter().map(|v| if field.is_empty() { v.as_str().unwrap().to_string() } else { v[field].to_string() }).collect()
+}
+
+#[test]
+fn a_normal_user_builds_the_node_image_through_libguestfs() {
+    if skip_unless_root("a_normal_user_builds_the_node_image_through_libguestfs") {
+        return;
+    }
+    let tmp = tempfile::Builder::new().prefix("kib-guestfs-").tempdir_in("/var/tmp").unwrap();
+    let t = tmp.path();
+    std::fs::set_permissions(t, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let home = t.join("home");
+    let uid = test_user(&home);
+    // The input, where the user can read it, with its checksum list.
+    let base = base_image();
+    let input = home.join("debian-12.raw");
+    assert!(Command::new("cp").arg("--sparse=always").arg(&base).arg(&input).status().unwrap().success());
+    std::fs::copy(base.with_file_name("SHA256SUMS"), home.join("SHA256SUMS")).unwrap();
+    let sums = std::fs::read_to_string(home.join("SHA256SUMS")).unwrap().replace(base.file_name().unwrap().to_str().unwrap(), "debian-12.raw");
+    std::fs::write(home.join("SHA256SUMS"), sums).unwrap();
+    assert!(Command::new("chown").arg("-R").arg(format!("{USER}:")).arg(&home).status().unwrap().success());
+    let input_sum = sha256(&input);
+    let manifest = repo().join("manifests/k8s-node-debian.yaml");
+
+    // Root's loop-backend build, for comparison.
+    let loop_out = t.join("loop-out");
+    let o = customize_cmd_to(&input, &manifest, t, &loop_out).args(["--format", "qcow2", "--no-package-cache"]).output().unwrap();
+    assert!(o.status.success(), "loop build: {}", String::from_utf8_lossy(&o.stderr));
+    assert_nothing_left(&t.join("work"));
+
+    // The user's guestfs-backend build.
+    let out = home.join("out");
+    let work = home.join("work");
+    let log = home.join("kib.log");
+    let t0 = Instant::now();
+    let o = as_user(
+        &home,
+        &[],
+        &["customize", "--backend", "guestfs", "--disk-image"].map(std::ffi::OsStr::new).into_iter().chain([input.as_os_str()]).chain(
+            ["--manifest", manifest.to_str().unwrap(), "--format", "qcow2", "--output-dir", out.to_str().unwrap(), "--work-dir", work.to_str().unwrap(), "--log-file", log.to_str().unwrap()]
+                .map(std::ffi::OsStr::new),
+        ).collect::<Vec<_>>(),
+    )
+    .output()
+    .unwrap();
+    let took = t0.elapsed();
+    assert!(o.status.success(), "guestfs build as {USER}: {}\n{}", String::from_utf8_lossy(&o.stderr), std::fs::read_to_string(&log).unwrap_or_default());
+    eprintln!("guestfs build as {USER}: {took:.1?}");
+    assert_eq!(sha256(&input), input_sum, "the input changed");
+    let left = wait_no_processes(uid, Duration::from_secs(10));
+    assert!(left.is_empty(), "processes left: {left:#?}");
+    assert_nothing_left(&work);
+    assert!(leftovers(&home).is_empty(), "loop devices or mounts: {:?}", leftovers(&home));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("backend guestfs (--backend guestfs)"), "{logged}");
+    assert!(!logged.contains("/dev/loop"), "a loop device was mentioned");
+    for f in ["k8s-node-debian.qcow2", "bom.json", "k8s-node-debian.spdx.json", "k8s-node-debian.cdx.json", "SHA256SUMS"] {
+        let m = std::fs::metadata(out.join(f)).unwrap();
+        assert_eq!(m.uid(), uid, "{f} belongs to the user");
+    }
+
+    // The BOMs: the same packages, steps, sysprep and input; the backend and its differences.
+    let (a, b) = (bom(&loop_out), bom(&out));
+    assert_eq!(a["backend"]["name"], "loop");
+    assert_eq!(b["backend"]["name"], "guestfs");
+    assert_eq!(b["backend"]["reason"], "--backend guestfs");
+    assert!(b["backend"]["differences"].as_array().unwrap().len() >= 3, "{}", b["backend"]);
+    assert_eq!(a["packages"], b["packages"]);
+    assert_eq!(names(&a, "steps", "name"), names(&b, "steps", "name"));
+    assert_eq!(a["sysprep"], b["sysprep"]);
+    assert_eq!(a["input"]["sha256"], b["input"]["sha256"]);
+    assert_eq!(a["os_release"], b["os_release"]);
+    let cdx = |d: &Path| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("k8s-node-debian.cdx.json")).unwrap()).unwrap();
+        v["components"].as_array().unwrap().iter().map(|c| c["purl"].to_string()).collect()
+    };
+    assert_eq!(cdx(&loop_out), cdx(&out), "SBOM components");
+
+    // The trees, file by file.
+    let (ma, mb) = (mounted_output(&loop_out.join("k8s-node-debian.qcow2"), t, "loop"), mounted_output(&out.join("k8s-node-debian.qcow2"), t, "guestfs"));
+    let (fa, fb) = (fingerprint(&ma.dir), fingerprint(&mb.dir));
+    // ldconfig's cache holds timestamps; apt's lock and partial folders are made by apt on each run.
+    let expected = ["var/cache/ldconfig/aux-cache", "var/lib/apt/lists/lock", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial"];
+    let differ: Vec<String> = fa
+        .keys()
+        .chain(fb.keys())
+        .filter(|k| fa.get(*k) != fb.get(*k))
+        .map(|k| k.display().to_string())
+        .filter(|k| !expected.contains(&k.as_str()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert!(fa.len() > 15000, "the loop build's tree has {} entries", fa.len());
+    assert!(differ.is_empty(), "{} paths differ between the loop and guestfs builds, such as {:#?}", differ.len(), &differ[..differ.len().min(20)]);
+    // The node's own files, with owners that only subordinate ids carry through.
+    assert!(mb.path("usr/bin/containerd").is_file());
+    assert_eq!(std::fs::read_to_string(mb.path("etc/machine-id")).unwrap(), "");
+    assert_eq!(std::fs::metadata(mb.path("etc/shadow")).unwrap().gid(), 42, "/etc/shadow keeps group shadow");
+}
+
+#[test]
+fn auto_without_guestfs_tools_names_both_backends_and_sigkill_leaves_nothing() {
+    if skip_unless_root("auto_without_guestfs_tools_names_both_backends_and_sigkill_leaves_nothing") {
+        return;
+    }
+    let tmp = tempfile::Builder::new().prefix("kib-guestfs-kill-").tempdir_in("/var/tmp").unwrap();
+    let t = tmp.path();
+    std::fs::set_permissions(t, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let home = t.join("home");
+    let uid = test_user(&home);
+    let img = tiny_image(t, "tiny.raw", &[("/etc/os-release", "ID=debian\nVERSION_ID=12\n")]);
+    let manifest = t.join("m.yaml");
+    std::fs::write(&manifest, "apiVersion: kib/v1\nkind: ImageManifest\nmetadata: {name: tiny}\nsteps:\n  - name: a file\n    file: {path: /etc/kib-test, content: \"x\\n\"}\n").unwrap();
+    assert!(Command::new("chown").arg("-R").arg(format!("{USER}:")).arg(&home).arg(&img).arg(&manifest).status().unwrap().success());
+    let args = |backend: &str| -> Vec<std::ffi::OsString> {
+        ["customize", "--backend", backend, "--no-verify", "--disk-image", img.to_str().unwrap(), "--manifest", manifest.to_str().unwrap(), "--format", "raw", "--output-dir", home.join("out").to_str().unwrap(), "--work-dir", home.join("work").to_str().unwrap()]
+            .map(std::ffi::OsString::from)
+            .to_vec()
+    };
+
+    // auto, as a normal user, on a PATH without libguestfs: the guestfs backend was chosen, and
+    // the error says what each backend needs.
+    let a = args("auto");
+    let o = as_user(&home, &["PATH=/nonexistent"], &refs(&a)).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    for want in ["Loop devices need root", "not root", "guestfish (Debian: libguestfs-tools)", "Without root"] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert!(!home.join("out").exists(), "no output folder on refusal");
+
+    // SIGKILL while the appliance reads the tree out: the namespace goes, and with it guestfish
+    // and qemu; `kib cleanup` as the user removes the work directory.
+    let g = args("guestfs");
+    let mut child = as_user(&home, &[], &refs(&g)).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let t0 = Instant::now();
+    while !processes_of(uid).iter().any(|p| p.contains("qemu-system")) {
+        assert!(t0.elapsed() < Duration::from_secs(120), "the appliance never started");
+        assert!(child.try_wait().unwrap().is_none(), "kib ended before the appliance started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // runuser's child is `env` exec'd into kib: the outer kib.
+    let outer = processes_of_pid_named(uid, "customize").expect("the outer kib");
+    assert!(Command::new("kill").args(["-KILL", &outer.to_string()]).status().unwrap().success());
+    let _ = child.wait();
+    let left = wait_no_processes(uid, Duration::from_secs(15));
+    assert!(left.is_empty(), "processes left after SIGKILL: {left:#?}");
+    assert!(leftovers(&home).is_empty(), "{:?}", leftovers(&home));
+    let o = as_user(&home, &[], &["cleanup", "--work-dir", home.join("work").to_str().unwrap()].map(std::ffi::OsStr::new)).output().unwrap();
+    assert!(o.status.success(), "kib cleanup as {USER}: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("removed work directory"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_nothing_left(&home.join("work"));
+}
+
+fn refs(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
+    v.iter().map(|s| s.as_os_str()).collect()
+}
+
+/// The pid of the oldest process of `uid` whose command line contains `needle`.
+fn processes_of_pid_named(uid: u32, needle: &str) -> Option<i32> {
+    let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|p| std::fs::metadata(format!("/proc/{p}")).is_ok_and(|m| m.uid() == uid))
+        .filter(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(&assert_cmd::cargo::cargo_bin("kib").to_string_lossy().to_string()) && c.contains(needle)))
+        .collect();
+    pids.sort();
+    pids.first().copied()
+}
