@@ -27,7 +27,12 @@
 #              archive (a tar of incompressible data, served from 127.0.0.1) and both unpacks it and writes it whole
 #              into the image (the images step copies its archives with the same streaming write); also for the
 #              overhead build. The limit is 100 MiB; it fails above. Results in target/bench/memory.txt
-# Usage: scripts/bench.sh [compare|incremental|overhead|node|formats|formats-serial|conversions|memory]... (default: overhead node), as root
+#   guestfs    the guestfs backend (issue 17): the node manifest built by a normal user (kibbench, made with a
+#              subordinate id range by scripts/guestfs-setup.sh) with --backend guestfs, beside kib's loop backend
+#              (--no-package-cache, as the guestfs backend has none), the baseline and virt-customize, in one
+#              hyperfine session (KIB_BENCH_RUNS, default 3). compare includes the guestfs row too
+#              (KIB_BENCH_GUESTFS=0 leaves it out there).
+# Usage: scripts/bench.sh [compare|incremental|guestfs|overhead|node|formats|formats-serial|conversions|memory]... (default: overhead node), as root
 # Each conversion's own time is in the `end` events of `kib customize --output json`.
 # Results go to target/bench/<name>.json (hyperfine's export) and are printed.
 set -euo pipefail
@@ -73,6 +78,36 @@ incr_setup() {
              --prepare "date +%s%N > $d/last.txt" -n "kib, last step changed (build cache)" "$ki"
              --prepare "date +%s%N > $d/first.txt" -n "kib, first step changed (package cache warm)" "$ki")
 }
+# The guestfs backend's command: kib as the normal user kibbench (made on first use, with a
+# subordinate id range), into folders it owns under $out. Sets guestfs_cmd.
+guestfs_setup() {
+  id kibbench >/dev/null 2>&1 || useradd --create-home --shell /bin/bash kibbench
+  bash scripts/guestfs-setup.sh kibbench
+  chmod 755 "$out"
+  mkdir -p "$out/gfs"
+  chown kibbench: "$out/gfs"
+  guestfs_cmd="runuser -u kibbench -- env HOME=$out/gfs $KIB -q customize --backend guestfs --disk-image $image \
+    --manifest manifests/k8s-node-debian.yaml --format qcow2 --output-dir $out/gfs/out --work-dir $out/gfs/work"
+}
+# virt-customize, where it installs without touching qemu-img. Sets vc_why (empty: usable).
+virt_customize_setup() {
+  vc_why=
+  if [ "${KIB_BENCH_VIRT_CUSTOMIZE:-1}" = 0 ]; then
+    vc_why="KIB_BENCH_VIRT_CUSTOMIZE=0"
+  elif ! command -v virt-customize >/dev/null; then
+    # DESIGN §6: Debian's qemu-system-x86 replaces qemu-utils 10 and qemu-img disappears. Install
+    # libguestfs-tools only when apt would leave every qemu package alone.
+    if apt-get -s install --no-install-recommends libguestfs-tools 2>/dev/null | grep -qE '^(Inst|Remv) qemu'; then
+      vc_why="installing libguestfs-tools would replace this host's qemu packages (and qemu-img; DESIGN §6)"
+    else
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libguestfs-tools >/dev/null
+      qemu-img --version >/dev/null || { echo "bench: qemu-img broke installing libguestfs-tools" >&2; exit 1; }
+    fi
+  fi
+  if [ -z "$vc_why" ] && ! testdata/bench/virt-customize-node.sh --check > target/bench/virt-customize.log 2>&1; then
+    vc_why="it fails on this host (target/bench/virt-customize.log: $(tail -n 1 target/bench/virt-customize.log))"
+  fi
+}
 for b in "${@:-overhead node}"; do
   for name in $b; do
     warmup=0
@@ -96,24 +131,13 @@ for b in "${@:-overhead node}"; do
       cmds=(--prepare true -n kib "$k --output-dir $out/kib"
             --prepare true -n "kib --no-package-cache" "$k --no-package-cache --output-dir $out/kib"
             --prepare true -n baseline "testdata/bench/baseline-node.sh $image $out/baseline.qcow2")
-      vc_why=
-      if [ "${KIB_BENCH_VIRT_CUSTOMIZE:-1}" = 0 ]; then
-        vc_why="KIB_BENCH_VIRT_CUSTOMIZE=0"
-      elif ! command -v virt-customize >/dev/null; then
-        # DESIGN §6: Debian's qemu-system-x86 replaces qemu-utils 10 and qemu-img disappears. Install
-        # libguestfs-tools only when apt would leave every qemu package alone.
-        if apt-get -s install --no-install-recommends libguestfs-tools 2>/dev/null | grep -qE '^(Inst|Remv) qemu'; then
-          vc_why="installing libguestfs-tools would replace this host's qemu packages (and qemu-img; DESIGN §6)"
-        else
-          DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libguestfs-tools >/dev/null
-          qemu-img --version >/dev/null || { echo "compare: qemu-img broke installing libguestfs-tools" >&2; exit 1; }
-        fi
-      fi
-      if [ -z "$vc_why" ] && ! testdata/bench/virt-customize-node.sh --check > target/bench/virt-customize.log 2>&1; then
-        vc_why="it fails on this host (target/bench/virt-customize.log: $(tail -n 1 target/bench/virt-customize.log))"
-      fi
+      virt_customize_setup
       if [ -z "$vc_why" ]; then
         cmds+=(--prepare true -n virt-customize "testdata/bench/virt-customize-node.sh $image $out/vc.qcow2")
+        if [ "${KIB_BENCH_GUESTFS:-1}" != 0 ]; then
+          guestfs_setup
+          cmds+=(--prepare true -n "kib --backend guestfs (normal user)" "$guestfs_cmd")
+        fi
       else
         echo "compare: virt-customize is left out: $vc_why" | tee target/bench/virt-customize.txt
       fi
@@ -130,6 +154,23 @@ for b in "${@:-overhead node}"; do
       python3 scripts/lib/bench-report.py target/bench/compare.json target/bench/disk-sizes.json \
         target/bench/compare-bom.json target/bench/compare-time.txt | tee target/bench/compare.txt
       [ -z "$vc_why" ] || echo "virt-customize: left out: $vc_why" | tee -a target/bench/compare.txt
+      continue
+    fi
+    if [ "$name" = guestfs ]; then
+      k="$KIB -q customize --no-cache --no-package-cache --disk-image $image --manifest manifests/k8s-node-debian.yaml --format qcow2"
+      mkdir -p "$out/kib"
+      $k --output-dir "$out/kib" >/dev/null
+      guestfs_setup
+      cmds=(-n "kib (loop backend, --no-package-cache)" "$k --output-dir $out/kib"
+            -n baseline "testdata/bench/baseline-node.sh $image $out/baseline.qcow2"
+            -n "kib --backend guestfs (normal user)" "$guestfs_cmd")
+      virt_customize_setup
+      if [ -z "$vc_why" ]; then
+        cmds+=(-n virt-customize "testdata/bench/virt-customize-node.sh $image $out/vc.qcow2")
+      else
+        echo "guestfs: virt-customize is left out: $vc_why"
+      fi
+      hyperfine --runs "${KIB_BENCH_RUNS:-3}" --export-json target/bench/guestfs.json "${cmds[@]}"
       continue
     fi
     if [ "$name" = incremental ]; then

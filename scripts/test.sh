@@ -50,6 +50,9 @@ bash scripts/k8s-validators.sh >/dev/null
 bash testdata/el/make-el-image.sh --variant el >/dev/null
 bash testdata/el/make-el-image.sh --variant suse >/dev/null
 bash testdata/el/make-containerd-tarball.sh --cache-only >/dev/null
+# libguestfs-tools, uidmap, a kernel for the appliance and the fixed appliance in
+# /var/cache/kib/guestfs, for tests/guestfs.rs (the guestfs backend, built by a normal user).
+bash scripts/guestfs-setup.sh
 if ! wait "$arm64_fixture"; then
     tail -n 40 target/arm64-fixture.log >&2
     echo "test.sh: building the arm64 fixture failed (whole log: target/arm64-fixture.log)" >&2

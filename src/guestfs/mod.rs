@@ -67,7 +67,8 @@ pub struct Appliance {
 impl Appliance {
     /// Decides the appliance's environment: its temporary folder `tmp` (made), the supermin
     /// cache `cache` (when no fixed appliance is used), and KVM or TCG (a probe boot when KVM
-    /// opens and the caller set no `LIBGUESTFS_BACKEND_SETTINGS`).
+    /// opens and the caller set no `LIBGUESTFS_BACKEND_SETTINGS`; its verdict is kept in
+    /// `cache/kvm-verdict` with the host's boot id, so it is probed once per boot).
     ///
     /// Errors: the folders cannot be made, or the appliance starts under neither KVM nor TCG (the
     /// error names libguestfs-test-tool and the README).
@@ -87,16 +88,34 @@ impl Appliance {
         if let Some(s) = std::env::var_os("LIBGUESTFS_BACKEND_SETTINGS") {
             a.accel = if s.to_string_lossy().contains("force_tcg") { "tcg" } else { "kvm" };
         } else if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() {
-            let t = Instant::now();
-            match exec::run(&mut a.guestfish(&["-a", "/dev/null", "run"]), "guestfish (KVM probe)", Some(KVM_PROBE)) {
-                Ok(_) => {
-                    a.accel = "kvm";
-                    tracing::info!("libguestfs's appliance starts under KVM ({:.1?})", t.elapsed());
+            // The probe's verdict holds until the host reboots: kept in the cache with the boot id.
+            let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_string();
+            let verdict_file = cache.join("kvm-verdict");
+            let known = std::fs::read_to_string(&verdict_file).ok().and_then(|v| v.strip_prefix(&format!("{boot_id} ")).map(|v| v.trim() == "kvm"));
+            let kvm = match known {
+                Some(k) => k,
+                None => {
+                    let t = Instant::now();
+                    let ok = match exec::run(&mut a.guestfish(&["-a", "/dev/null", "run"]), "guestfish (KVM probe)", Some(KVM_PROBE)) {
+                        Ok(_) => {
+                            tracing::info!("libguestfs's appliance starts under KVM ({:.1?})", t.elapsed());
+                            true
+                        }
+                        Err(e) => {
+                            tracing::info!("libguestfs's appliance does not start under KVM ({e}); using TCG until the host reboots");
+                            false
+                        }
+                    };
+                    if !boot_id.is_empty() && std::fs::create_dir_all(cache).is_ok() {
+                        let _ = std::fs::write(&verdict_file, format!("{boot_id} {}\n", if ok { "kvm" } else { "tcg" }));
+                    }
+                    ok
                 }
-                Err(e) => {
-                    tracing::info!("libguestfs's appliance does not start under KVM ({e}); using TCG");
-                    a.env.push(("LIBGUESTFS_BACKEND_SETTINGS".into(), "force_tcg".into()));
-                }
+            };
+            if kvm {
+                a.accel = "kvm";
+            } else {
+                a.env.push(("LIBGUESTFS_BACKEND_SETTINGS".into(), "force_tcg".into()));
             }
         } else {
             a.env.push(("LIBGUESTFS_BACKEND_SETTINGS".into(), "force_tcg".into()));
