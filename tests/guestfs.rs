@@ -39,6 +39,16 @@ fn test_user(dir: &Path) -> u32 {
     uid
 }
 
+/// A temporary folder in /var/tmp that the test user can enter, its `home` folder owned by the
+/// user, and the user's uid.
+fn user_tmp(prefix: &str) -> (tempfile::TempDir, PathBuf, u32) {
+    let tmp = tempfile::Builder::new().prefix(prefix).tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let home = tmp.path().join("home");
+    let uid = test_user(&home);
+    (tmp, home, uid)
+}
+
 /// `kib ARGS` as the test user, with its own HOME (so its cache is `HOME/.cache/kib`) and the
 /// `env` assignments `envs`.
 fn as_user(home: &Path, envs: &[&str], args: &[&std::ffi::OsStr]) -> Command {
@@ -138,11 +148,8 @@ fn a_normal_user_builds_the_node_image_through_libguestfs() {
     if skip_unless_root("a_normal_user_builds_the_node_image_through_libguestfs") {
         return;
     }
-    let tmp = tempfile::Builder::new().prefix("kib-guestfs-").tempdir_in("/var/tmp").unwrap();
+    let (tmp, home, uid) = user_tmp("kib-guestfs-");
     let t = tmp.path();
-    std::fs::set_permissions(t, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let home = t.join("home");
-    let uid = test_user(&home);
     // The input, where the user can read it, with its checksum list.
     let base = base_image();
     let input = home.join("debian-12.raw");
@@ -235,11 +242,8 @@ fn auto_without_guestfs_tools_names_both_backends_and_sigkill_leaves_nothing() {
     if skip_unless_root("auto_without_guestfs_tools_names_both_backends_and_sigkill_leaves_nothing") {
         return;
     }
-    let tmp = tempfile::Builder::new().prefix("kib-guestfs-kill-").tempdir_in("/var/tmp").unwrap();
+    let (tmp, home, uid) = user_tmp("kib-guestfs-kill-");
     let t = tmp.path();
-    std::fs::set_permissions(t, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let home = t.join("home");
-    let uid = test_user(&home);
     let img = tiny_image(t, "tiny.raw", &[("/etc/os-release", "ID=debian\nVERSION_ID=12\n")]);
     let manifest = t.join("m.yaml");
     std::fs::write(&manifest, "apiVersion: kib/v1\nkind: ImageManifest\nmetadata: {name: tiny}\nsteps:\n  - name: a file\n    file: {path: /etc/kib-test, content: \"x\\n\"}\n").unwrap();
