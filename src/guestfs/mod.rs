@@ -222,8 +222,12 @@ fn wrap_stdout(cmd: &Command, file: &Path) -> Command {
     sh
 }
 
+/// The appliance's failure, with where to look when it did not start (not for an interruption).
 fn appliance_error(e: ExecError, doing: &str) -> anyhow::Error {
-    let hint = "; if the appliance cannot start, `libguestfs-test-tool` shows why, and the README's \"Without root\" lists what it needs";
+    let hint = match e {
+        ExecError::Interrupted { .. } => "",
+        _ => "; if the appliance cannot start, `libguestfs-test-tool` shows why, and the README's \"Without root\" lists what it needs",
+    };
     anyhow::Error::new(e).context(format!("{doing}{hint}"))
 }
 
