@@ -49,17 +49,23 @@ pub struct Host {
     pub root: bool,
     /// `Err(why)` when `/dev/loop-control` cannot be opened for reading and writing.
     pub loop_control: Result<(), String>,
+    /// What the guestfs backend lacks here (empty: it can run; see [`crate::guestfs::ns::missing`]).
+    pub guestfs_missing: Vec<String>,
 }
 
 impl Host {
-    /// This process's view: its effective uid, and whether `/dev/loop-control` opens.
+    /// This process's view: its effective uid, whether `/dev/loop-control` opens, and what the
+    /// guestfs backend lacks.
     pub fn probe() -> Host {
         let loop_control = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").map(drop).map_err(|e| e.to_string());
-        Host { root: rustix::process::geteuid().is_root(), loop_control }
+        let root = rustix::process::geteuid().is_root();
+        Host { root, loop_control, guestfs_missing: crate::guestfs::ns::missing(root) }
     }
 }
 
-/// Resolves `--backend` against the host. Pure: the tests call it with made-up hosts.
+/// Resolves `--backend` against the host. Pure: the tests call it with made-up hosts. `auto`:
+/// loop for root with `/dev/loop-control`; guestfs for a normal user; for root without
+/// `/dev/loop-control`, guestfs when it can run, else loop (whose errors name what is missing).
 pub fn choose(arg: BackendArg, host: &Host) -> Choice {
     match arg {
         BackendArg::Loop => Choice { backend: Backend::Loop, reason: "--backend loop".into() },
@@ -67,7 +73,10 @@ pub fn choose(arg: BackendArg, host: &Host) -> Choice {
         BackendArg::Auto => match (&host.loop_control, host.root) {
             (Ok(()), true) => Choice { backend: Backend::Loop, reason: "--backend auto: root, and /dev/loop-control works".into() },
             (_, false) => Choice { backend: Backend::Guestfs, reason: "--backend auto: not root".into() },
-            (Err(e), true) => Choice { backend: Backend::Guestfs, reason: format!("--backend auto: /dev/loop-control cannot be opened ({e})") },
+            (Err(e), true) if host.guestfs_missing.is_empty() => Choice { backend: Backend::Guestfs, reason: format!("--backend auto: /dev/loop-control cannot be opened ({e})") },
+            // Root without libguestfs (a container without --device /dev/loop-control, say): loop
+            // devices, whose own setup may still find the node (devtmpfs) or says which flag is missing.
+            (Err(e), true) => Choice { backend: Backend::Loop, reason: format!("--backend auto: root; /dev/loop-control cannot be opened ({e}) and libguestfs is not installed") },
         },
     }
 }
@@ -89,24 +98,32 @@ mod tests {
 
     #[test]
     fn auto_picks_loop_for_root_with_loop_control() {
-        let c = choose(BackendArg::Auto, &Host { root: true, loop_control: Ok(()) });
+        let c = choose(BackendArg::Auto, &Host { root: true, loop_control: Ok(()), guestfs_missing: Vec::new() });
         assert_eq!(c.backend, Backend::Loop);
         assert!(c.reason.contains("root"), "{}", c.reason);
     }
 
     #[test]
     fn auto_picks_guestfs_for_a_normal_user_and_for_root_without_loop_devices() {
-        let user = choose(BackendArg::Auto, &Host { root: false, loop_control: Err("Permission denied".into()) });
+        let user = choose(BackendArg::Auto, &Host { root: false, loop_control: Err("Permission denied".into()), guestfs_missing: vec!["guestfish".into()] });
         assert_eq!((user.backend, user.reason.as_str()), (Backend::Guestfs, "--backend auto: not root"));
-        let root = choose(BackendArg::Auto, &Host { root: true, loop_control: Err("No such file or directory".into()) });
+        let root = choose(BackendArg::Auto, &Host { root: true, loop_control: Err("No such file or directory".into()), guestfs_missing: Vec::new() });
         assert_eq!(root.backend, Backend::Guestfs);
         assert!(root.reason.contains("No such file"), "{}", root.reason);
     }
 
     #[test]
+    fn auto_keeps_loop_for_root_without_loop_control_or_libguestfs() {
+        // A container without --device /dev/loop-control: the loop backend's own error names the flag.
+        let c = choose(BackendArg::Auto, &Host { root: true, loop_control: Err("No such file or directory".into()), guestfs_missing: vec!["guestfish".into()] });
+        assert_eq!(c.backend, Backend::Loop);
+        assert!(c.reason.contains("libguestfs is not installed"), "{}", c.reason);
+    }
+
+    #[test]
     fn explicit_choices_are_kept() {
-        let h = Host { root: false, loop_control: Err(String::new()) };
+        let h = Host { root: false, loop_control: Err(String::new()), guestfs_missing: Vec::new() };
         assert_eq!(choose(BackendArg::Loop, &h).backend, Backend::Loop);
-        assert_eq!(choose(BackendArg::Guestfs, &Host { root: true, loop_control: Ok(()) }).backend, Backend::Guestfs);
+        assert_eq!(choose(BackendArg::Guestfs, &Host { root: true, loop_control: Ok(()), guestfs_missing: Vec::new() }).backend, Backend::Guestfs);
     }
 }

@@ -72,7 +72,7 @@ pub fn mounting(subcommand: &str, arg: crate::backend::BackendArg) -> Result<Ent
                 (Err(e), true) => format!("/dev/loop-control: {e}"),
                 (Ok(()), true) => "not chosen".to_string(),
             };
-            Ok(Entered::Ran(crate::guestfs::ns::reexec(subcommand, &choice.reason, &loop_why)?))
+            Ok(Entered::Ran(crate::guestfs::ns::reexec(subcommand, &choice.reason, &loop_why, &host.guestfs_missing)?))
         }
     }
 }

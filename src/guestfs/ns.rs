@@ -97,14 +97,13 @@ pub fn neither_paragraph(subcommand: &str, root: bool, loop_why: &str, missing: 
 }
 
 /// Runs this kib again, with the same arguments, inside the guestfs backend's namespaces, and
-/// returns its exit status. Must run before any thread starts.
+/// returns its exit status. `missing` is what [`missing`] found. Must run before any thread starts.
 ///
 /// Errors: a missing tool (one paragraph naming both backends' needs), or `unshare` cannot start.
-pub fn reexec(subcommand: &str, reason: &str, loop_why: &str) -> Result<ExitCode> {
+pub fn reexec(subcommand: &str, reason: &str, loop_why: &str, missing: &[String]) -> Result<ExitCode> {
     let root = rustix::process::geteuid().is_root();
-    let missing = missing(root);
     if !missing.is_empty() {
-        bail!("{}", neither_paragraph(subcommand, root, loop_why, &missing));
+        bail!("{}", neither_paragraph(subcommand, root, loop_why, missing));
     }
     let exe = std::env::current_exe().context("finding kib's own executable")?;
     let mut cmd = crate::exec::host_tool("unshare");
