@@ -185,7 +185,7 @@ pub fn extract(app: &Appliance, disk: &Path, root: &Path, work: &Path) -> Result
     let disk_s = disk.to_string_lossy();
     let script_s = script.to_string_lossy();
     let mut gf = app.guestfish(&["--ro", "--format=raw", "-a", &disk_s, "-i", "-f", &script_s]);
-    let ran = run_capturing(&mut gf, "guestfish (reading the tree out)");
+    let ran = run_capturing(&mut gf, "guestfish (reading the tree out)", &work.join("mountpoints.txt"));
     unblock_fifo(&fifo, false);
     let unpacked = reader.join().map_err(|_| anyhow::anyhow!("the tar thread panicked"))?;
     let out = ran.map_err(|e| appliance_error(e, "reading the image's tree out through libguestfs's appliance"))?;
@@ -198,14 +198,16 @@ pub fn extract(app: &Appliance, disk: &Path, root: &Path, work: &Path) -> Result
     Ok(mounted)
 }
 
-/// Runs guestfish with output captured: its standard output, or the error with the tail of
-/// both streams.
-fn run_capturing(cmd: &mut Command, what: &str) -> Result<String, ExecError> {
-    let out_file = tempfile::NamedTempFile::new().map_err(|source| ExecError::Spawn { what: what.into(), source })?;
+/// Runs guestfish with its standard output captured in `out` (in the run's work directory, so
+/// that a killed run leaves it to `kib cleanup`): returns that output, or the error with the tail
+/// of its standard error.
+fn run_capturing(cmd: &mut Command, what: &str, out: &Path) -> Result<String, ExecError> {
     // stderr goes through exec::run's log and tail; stdout (mountpoints) into the file.
-    let mut sh = wrap_stdout(cmd, out_file.path());
+    let mut sh = wrap_stdout(cmd, out);
     exec::run(&mut sh, what, Some(SESSION_LIMIT))?;
-    Ok(std::fs::read_to_string(out_file.path()).unwrap_or_default())
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    let _ = std::fs::remove_file(out);
+    Ok(text)
 }
 
 /// `sh -c 'exec "$@" >FILE'`: exec::run merges stdout into its log, so the command's standard
