@@ -67,9 +67,12 @@ pub fn assert_nothing_left(work: &Path) {
     }
 }
 
-/// A partition of a raw disk image mounted read-only in the test's temp dir; unmounted on drop.
+/// A partition of a raw disk image mounted read-only in the test's temp dir; unmounted on drop,
+/// which then waits (up to 10 s) for the kernel to release the autoclear loop device, as it does
+/// asynchronously: a test that checks for leftover loop devices right after would see it.
 pub struct Mounted {
     pub dir: PathBuf,
+    disk: Option<PathBuf>,
 }
 
 impl Mounted {
@@ -87,7 +90,7 @@ impl Mounted {
             .args(["-t", "ext4", "-o", &format!("ro,noload,loop,offset={start},sizelimit={size}")])
             .arg(disk)
             .arg(dir));
-        Mounted { dir: dir.to_path_buf() }
+        Mounted { dir: dir.to_path_buf(), disk: Some(disk.to_path_buf()) }
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -102,6 +105,16 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.dir).status();
+        if let Some(disk) = &self.disk {
+            let t = std::time::Instant::now();
+            while t.elapsed() < std::time::Duration::from_secs(10) {
+                let out = Command::new("losetup").arg("-j").arg(disk).output();
+                if out.map_or(true, |o| o.stdout.is_empty()) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
     }
 }
 
@@ -209,7 +222,7 @@ pub fn mount_lv(disk: &Path, offset: u64, size: u64, fstype: &str, dir: &Path) -
     std::fs::create_dir_all(dir).unwrap();
     let opt = if fstype == "xfs" { "norecovery" } else { "noload" };
     sh(Command::new("mount").args(["-t", fstype, "-o", &format!("ro,{opt},loop,offset={offset},sizelimit={size}")]).arg(disk).arg(dir));
-    Mounted { dir: dir.to_path_buf() }
+    Mounted { dir: dir.to_path_buf(), disk: Some(disk.to_path_buf()) }
 }
 
 /// Validates an OVF descriptor against DMTF's OVF envelope schema DSP8023 1.1.1, vendored in
