@@ -42,7 +42,8 @@ fn test_user(dir: &Path) -> u32 {
 /// A temporary folder in /var/tmp that the test user can enter, its `home` folder owned by the
 /// user, and the user's uid.
 fn user_tmp(prefix: &str) -> (tempfile::TempDir, PathBuf, u32) {
-    let tmp = tempfile::Builder::new().prefix(prefix).tempdir_in("/var/tmp").unwrap();
+    // In the temp dir (/tmp), where tests/arm64.rs expects other tests' mounts.
+    let tmp = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let home = tmp.path().join("home");
     let uid = test_user(&home);
