@@ -103,6 +103,23 @@ fn assert_clean(tmp: &Path, out: &Path) {
     }
 }
 
+/// The `.rpm` files kib's shared package cache holds for `manager` (`<tmp>/cache/packages/<manager>/`).
+fn cached_rpms(tmp: &Path, manager: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rpm") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&tmp.join("cache/packages").join(manager), &mut out);
+    out
+}
+
 struct Built {
     raw: PathBuf,
     bom: serde_json::Value,
@@ -242,12 +259,22 @@ fn el_fixture_node_through_k8s_1_30_then_lock() {
     assert!(o.status.success() && inspect.contains("150500.1.1") && !inspect.contains("\"adduser\""), "{inspect}\n{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(sha256(&img), before, "the fixture image changed");
 
-    // --lock: a rebuild from this BOM installs exactly the same RPMs.
+    // kib's package cache kept what dnf downloaded (keepcache), outside the image.
+    let cached = cached_rpms(tmp.path(), "dnf");
+    assert!(cached.iter().any(|p| p.file_name().unwrap().to_string_lossy().starts_with("kubelet-1.30.0")), "kubelet not in the package cache: {cached:?}");
+
+    // --lock: a rebuild from this BOM installs exactly the same RPMs, and, with the package
+    // cache warm, downloads none of them again (dnf still asks for each repomd.xml).
+    server.requests.lock().unwrap().clear();
     let lock = tmp.path().join("lock.json");
     std::fs::copy(b.out.join("bom.json"), &lock).unwrap();
     let mut lock_args = args.clone();
     lock_args.extend(["--lock".to_string(), lock.display().to_string()]);
     let again = build(&img, tmp.path(), "again", &lock_args);
+    let reqs = server.requests.lock().unwrap().clone();
+    let rpms_fetched: Vec<&String> = reqs.iter().filter(|r| r.ends_with(".rpm")).collect();
+    assert!(rpms_fetched.is_empty(), "the warm package cache downloaded packages again: {rpms_fetched:?}");
+    assert!(reqs.iter().any(|r| r.ends_with("repodata/repomd.xml")), "dnf did not check the repositories: {reqs:?}");
     let m = Mounted::partition(&again.raw, 1, &tmp.path().join("mnt2"));
     assert_eq!(rpm_qa(&m.path("/"), "/var/lib/rpm"), rpms, "the --lock rebuild differs");
     drop(m);
@@ -304,6 +331,13 @@ fn sles_fixture_node_through_zypper() {
     }
     let k8s_repo = m.read("/etc/zypp/repos.d/kubernetes.repo");
     assert!(k8s_repo.contains("gpgcheck=1\n") && k8s_repo.contains("baseurl=https://pkgs.k8s.io/core:/stable:/v1.30/rpm/\n"), "{k8s_repo}");
+    // kib's package cache: zypper kept the packages (keeppackages=1 while the build ran, not in
+    // the output), outside the image, whose own cache is empty.
+    assert!(!k8s_repo.contains("keeppackages=1"), "{k8s_repo}");
+    let cached = cached_rpms(tmp.path(), "zypper");
+    assert!(cached.iter().any(|p| p.file_name().unwrap().to_string_lossy().starts_with("kubelet-1.30.0")), "kubelet not in the package cache: {cached:?}");
+    let image_cache: Vec<_> = std::fs::read_dir(m.path("/var/cache/zypp/packages")).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(image_cache.is_empty(), "zypper's cache in the image: {image_cache:?}");
     for unit in ["kubelet.service", "containerd.service"] {
         assert!(std::fs::symlink_metadata(m.path(&format!("/etc/systemd/system/multi-user.target.wants/{unit}"))).is_ok(), "{unit} not enabled");
     }

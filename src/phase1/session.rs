@@ -124,8 +124,8 @@ impl Session {
         Ok(())
     }
 
-    fn rewrite_through_mirrors(&mut self, files: &[PathBuf]) -> Result<()> {
-        if self.mirrors.0.is_empty() {
+    fn rewrite_through_mirrors(&mut self, files: &[PathBuf], also: Option<fn(&str) -> String>) -> Result<()> {
+        if self.mirrors.0.is_empty() && also.is_none() {
             return Ok(());
         }
         for f in files {
@@ -138,10 +138,13 @@ impl Session {
             }
             let Some(original) = self.root.read(f)? else { continue };
             let text = String::from_utf8_lossy(&original);
-            let rewritten = rewrite_urls(&text, &self.mirrors);
+            let mut rewritten = rewrite_urls(&text, &self.mirrors);
+            if let Some(also) = also {
+                rewritten = also(&rewritten);
+            }
             if rewritten != text {
                 self.root.write(f, rewritten.as_bytes(), st.st_mode & 0o7777, st.st_uid, st.st_gid)?;
-                tracing::info!("repository file {} uses the mirror map during the build", f.display());
+                tracing::info!("repository file {} rewritten for the build (mirror map, package cache); the original goes back when the session closes", f.display());
                 self.saved_sources.push((f.clone(), original, st.st_mode & 0o7777));
             }
         }
@@ -349,8 +352,8 @@ impl crate::pkg::Chroot for Session {
     }
     /// The session puts every original back on [`Session::close`], so the image keeps its
     /// upstream sources.
-    fn rewrite_sources(&mut self, files: &[PathBuf]) -> Result<()> {
-        self.rewrite_through_mirrors(files)
+    fn rewrite_sources(&mut self, files: &[PathBuf], also: Option<fn(&str) -> String>) -> Result<()> {
+        self.rewrite_through_mirrors(files, also)
     }
     fn bind_package_cache(&mut self, binds: &[(PathBuf, PathBuf)]) -> Result<()> {
         Session::bind_package_cache(self, binds)

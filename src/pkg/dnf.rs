@@ -10,8 +10,12 @@
 //!   whose `exclude=` holds them afterwards.
 //! - I/O: nothing like dpkg's `--force-unsafe-io` is passed, because rpm already does not fsync
 //!   the files it unpacks: `%_flush_io` is off unless a host defines it (rpm 4.14+; 4.18's
-//!   /usr/lib/rpm/macros). kib's shared package cache is apt's only (dnf keeps no packages by
-//!   default, `keepcache=0`).
+//!   /usr/lib/rpm/macros).
+//! - kib's shared package cache: dnf's `/var/cache/dnf` (yum 3's `/var/cache/yum`) holds both
+//!   the repositories' metadata and, with `--setopt=keepcache=1` (passed to every install, as
+//!   apt is told `APT::Keep-Downloaded-Packages`), the downloaded packages. Keyed by the
+//!   repository files, dnf.conf/yum.conf and `/etc/pki/rpm-gpg`. microdnf gets no shared cache
+//!   (untested here; it keeps its own, which sysprep empties).
 //! - hold: `dnf versionlock add` when the image has the versionlock plugin, otherwise the names
 //!   are added to `exclude=` in `[main]` of dnf.conf (yum.conf for yum). The log says which.
 //! - refresh: `dnf -y --refresh makecache`.
@@ -187,6 +191,10 @@ impl PackageManager for Dnf {
         let specs: Vec<String> = specs.iter().map(|s| rpm_spec(s)).collect();
         let lifted = self.lifted_excludes(c.root(), &specs)?;
         let mut argv = self.argv("install");
+        if self.tool != "microdnf" {
+            // Kept for kib's package cache; without it, sysprep empties the image's.
+            argv.push("--setopt=keepcache=1");
+        }
         if !recommends {
             argv.push("--setopt=install_weak_deps=False");
         }
@@ -260,7 +268,21 @@ impl PackageManager for Dnf {
         repo_files(root)
     }
 
+    fn cache_dirs(&self) -> &'static [(&'static str, &'static str)] {
+        match self.tool {
+            "dnf" => &[("cache", "/var/cache/dnf")],
+            "yum" => &[("cache", "/var/cache/yum")],
+            _ => &[],
+        }
+    }
 
+    /// The main configuration (its `cachedir`, `gpgcheck`) and the signing keys in
+    /// `/etc/pki/rpm-gpg`.
+    fn cache_key_files(&self, root: &GuestRoot) -> Result<Vec<PathBuf>> {
+        let mut files = vec![PathBuf::from(self.main_conf(root))];
+        files.extend(rpm::gpg_key_files(root)?);
+        Ok(files)
+    }
 }
 
 #[cfg(test)]
@@ -296,7 +318,7 @@ mod tests {
             c.log(),
             [
                 "env SYSTEMD_OFFLINE=1 dnf -y --refresh makecache",
-                "env SYSTEMD_OFFLINE=1 dnf -y install --setopt=install_weak_deps=False --disableexcludes=kubernetes kubelet-1.30.0 kubeadm-1.30.0 jq",
+                "env SYSTEMD_OFFLINE=1 dnf -y install --setopt=keepcache=1 --setopt=install_weak_deps=False --disableexcludes=kubernetes kubelet-1.30.0 kubeadm-1.30.0 jq",
                 "env SYSTEMD_OFFLINE=1 dnf -y remove nano",
             ]
         );
@@ -305,7 +327,33 @@ mod tests {
         // recommends: true keeps weak dependencies; yum is the same tool line.
         let step = Packages { install: vec!["chrony".into()], recommends: true, update: Some(false), ..Default::default() };
         apply_step(&mut Dnf { tool: "yum" }, &mut c, &step, &mut state, None).unwrap();
-        assert_eq!(c.log().last().unwrap(), "env SYSTEMD_OFFLINE=1 yum -y install chrony");
+        assert_eq!(c.log().last().unwrap(), "env SYSTEMD_OFFLINE=1 yum -y install --setopt=keepcache=1 chrony");
+    }
+
+    #[test]
+    fn the_package_cache_is_keyed_by_repositories_and_keys() {
+        let cache = tempfile::tempdir().unwrap();
+        let keyed = |key: &str| {
+            let mut c = FakeChroot::new();
+            put(&c, "/etc/yum.repos.d/rocky.repo", "[baseos]\nbaseurl=x\n");
+            put(&c, "/etc/dnf/dnf.conf", "[main]\n");
+            put(&c, "/etc/pki/rpm-gpg/RPM-GPG-KEY-rocky", key);
+            let mut state = StepState { cache: Some(crate::pkg::PackageCache { dir: cache.path().into(), arch: "amd64".into() }), ..Default::default() };
+            let step = Packages { install: vec!["jq".into()], ..Default::default() };
+            apply_step(&mut Dnf { tool: "dnf" }, &mut c, &step, &mut state, None).unwrap();
+            // dnf's own repository files are not rewritten for the cache (it is told on its
+            // command line), and one folder is bound.
+            assert_eq!(c.root.read_string(Path::new("/etc/yum.repos.d/rocky.repo")).unwrap().unwrap(), "[baseos]\nbaseurl=x\n");
+            assert_eq!(c.cache_binds.len(), 1);
+            let (host, guest) = c.cache_binds[0][0].clone();
+            assert_eq!(guest, Path::new("/var/cache/dnf"));
+            host
+        };
+        let a = keyed("key A");
+        assert!(a.starts_with(cache.path().join("dnf")), "{}", a.display());
+        assert_eq!(keyed("key A"), a);
+        assert_ne!(keyed("key B"), a, "another signing key must not share the cache");
+        assert!(Dnf { tool: "microdnf" }.cache_dirs().is_empty());
     }
 
     #[test]

@@ -155,9 +155,11 @@ pub trait Chroot {
         self.root().exists(Path::new(guest))
     }
     /// Rewrites the URLs in these image files (repository definitions) through the mirror map,
-    /// now; the session puts every original back when it closes. Files already rewritten are
-    /// left alone, so calling it before every step is cheap.
-    fn rewrite_sources(&mut self, files: &[PathBuf]) -> Result<()>;
+    /// and then, with `also`, through that function too (zypper's `keeppackages=1` while kib's
+    /// package cache is bound: [`PackageManager::cached_repository`]); the session puts every
+    /// original back when it closes. Files already rewritten are left alone, so calling it
+    /// before every step is cheap.
+    fn rewrite_sources(&mut self, files: &[PathBuf], also: Option<fn(&str) -> String>) -> Result<()>;
     /// Bind-mounts each `(host folder, image folder)` of kib's shared package cache over the
     /// image folder (made when missing), after releasing the binds of an earlier call. They stay
     /// until the session releases them (at the end of Phase 1, before sysprep) or closes.
@@ -245,6 +247,13 @@ pub trait PackageManager: Send {
     /// never reused by an image trusting another. Default: none.
     fn cache_key_files(&self, _root: &GuestRoot) -> Result<Vec<PathBuf>> {
         Ok(Vec::new())
+    }
+    /// A repository file's text as the tool must read it while kib's package cache is bound,
+    /// when the tool keeps downloaded packages only where each repository says so (zypper's
+    /// `keeppackages`); the session puts the original back when it closes. Default: `None`,
+    /// the file as it is (apt and dnf are told on their command lines).
+    fn cached_repository(&self) -> Option<fn(&str) -> String> {
+        None
     }
 }
 
@@ -426,7 +435,8 @@ fn use_package_cache(mgr: &dyn PackageManager, c: &mut dyn Chroot, files: &[Path
 pub fn apply_step(mgr: &mut dyn PackageManager, c: &mut dyn Chroot, step: &crate::manifest::Packages, state: &mut StepState, timeout: Option<Duration>) -> Result<()> {
     use anyhow::Context;
     let files = mgr.repository_files(c.root())?;
-    c.rewrite_sources(&files)?;
+    let cached = state.cache.is_some() && !mgr.cache_dirs().is_empty();
+    c.rewrite_sources(&files, mgr.cached_repository().filter(|_| cached))?;
     let _cache_lock = use_package_cache(mgr, c, &files, state)?;
     let Some(pins) = state.pins.clone() else {
         return run_verbs(mgr, c, step, state, None, timeout);
@@ -528,8 +538,16 @@ pub(crate) mod fake {
                 _ => Ok(Vec::new()),
             }
         }
-        fn rewrite_sources(&mut self, files: &[PathBuf]) -> Result<()> {
+        fn rewrite_sources(&mut self, files: &[PathBuf], also: Option<fn(&str) -> String>) -> Result<()> {
             self.rewritten.extend(files.iter().cloned());
+            if let Some(f) = also {
+                for path in files {
+                    if let Some(text) = self.root.read_string(path)? {
+                        let st = self.root.lstat(path)?.unwrap();
+                        self.root.write(path, f(&text).as_bytes(), st.st_mode & 0o7777, st.st_uid, st.st_gid)?;
+                    }
+                }
+            }
             Ok(())
         }
         fn bind_package_cache(&mut self, binds: &[(PathBuf, PathBuf)]) -> Result<()> {

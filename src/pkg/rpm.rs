@@ -8,7 +8,7 @@
 //! PID namespace (nothing outlives it), kib's environment cleared, the image opened read-only or
 //! read-write as it is mounted.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -169,6 +169,19 @@ pub const VERSIONLOCK_LISTS: &[&str] = &["/etc/dnf/plugins/versionlock.list", "/
 pub const MAIN_CONFS: &[&str] = &["/etc/dnf/dnf.conf", "/etc/yum.conf"];
 /// The folder of dnf's, yum's and tdnf's repository files.
 pub const YUM_REPOS: &str = "/etc/yum.repos.d";
+/// Where RPM-family images keep the repositories' signing keys (`gpgkey=file:///etc/pki/rpm-gpg/...`).
+pub const GPG_KEYS: &str = "/etc/pki/rpm-gpg";
+
+/// The files in [`GPG_KEYS`], sorted: part of kib's package cache key for dnf, yum and zypper, so
+/// that metadata checked against one set of keys is never reused by an image trusting another.
+///
+/// Errors: the folder cannot be listed.
+pub fn gpg_key_files(root: &GuestRoot) -> Result<Vec<PathBuf>> {
+    let mut names = root.read_dir(Path::new(GPG_KEYS))?;
+    names.sort();
+    Ok(names.into_iter().map(|n| Path::new(GPG_KEYS).join(n)).collect())
+}
+
 /// zypper's locks file.
 pub const ZYPP_LOCKS: &str = "/etc/zypp/locks";
 /// tdnf's locks folder (one name per line in each `*.conf`).

@@ -6,6 +6,10 @@
 //! - hold: `zypper --non-interactive addlock NAME ...` (written to /etc/zypp/locks);
 //! - refresh: `zypper --non-interactive refresh` (never `--gpg-auto-import-keys`: a repository's
 //!   key must come from a `repository` step or the image, not from the repository itself).
+//! - kib's shared package cache: `/var/cache/zypp/{raw,solv,packages}` (metadata, solv files,
+//!   downloaded packages). zypper keeps downloaded packages only for repositories with
+//!   `keeppackages=1`, and has no global switch (zypper(8), zypp.conf(5)), so while the cache is
+//!   bound each repository file says `keeppackages=1`; the session puts the originals back.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -93,7 +97,39 @@ impl PackageManager for Zypper {
         Ok(names.into_iter().filter(|n| n.to_string_lossy().ends_with(".repo")).map(|n| Path::new(REPOS).join(n)).collect())
     }
 
+    fn cache_dirs(&self) -> &'static [(&'static str, &'static str)] {
+        &[("raw", "/var/cache/zypp/raw"), ("solv", "/var/cache/zypp/solv"), ("packages", "/var/cache/zypp/packages")]
+    }
 
+    /// The repositories' signing keys the image trusts: `/etc/pki/rpm-gpg` (where SUSE and
+    /// kib's `repository` step put them), beside the repository files.
+    fn cache_key_files(&self, root: &GuestRoot) -> Result<Vec<PathBuf>> {
+        rpm::gpg_key_files(root)
+    }
+
+    fn cached_repository(&self) -> Option<fn(&str) -> String> {
+        Some(keep_packages)
+    }
+}
+
+/// A zypper .repo file's text with `keeppackages=1` in every section (any other
+/// `keeppackages=` line dropped).
+pub fn keep_packages(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 32);
+    for line in text.split_inclusive('\n') {
+        let t = line.trim();
+        if t.split_once('=').is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("keeppackages")) {
+            continue;
+        }
+        out.push_str(line);
+        if t.starts_with('[') && t.ends_with(']') {
+            if !line.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str("keeppackages=1\n");
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -128,5 +164,23 @@ mod tests {
         let step = Packages { install: vec!["chrony".into()], recommends: true, update: Some(false), ..Default::default() };
         apply_step(&mut Zypper, &mut c, &step, &mut StepState::default(), None).unwrap();
         assert_eq!(c.log().last().unwrap(), "env SYSTEMD_OFFLINE=1 zypper --non-interactive install --oldpackage chrony");
+    }
+
+    #[test]
+    fn the_package_cache_keeps_packages_per_repository() {
+        assert_eq!(keep_packages("[a]\nname=A\nkeeppackages=0\n\n[b]\nbaseurl=x\n"), "[a]\nkeeppackages=1\nname=A\n\n[b]\nkeeppackages=1\nbaseurl=x\n");
+        assert_eq!(keep_packages("[a]"), "[a]\nkeeppackages=1\n");
+        // With the cache, the repository files are rewritten and the cache folders bound.
+        let mut c = FakeChroot::new();
+        let uid = rustix::process::geteuid().as_raw();
+        let gid = rustix::process::getegid().as_raw();
+        c.root.write(Path::new("/etc/zypp/repos.d/sles.repo"), b"[sles]\nkeeppackages=0\n", 0o644, uid, gid).unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let mut state = StepState { cache: Some(crate::pkg::PackageCache { dir: cache.path().into(), arch: "amd64".into() }), ..Default::default() };
+        let step = Packages { install: vec!["jq".into()], ..Default::default() };
+        apply_step(&mut Zypper, &mut c, &step, &mut state, None).unwrap();
+        assert_eq!(c.root.read_string(Path::new("/etc/zypp/repos.d/sles.repo")).unwrap().unwrap(), "[sles]\nkeeppackages=1\n");
+        let guests: Vec<_> = c.cache_binds[0].iter().map(|(_, g)| g.display().to_string()).collect();
+        assert_eq!(guests, ["/var/cache/zypp/raw", "/var/cache/zypp/solv", "/var/cache/zypp/packages"]);
     }
 }
