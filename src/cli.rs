@@ -429,6 +429,11 @@ pub struct BuildArgs {
     /// How kib reaches the image's filesystems: loop, guestfs or auto, as for `kib customize`.
     #[arg(long, value_enum, default_value_t = crate::backend::BackendArg::Auto)]
     pub backend: crate::backend::BackendArg,
+    /// guestfs backend: how long one appliance session (reading the tree out, writing the
+    /// changes back) may take, in seconds, appliance start included. Then it is stopped, with an
+    /// error that says so, and nothing of it is left running.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub appliance_timeout: u64,
     #[command(flatten)]
     pub fetch: FetchOptions,
     #[command(flatten)]
@@ -514,6 +519,11 @@ pub struct CustomizeArgs {
     /// works, guestfs otherwise. The BOM records the choice and why.
     #[arg(long, value_enum, default_value_t = crate::backend::BackendArg::Auto)]
     pub backend: crate::backend::BackendArg,
+    /// guestfs backend: how long one appliance session (reading the tree out, writing the
+    /// changes back) may take, in seconds, appliance start included. Then it is stopped, with an
+    /// error that says so, and nothing of it is left running.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub appliance_timeout: u64,
     /// Set by `kib build`: the os-release `ID` and `VERSION_ID` pattern the OS catalogue
     /// promises; an image that says otherwise is refused after Phase 0.
     #[arg(skip)]
@@ -540,9 +550,19 @@ pub struct ShellArgs {
     /// Where the per-run work directory (holding the raw working copy) is created.
     #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
     pub work_dir: PathBuf,
-    /// kib's cache folder, for the checksums of inputs already read in full.
-    #[arg(long, value_name = "DIR", default_value = "/var/cache/kib")]
-    pub cache_dir: PathBuf,
+    /// kib's cache folder, for the checksums of inputs already read in full. Default:
+    /// /var/cache/kib for root, ~/.cache/kib for a normal user (guestfs backend).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// How kib reaches the image's filesystems: loop, guestfs or auto, as for `kib customize`.
+    /// With guestfs the shell works on the tree read out into kib's namespace, and `--save`
+    /// writes the changes back through the appliance first.
+    #[arg(long, value_enum, default_value_t = crate::backend::BackendArg::Auto)]
+    pub backend: crate::backend::BackendArg,
+    /// guestfs backend: how long one appliance session may take, in seconds (as for `kib
+    /// customize`).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub appliance_timeout: u64,
     /// The command to run in the image, after `--`; default: root's login shell.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -588,6 +608,11 @@ pub struct CheckArgs {
     /// (guestfs reads the tree out through libguestfs's appliance, without root).
     #[arg(long, value_enum, default_value_t = crate::backend::BackendArg::Auto)]
     pub backend: crate::backend::BackendArg,
+    /// guestfs backend: how long one appliance session (reading the tree out, writing the
+    /// changes back) may take, in seconds, appliance start included. Then it is stopped, with an
+    /// error that says so, and nothing of it is left running.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub appliance_timeout: u64,
     /// Also boot the image under QEMU, from a throwaway overlay with a NoCloud seed, and check
     /// the running node: containerd active, kubelet enabled but not running, the manifest's
     /// modules loaded and sysctls live, swap off, no failed units, the images ctr lists, a fresh
@@ -640,6 +665,11 @@ pub struct InspectArgs {
     /// (guestfs reads the tree out through libguestfs's appliance, without root).
     #[arg(long, value_enum, default_value_t = crate::backend::BackendArg::Auto)]
     pub backend: crate::backend::BackendArg,
+    /// guestfs backend: how long one appliance session (reading the tree out, writing the
+    /// changes back) may take, in seconds, appliance start included. Then it is stopped, with an
+    /// error that says so, and nothing of it is left running.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub appliance_timeout: u64,
 }
 
 #[cfg(test)]

@@ -122,6 +122,7 @@ pub fn run(args: &BuildArgs) -> Result<ExitCode> {
         cache: args.cache.clone(),
         expect_os: Some((base.os_release.id.clone(), base.os_release.version_id.clone())),
         backend: args.backend,
+        appliance_timeout: args.appliance_timeout,
     };
     super::customize::run_in_namespace(&customize, &backend)
 }

@@ -32,7 +32,7 @@ pub fn run(args: &CheckArgs, output: OutputFormat) -> Result<ExitCode> {
         Some(b) => BuildContext::now().with_build_date(&b.build_started),
         None => BuildContext::now(),
     };
-    let image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: false, work_base: args.work_dir.clone(), cache_dir: None, read_only: true, grow_to: None, start_from: None, backend, guestfs_cache: Some(crate::config::default_cache_dir().join("guestfs")) })?;
+    let image = Image::open(&phase0::Options { image: args.disk_image.clone(), verify: false, work_base: args.work_dir.clone(), cache_dir: None, read_only: true, grow_to: None, start_from: None, backend, guestfs: Some(super::guestfs_settings(&crate::config::default_cache_dir(), args.appliance_timeout)) })?;
     let mut checks = crate::check::run(image.root(), &image.facts, &ctx, manifest.as_ref(), bom.as_ref())?;
     checks.extend(crate::check::selinux_labels(&image)?);
     let expect = crate::check::boot_expectations(manifest.as_ref(), &image.facts, &ctx, bom.as_ref());

@@ -232,7 +232,7 @@ pub fn run_in_namespace(args: &CustomizeArgs, backend: &crate::backend::Choice) 
         grow_to: if start_from.is_some() { None } else { plan.disk_size },
         start_from,
         backend: backend.backend,
-        guestfs_cache: Some(fetcher.cache_dir.join("guestfs")),
+        guestfs: Some(super::guestfs_settings(&fetcher.cache_dir, args.appliance_timeout)),
     })?;
     if let Some(f) = &fetched {
         image.input.url = Some(f.fetched.url.clone());

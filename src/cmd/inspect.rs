@@ -30,7 +30,7 @@ pub fn run(args: &InspectArgs, output: OutputFormat) -> Result<ExitCode> {
         grow_to: None,
         start_from: None,
         backend,
-        guestfs_cache: Some(crate::config::default_cache_dir().join("guestfs")),
+        guestfs: Some(super::guestfs_settings(&crate::config::default_cache_dir(), args.appliance_timeout)),
     })?;
     let report = inspect::report(&image)?;
     image.close()?;

@@ -37,6 +37,11 @@ pub fn mounting_as_root(subcommand: &str) -> Result<()> {
     Ok(())
 }
 
+/// The guestfs backend's settings: its folder in kib's cache `cache`, and `--appliance-timeout`.
+pub fn guestfs_settings(cache: &std::path::Path, appliance_timeout_s: u64) -> crate::guestfs::Settings {
+    crate::guestfs::Settings { cache: cache.join("guestfs"), session_limit: std::time::Duration::from_secs(appliance_timeout_s) }
+}
+
 /// What [`mounting`] did: the backend to use here, or the whole command already ran in the guestfs
 /// backend's namespaces (its exit status).
 #[derive(Debug)]

@@ -1,5 +1,6 @@
 //! `kib shell`: Phase 0 on a working copy, then a shell or one command inside the image, in the
-//! chroot session the steps use. For finding out by hand what a step should do, and for images
+//! chroot session the steps use (loop devices as root, or, with `--backend guestfs`, the tree
+//! read out through libguestfs's appliance, as a normal user). For finding out by hand what a step should do, and for images
 //! customized by hand: `--save` keeps the result as a raw disk for `kib customize --phases 2`.
 
 use std::path::Path;
@@ -37,7 +38,10 @@ pub fn run(args: &ShellArgs, output: crate::cli::OutputFormat) -> Result<ExitCod
     if output == crate::cli::OutputFormat::Json {
         bail!("kib shell is interactive and exits with the command's status; --output json does not apply");
     }
-    super::mounting_as_root("shell")?;
+    let backend = match super::mounting("shell", args.backend)? {
+        super::Entered::Ran(code) => return Ok(code),
+        super::Entered::Here(choice) => choice.backend,
+    };
     let save_dir = match &args.save {
         Some(p) => {
             if p.file_name().is_none() || p.is_dir() {
@@ -53,16 +57,17 @@ pub fn run(args: &ShellArgs, output: crate::cli::OutputFormat) -> Result<ExitCod
         None => None,
     };
     let grow_to = args.disk_size.as_deref().map(|s| crate::manifest::parse_disk_size(s).map_err(|e| anyhow::anyhow!("--disk-size: {e}"))).transpose()?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(crate::config::default_cache_dir);
     let mut image = Image::open(&phase0::Options {
         image: args.disk_image.clone(),
         verify: !args.no_verify,
         work_base: args.work_dir.clone(),
-        cache_dir: Some(args.cache_dir.clone()),
+        cache_dir: Some(cache_dir.clone()),
         read_only: false,
         grow_to,
         start_from: None,
-        backend: crate::backend::Backend::Loop,
-        guestfs_cache: None,
+        backend,
+        guestfs: Some(super::guestfs_settings(&cache_dir, args.appliance_timeout)),
     })?;
     let argv = if args.command.is_empty() { default_command(&image) } else { args.command.clone() };
     let what = format!("`{}` in the image", argv.join(" "));
@@ -77,9 +82,15 @@ pub fn run(args: &ShellArgs, output: crate::cli::OutputFormat) -> Result<ExitCod
         status?
     };
     let code = exit_code(status);
+    let saving = args.save.is_some() && code == 0;
+    if saving {
+        // guestfs: the shell changed the tree in kib's namespace; into the disk with it (loop:
+        // nothing to do, the writes are in place).
+        image.write_back(true)?;
+    }
     image.unmount()?;
     if let (Some(save), Some(dir)) = (&args.save, &save_dir) {
-        if code != 0 {
+        if !saving {
             tracing::warn!("{what} exited with status {code}: {} is not written", save.display());
         } else {
             save_raw(&image.disk, image.work_dir(), dir, save)?;

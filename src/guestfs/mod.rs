@@ -45,8 +45,20 @@ pub const FIXED_APPLIANCE: &str = "/var/cache/kib/guestfs/appliance";
 /// How long the appliance may take to start under KVM before kib falls back to TCG.
 pub const KVM_PROBE: Duration = Duration::from_secs(30);
 
-/// How long one appliance session (extraction or write-back) may take.
+/// How long one appliance session (extraction or write-back) may take by default
+/// (`--appliance-timeout`).
 pub const SESSION_LIMIT: Duration = Duration::from_secs(3600);
+
+/// The guestfs backend's settings for one run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// kib's cache folder for libguestfs's supermin appliance and the KVM verdict (unused for
+    /// the appliance itself when a fixed one is installed).
+    pub cache: PathBuf,
+    /// How long one appliance session (reading the tree out, writing the changes back) may
+    /// take, appliance start included; then it is killed and kib says so (`--appliance-timeout`).
+    pub session_limit: Duration,
+}
 
 /// What the BOM lists as the guestfs backend's differences from a loop-backend build.
 pub const DIFFERENCES: &[&str] = &[
@@ -62,6 +74,8 @@ pub struct Appliance {
     env: Vec<(String, OsString)>,
     /// `kvm` or `tcg`, as decided.
     pub accel: &'static str,
+    /// How long one session may take (see [`Settings::session_limit`]).
+    pub limit: Duration,
 }
 
 impl Appliance {
@@ -72,7 +86,7 @@ impl Appliance {
     ///
     /// Errors: the folders cannot be made, or the appliance starts under neither KVM nor TCG (the
     /// error names libguestfs-test-tool and the README).
-    pub fn prepare(tmp: &Path, cache: &Path) -> Result<Appliance> {
+    pub fn prepare(tmp: &Path, cache: &Path, limit: Duration) -> Result<Appliance> {
         std::fs::create_dir_all(tmp).with_context(|| format!("creating {}", tmp.display()))?;
         let mut env: Vec<(String, OsString)> = vec![("TMPDIR".into(), tmp.into())];
         if std::env::var_os("LIBGUESTFS_BACKEND").is_none() {
@@ -84,7 +98,7 @@ impl Appliance {
             std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
             env.push(("LIBGUESTFS_CACHEDIR".into(), cache.into()));
         }
-        let mut a = Appliance { env, accel: "tcg" };
+        let mut a = Appliance { env, accel: "tcg", limit };
         if let Some(s) = std::env::var_os("LIBGUESTFS_BACKEND_SETTINGS") {
             a.accel = if s.to_string_lossy().contains("force_tcg") { "tcg" } else { "kvm" };
         } else if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok() {
@@ -181,11 +195,12 @@ pub fn extract(app: &Appliance, disk: &Path, root: &Path, work: &Path) -> Result
     tar.arg("-c").arg(r#"r=$1; shift; { tar -xpf - -C "$r" "$@" --exclude=./dev/*; s=$?; cat >/dev/null; exit $s; } < "$0""#);
     tar.arg(&fifo).arg(root);
     tar.args(TAR_KEEP);
-    let reader = std::thread::spawn(move || exec::run(&mut tar, "tar (unpacking the tree)", Some(SESSION_LIMIT)));
+    let limit = app.limit;
+    let reader = std::thread::spawn(move || exec::run(&mut tar, "tar (unpacking the tree)", Some(limit)));
     let disk_s = disk.to_string_lossy();
     let script_s = script.to_string_lossy();
     let mut gf = app.guestfish(&["--ro", "--format=raw", "-a", &disk_s, "-i", "-f", &script_s]);
-    let ran = run_capturing(&mut gf, "guestfish (reading the tree out)", &work.join("mountpoints.txt"));
+    let ran = run_capturing(&mut gf, "guestfish (reading the tree out)", &work.join("mountpoints.txt"), app.limit);
     unblock_fifo(&fifo, false);
     let unpacked = reader.join().map_err(|_| anyhow::anyhow!("the tar thread panicked"))?;
     let out = ran.map_err(|e| appliance_error(e, "reading the image's tree out through libguestfs's appliance"))?;
@@ -201,10 +216,10 @@ pub fn extract(app: &Appliance, disk: &Path, root: &Path, work: &Path) -> Result
 /// Runs guestfish with its standard output captured in `out` (in the run's work directory, so
 /// that a killed run leaves it to `kib cleanup`): returns that output, or the error with the tail
 /// of its standard error.
-fn run_capturing(cmd: &mut Command, what: &str, out: &Path) -> Result<String, ExecError> {
+fn run_capturing(cmd: &mut Command, what: &str, out: &Path, limit: Duration) -> Result<String, ExecError> {
     // stderr goes through exec::run's log and tail; stdout (mountpoints) into the file.
     let mut sh = wrap_stdout(cmd, out);
-    exec::run(&mut sh, what, Some(SESSION_LIMIT))?;
+    exec::run(&mut sh, what, Some(limit))?;
     let text = std::fs::read_to_string(out).unwrap_or_default();
     let _ = std::fs::remove_file(out);
     Ok(text)
@@ -226,9 +241,13 @@ fn wrap_stdout(cmd: &Command, file: &Path) -> Command {
 
 /// The appliance's failure, with where to look when it did not start (not for an interruption).
 fn appliance_error(e: ExecError, doing: &str) -> anyhow::Error {
-    let hint = match e {
-        ExecError::Interrupted { .. } => "",
-        _ => "; if the appliance cannot start, `libguestfs-test-tool` shows why, and the README's \"Without root\" lists what it needs",
+    let hint = match &e {
+        ExecError::Interrupted { .. } => String::new(),
+        ExecError::TimedOut { limit, .. } => format!(
+            "; the appliance session did not finish within --appliance-timeout ({} s; under TCG, without KVM, reading a 2 GiB image takes about 2 minutes): it was stopped, and nothing of it is left running",
+            limit.as_secs()
+        ),
+        _ => "; if the appliance cannot start, `libguestfs-test-tool` shows why, and the README's \"Without root\" lists what it needs".into(),
     };
     anyhow::Error::new(e).context(format!("{doing}{hint}"))
 }
@@ -375,9 +394,10 @@ pub fn write_back(app: &Appliance, disk: &Path, root: &Path, work: &Path, mounte
     std::fs::write(&script_path, script)?;
     let mut tar = exec::host_tool("tar");
     tar.arg("-cf").arg(&fifo).arg("-C").arg(root).args(TAR_KEEP).args(["--no-recursion", "--null", "-T"]).arg(&list);
-    let writer = std::thread::spawn(move || exec::run(&mut tar, "tar (packing the changes)", Some(SESSION_LIMIT)));
+    let limit = app.limit;
+    let writer = std::thread::spawn(move || exec::run(&mut tar, "tar (packing the changes)", Some(limit)));
     let mut gf = app.guestfish(&["-f", &script_path.to_string_lossy()]);
-    let ran = exec::run(&mut gf, "guestfish (writing the changes back)", Some(SESSION_LIMIT));
+    let ran = exec::run(&mut gf, "guestfish (writing the changes back)", Some(app.limit));
     unblock_fifo(&fifo, true);
     let packed = writer.join().map_err(|_| anyhow::anyhow!("the tar thread panicked"))?;
     ran.map_err(|e| appliance_error(e, "writing the changes back through libguestfs's appliance"))?;

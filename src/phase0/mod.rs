@@ -71,9 +71,9 @@ pub struct Options {
     /// How the filesystems are reached: loop devices and mounts, or libguestfs's appliance
     /// reading the tree out into a tmpfs ([`crate::guestfs`]).
     pub backend: Backend,
-    /// kib's cache folder for libguestfs's supermin appliance (guestfs backend only; unused
-    /// with a fixed appliance).
-    pub guestfs_cache: Option<PathBuf>,
+    /// The guestfs backend's cache folder and appliance time limit (guestfs backend only;
+    /// `None`: a cache in the work directory and [`guestfs::SESSION_LIMIT`]).
+    pub guestfs: Option<guestfs::Settings>,
 }
 
 /// The input image as the BOM records it.
@@ -260,8 +260,8 @@ impl Image {
         match opts.backend {
             Backend::Loop => image.mount_tree().with_context(|| format!("mounting the filesystems of {}", input.display()))?,
             Backend::Guestfs => {
-                let cache = opts.guestfs_cache.clone().unwrap_or_else(|| image.work.path().join("guestfs-cache"));
-                image.extract_tree(&cache).with_context(|| format!("reading the filesystems of {} through libguestfs", input.display()))?
+                let settings = opts.guestfs.clone().unwrap_or_else(|| guestfs::Settings { cache: image.work.path().join("guestfs-cache"), session_limit: guestfs::SESSION_LIMIT });
+                image.extract_tree(&settings).with_context(|| format!("reading the filesystems of {} through libguestfs", input.display()))?
             }
         }
         activity.finish();
@@ -309,7 +309,7 @@ impl Image {
     /// The guestfs backend's Phase 0: the tree read out through the appliance into a tmpfs at
     /// the root folder (see [`crate::guestfs::extract`]), then the facts, the filesystems and the
     /// tree's state for the write-back.
-    fn extract_tree(&mut self, cache: &Path) -> Result<()> {
+    fn extract_tree(&mut self, settings: &guestfs::Settings) -> Result<()> {
         if self.grow_to.is_some() {
             bail!("growing the disk (disk.size, --disk-size) needs the loop backend; the guestfs backend does not grow disks yet");
         }
@@ -324,7 +324,7 @@ impl Image {
         let data = format!("mode=0755,size={}", self.input.virtual_size + (256 << 20));
         let spec = sys::MountSpec { source: "kib-tree", source_at: None, target: &self.root_dir, at: &self.root_dir, fstype: "tmpfs", flags: MountFlags::empty(), data: Some(&data) };
         self.held.push_mount(Mounted::mount(&self.sys, &spec).context("mounting a tmpfs for the image's tree")?);
-        let app = guestfs::Appliance::prepare(&self.work.path().join("guestfs"), cache)?;
+        let app = guestfs::Appliance::prepare(&self.work.path().join("guestfs"), &settings.cache, settings.session_limit)?;
         tracing::info!("libguestfs's appliance runs under {}", app.accel.to_uppercase());
         let activity = crate::progress::Activity::task("reading the tree out through libguestfs", None);
         let mounted = guestfs::extract(&app, &self.disk, &self.root_dir, self.work.path())?;

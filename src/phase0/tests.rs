@@ -39,7 +39,7 @@ fn fs(ty: &str, uuid: &str, label: &str, files: &[(&str, &str)]) -> FakeFs {
 }
 
 fn options(dir: &Path, read_only: bool, grow_to: Option<u64>) -> Options {
-    Options { image: dir.join("disk.raw"), verify: false, work_base: dir.join("work"), cache_dir: None, read_only, grow_to, start_from: None, backend: crate::backend::Backend::Loop, guestfs_cache: None }
+    Options { image: dir.join("disk.raw"), verify: false, work_base: dir.join("work"), cache_dir: None, read_only, grow_to, start_from: None, backend: crate::backend::Backend::Loop, guestfs: None }
 }
 
 /// The log with the run directory's random name written `run`.
