@@ -7,7 +7,9 @@
 //! process or work directory is left. Then: `--backend auto` as that user goes to the guestfs
 //! backend and, on a host without its tools, fails with the paragraph naming both backends; a
 //! SIGKILLed guestfs build leaves no process (the appliance's qemu included), and `kib cleanup`
-//! as the user removes its work directory.
+//! as the user removes its work directory; an appliance stopped by `--appliance-timeout` says so
+//! and leaves nothing. `kib shell --backend guestfs --save` on the arm64 fixture runs the image's
+//! own programs under qemu-user and writes the shell's changes back.
 //!
 //! Needs scripts/guestfs-setup.sh (libguestfs-tools, uidmap, the fixed appliance); scripts/test.sh
 //! runs it. One guestfs build of the node manifest is this suite's budget (about 2.5 min here).
@@ -266,6 +268,23 @@ fn auto_without_guestfs_tools_names_both_backends_and_sigkill_leaves_nothing() {
     }
     assert!(!home.join("out").exists(), "no output folder on refusal");
 
+    // An appliance that cannot finish in --appliance-timeout (here 2 s, less than it needs to
+    // start under TCG): stopped, with the limit named; nothing left running or behind.
+    let before = sha256(&img);
+    let mut a = args("guestfs");
+    a.extend(["--appliance-timeout", "2"].map(std::ffi::OsString::from));
+    let t0 = Instant::now();
+    let o = as_user(&home, &[], &refs(&a)).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "the limit did not stop it: {:?}", t0.elapsed());
+    assert!(err.contains("--appliance-timeout (2 s") && err.contains("nothing of it is left running"), "{err}");
+    let left = wait_no_processes(uid, Duration::from_secs(15));
+    assert!(left.is_empty(), "processes left after the timeout: {left:#?}");
+    assert_nothing_left(&home.join("work"));
+    assert!(!home.join("out").exists(), "an output folder after the timeout");
+    assert_eq!(sha256(&img), before);
+
     // SIGKILL while the appliance reads the tree out: the namespace goes, and with it guestfish
     // and qemu; `kib cleanup` as the user removes the work directory.
     let g = args("guestfs");
@@ -287,6 +306,52 @@ fn auto_without_guestfs_tools_names_both_backends_and_sigkill_leaves_nothing() {
     assert!(o.status.success(), "kib cleanup as {USER}: {}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stdout).contains("removed work directory"), "{}", String::from_utf8_lossy(&o.stdout));
     assert_nothing_left(&home.join("work"));
+}
+
+/// `kib shell --backend guestfs` as the user, on the arm64 fixture (a foreign architecture: its
+/// programs run under qemu-user through the host's binfmt_misc handler, inside the user
+/// namespace): the command's output and exit status come back, and `--save` writes what it
+/// changed back through the appliance into a raw disk that root then mounts. The input is
+/// bit-identical, and nothing is left.
+#[test]
+fn a_normal_user_runs_a_shell_in_a_foreign_image_and_saves_it() {
+    if skip_unless_root("a_normal_user_runs_a_shell_in_a_foreign_image_and_saves_it") {
+        return;
+    }
+    let img = std::env::var_os("KIB_BASE_IMAGE_ARM64")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kib/fixtures/arm64/kib-fixture-debian-12-minbase-arm64.raw"));
+    assert!(img.exists(), "arm64 test fixture {} missing: run testdata/arm64/make-image.sh (scripts/test.sh does)", img.display());
+    let before = sha256(&img);
+    let (tmp, home, uid) = user_tmp("kib-guestfs-shell-");
+    let saved = home.join("saved.raw");
+    let t0 = Instant::now();
+    let args: Vec<std::ffi::OsString> = [
+        "shell", "--backend", "guestfs", "--no-verify", "--disk-image", img.to_str().unwrap(), "--save", saved.to_str().unwrap(), "--work-dir", home.join("work").to_str().unwrap(),
+        "--", "/bin/sh", "-c", "uname -m; id -u; echo made-by-kib-shell > /root/kib-shell; rm /etc/motd; exit 0",
+    ]
+    .map(std::ffi::OsString::from)
+    .to_vec();
+    let o = as_user(&home, &[], &refs(&args)).output().unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "kib shell --backend guestfs: {out}\n{err}");
+    eprintln!("kib shell --backend guestfs --save on the arm64 fixture: {:.0?}", t0.elapsed());
+    // The image's own uname (qemu-user reports the emulated machine), as uid 0 inside.
+    assert!(out.lines().any(|l| l == "aarch64") && out.lines().any(|l| l == "0"), "{out}\n{err}");
+    assert!(err.contains("backend guestfs"), "{err}");
+    assert_eq!(std::fs::metadata(&saved).unwrap().uid(), uid, "the saved disk belongs to the user");
+    let m = Mounted::partition(&saved, 1, &tmp.path().join("saved"));
+    assert_eq!(m.read("/root/kib-shell"), "made-by-kib-shell\n");
+    let root_dir = std::fs::metadata(m.path("/root")).unwrap();
+    assert_eq!((root_dir.uid(), root_dir.gid()), (0, 0), "/root keeps its owner");
+    assert_eq!(std::fs::metadata(m.path("/root/kib-shell")).unwrap().uid(), 0, "a file the shell made is root's in the image");
+    assert!(!m.path("/etc/motd").exists(), "the removal was not written back");
+    drop(m);
+    assert_eq!(sha256(&img), before, "the input changed");
+    let left = wait_no_processes(uid, Duration::from_secs(15));
+    assert!(left.is_empty(), "processes left: {left:#?}");
+    assert_nothing_left(&home.join("work"));
+    assert!(leftovers(&home).is_empty(), "{:?}", leftovers(&home));
 }
 
 fn refs(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
