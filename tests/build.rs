@@ -4,7 +4,7 @@
 //! 127.0.0.1 that serves a FIXTURE: the Debian 12 base image kib's tests use (built by
 //! scripts/make-base-image.sh, converted to qcow2), under the catalogue's file name, with a
 //! SHA512SUMS listing it. Kubernetes comes from the mirror fixture of tests/kubernetes.rs. Then
-//! `kib check --boot` boots the result under TCG.
+//! `kib check --boot` boots the result under TCG, and fails on a copy whose containerd is masked.
 
 mod common;
 
@@ -144,5 +144,43 @@ fn build_debian_12_qemu_1_30_from_the_catalogue_through_the_mirror_then_boot() {
         .unwrap();
     assert_booted_node(&out, &console, t0);
     assert_eq!(sha256(&image), before, "the booted image was written");
+    assert_nothing_left(&t.join("work"));
+
+    // A node whose containerd is masked on purpose (`kib shell --save`, the image's own
+    // systemctl): the booted check fails, naming containerd, and exits non-zero.
+    let masked = t.join("masked.raw");
+    let r = kib()
+        .args(["shell", "--no-verify", "--disk-image"])
+        .arg(&image)
+        .arg("--save")
+        .arg(&masked)
+        .arg("--work-dir")
+        .arg(t.join("work"))
+        .args(["--", "systemctl", "mask", "containerd.service"])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "kib shell: {}", String::from_utf8_lossy(&r.stderr));
+    let before = sha256(&masked);
+    let t0 = std::time::Instant::now();
+    let out = kib()
+        .args(["check", "--boot", "--accel", "tcg", "--boot-timeout", "600", "--output", "json", "--manifest", "manifests/k8s-1.30.yaml", "--provider", "qemu"])
+        .args(["--set", "kubernetes_version=1.30.0", "--set", "kubernetes_deb_version=1.30.0-1.1", "--disk-image"])
+        .arg(&masked)
+        .arg("--work-dir")
+        .arg(t.join("work"))
+        .arg("--console-log")
+        .arg(t.join("console-masked.log"))
+        .output()
+        .unwrap();
+    eprintln!("kib check --boot (TCG), containerd masked: {:.0}s", t0.elapsed().as_secs_f64());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a masked containerd passed:\n{text}");
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let failed: Vec<&str> = checks.iter().filter(|c| c["ok"] == false).filter_map(|c| c["name"].as_str()).collect();
+    assert!(failed.contains(&"boot: containerd active"), "{failed:?}");
+    for passing in ["boot: report complete", "boot: swap off", "boot: machine-id fresh"] {
+        assert!(!failed.contains(&passing), "{passing} failed too: {failed:?}");
+    }
+    assert_eq!(sha256(&masked), before, "the booted image was written");
     assert_nothing_left(&t.join("work"));
 }

@@ -26,9 +26,21 @@ use common::*;
 
 const USER: &str = "kibguestfs";
 
+/// The tests run as the same user and each checks that the user has no process left, so they
+/// take turns for what they run as that user (test threads run side by side).
+static AS_USER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn my_turn() -> std::sync::MutexGuard<'static, ()> {
+    AS_USER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Making the user and its folders (useradd, guestfs-setup.sh) once at a time.
+static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Makes the test user (with a subordinate id range, through scripts/guestfs-setup.sh) and a
 /// folder it owns. Returns its uid.
 fn test_user(dir: &Path) -> u32 {
+    let _setup = SETUP.lock().unwrap_or_else(|e| e.into_inner());
     if Command::new("id").arg(USER).output().unwrap().status.code() != Some(0) {
         let s = Command::new("useradd").args(["--create-home", "--shell", "/bin/bash", USER]).status().unwrap();
         assert!(s.success(), "useradd {USER}");
@@ -171,6 +183,7 @@ fn a_normal_user_builds_the_node_image_through_libguestfs() {
     assert_nothing_left(&t.join("work"));
 
     // The user's guestfs-backend build.
+    let _turn = my_turn();
     let out = home.join("out");
     let work = home.join("work");
     let log = home.join("kib.log");
@@ -245,6 +258,7 @@ fn auto_without_guestfs_tools_names_both_backends_and_sigkill_leaves_nothing() {
     if skip_unless_root("auto_without_guestfs_tools_names_both_backends_and_sigkill_leaves_nothing") {
         return;
     }
+    let _turn = my_turn();
     let (tmp, home, uid) = user_tmp("kib-guestfs-kill-");
     let t = tmp.path();
     let img = tiny_image(t, "tiny.raw", &[("/etc/os-release", "ID=debian\nVERSION_ID=12\n")]);
@@ -323,6 +337,7 @@ fn a_normal_user_runs_a_shell_in_a_foreign_image_and_saves_it() {
         .unwrap_or_else(|| PathBuf::from("/var/cache/kib/fixtures/arm64/kib-fixture-debian-12-minbase-arm64.raw"));
     assert!(img.exists(), "arm64 test fixture {} missing: run testdata/arm64/make-image.sh (scripts/test.sh does)", img.display());
     let before = sha256(&img);
+    let _turn = my_turn();
     let (tmp, home, uid) = user_tmp("kib-guestfs-shell-");
     let saved = home.join("saved.raw");
     let t0 = Instant::now();

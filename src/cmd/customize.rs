@@ -203,7 +203,7 @@ pub fn run_in_namespace(args: &CustomizeArgs, backend: &crate::backend::Choice) 
     let (manifest, phases) = (&plan.manifest, plan.phases);
     let outputs: Vec<PathBuf> = plan.outputs().iter().map(|f| args.output_dir.join(f)).collect();
     crate::input::refuse_outputs_on_input(&input, &outputs)?;
-    phase2::ensure_output_dir(&args.output_dir)?;
+    let _output_dir = phase2::ensure_output_dir(&args.output_dir)?;
     tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
     let mut cache = if guestfs {
         tracing::info!("the guestfs backend does not use the build cache");

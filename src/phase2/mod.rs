@@ -176,7 +176,30 @@ pub fn sha256sums<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> 
     entries.into_iter().map(|(f, s)| format!("{s}  {f}\n")).collect()
 }
 
-/// Creates the output folder if it is missing.
-pub fn ensure_output_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating output folder {}", dir.display()))
+/// The output folder, made (with its parents) when missing. A folder made here is removed again
+/// when the guard drops while it is still empty (a build that failed before writing its
+/// outputs), so that a failed build leaves no folder behind; one that held files, or that was
+/// there before, stays.
+///
+/// Errors: the folder cannot be made.
+pub fn ensure_output_dir(dir: &Path) -> Result<OutputDir> {
+    let created = !dir.is_dir();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating output folder {}", dir.display()))?;
+    Ok(OutputDir { path: dir.to_path_buf(), created })
+}
+
+/// See [`ensure_output_dir`].
+#[derive(Debug)]
+pub struct OutputDir {
+    path: std::path::PathBuf,
+    created: bool,
+}
+
+impl Drop for OutputDir {
+    fn drop(&mut self) {
+        if self.created {
+            // Only an empty folder goes (remove_dir refuses any other).
+            let _ = std::fs::remove_dir(&self.path);
+        }
+    }
 }
