@@ -180,6 +180,10 @@ pub struct MatrixOutputOptions {
     /// kib's cache folder, shared by every build (downloads, checksum lists, input checksums).
     #[arg(long, value_name = "DIR", default_value = "/var/cache/kib")]
     pub cache_dir: PathBuf,
+    /// kib's configuration file (mirrors, offline), for the plan's checksum lists and passed to
+    /// every build. Default /etc/kib/config.yaml, if it exists.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -22,7 +22,7 @@ pub fn run(c: &MatrixCommand, output: OutputFormat) -> Result<ExitCode> {
 
 /// Loads the plan with a fetcher on `cache_dir` (for URL bases' checksum lists).
 fn load(file: &Path, o: &MatrixOutputOptions) -> Result<Plan> {
-    let fetcher = super::fetcher(&FetchOptions { mirror: Vec::new(), offline: false, cache_dir: Some(o.cache_dir.clone()), config: None, fetch_retries: 4, no_package_cache: false })?;
+    let fetcher = super::fetcher(&FetchOptions { mirror: Vec::new(), offline: false, cache_dir: Some(o.cache_dir.clone()), config: o.config.clone(), fetch_retries: 4, no_package_cache: false })?;
     let mut opts = LoadOptions::new();
     opts.output_dir = o.output_dir.clone();
     opts.fetcher = Some(&fetcher);
@@ -107,6 +107,7 @@ fn run_builds(a: &MatrixRunArgs) -> Result<ExitCode> {
         jobs: a.jobs,
         force: a.force,
         cache_dir: a.out.cache_dir.clone(),
+        config: a.out.config.clone(),
         work_dir: a.work_dir.clone(),
         convert_jobs: a.convert_jobs.unwrap_or((cpus / a.jobs as usize).max(1)),
         tail_lines: 15,
@@ -149,7 +150,7 @@ fn run_builds(a: &MatrixRunArgs) -> Result<ExitCode> {
 }
 
 fn render(a: &MatrixRenderArgs) -> Result<ExitCode> {
-    let plan = load(&a.file, &MatrixOutputOptions { output_dir: None, cache_dir: "/var/cache/kib".into() })?;
+    let plan = load(&a.file, &MatrixOutputOptions { output_dir: None, cache_dir: "/var/cache/kib".into(), config: None })?;
     let measured = runner::MatrixRecord::read(a.measured.as_deref().unwrap_or(&plan.output_dir));
     let yaml = crate::matrix::render::render(&plan, &crate::matrix::render::RenderOptions {
         target: a.target,

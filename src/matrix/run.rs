@@ -110,6 +110,8 @@ pub struct RunOptions {
     pub jobs: u32,
     pub force: bool,
     pub cache_dir: PathBuf,
+    /// Each child's `--config` (`None`: their default, /etc/kib/config.yaml).
+    pub config: Option<PathBuf>,
     pub work_dir: PathBuf,
     /// Each child's `--convert-jobs`.
     pub convert_jobs: usize,
@@ -140,6 +142,9 @@ pub fn customize_command(build: &Build, root: &Path, opts: &RunOptions) -> Comma
     }
     c.arg("--work-dir").arg(&opts.work_dir);
     c.arg("--cache-dir").arg(&opts.cache_dir);
+    if let Some(f) = &opts.config {
+        c.arg("--config").arg(f);
+    }
     c.arg("--convert-jobs").arg(opts.convert_jobs.to_string());
     c
 }

@@ -14,18 +14,18 @@
 #                                                             containerd-stress, which Debian
 #                                                             does not package)
 #   github/containerd/containerd/releases/download/vV/containerd-V-linux-amd64.tar.gz.sha256sum
-#   github/opencontainers/runc/releases/download/vR/runc.amd64
+#   github/opencontainers/runc/releases/download/vR/runc.amd64, runc.arm64
 #   github/opencontainers/runc/releases/download/vR/runc.sha256sum
 #
 # NOTHING here is upstream's build: the programs are Debian's (dynamically linked against
 # glibc, runc against libseccomp), the tarball is kib's. The versions are Debian's upstream
-# versions (2.1.9 → containerd-2.1.9-linux-amd64.tar.gz).
+# versions (2.1.9 → containerd-2.1.9-linux-amd64.tar.gz). amd64 and arm64.
 #
 # Usage: make-containerd-tarball.sh OUTDIR        (copies the files into OUTDIR/github/...)
 #        make-containerd-tarball.sh --cache-only  (builds the cache, copies nothing)
 # Cache: /var/cache/kib/el/containerd-<sha256 of this script>/ (KIB_EL_CACHE overrides the
 # parent), with a stamp; a folder without its stamp is rebuilt. Prints the containerd and runc
-# versions as the last line of stdout: "CONTAINERD_VERSION RUNC_VERSION". amd64 only.
+# versions as the last line of stdout: "CONTAINERD_VERSION RUNC_VERSION".
 set -euo pipefail
 
 OUT=${1:?usage: make-containerd-tarball.sh OUTDIR}
@@ -44,34 +44,37 @@ build() {
 deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian sid main
 SRC
     local opts=(-o "Dir::Etc::SourceList=$tmp/sources.list" -o "Dir::Etc::SourceParts=-" -o "Dir::State::Lists=$tmp/apt/lists"
-        -o "Dir::Cache=$tmp/apt/cache" -o "Dir::State::status=/dev/null" -o "APT::Architecture=amd64" -o "Debug::NoLocking=1")
-    log "fetching Debian sid's containerd and runc packages"
+        -o "Dir::Cache=$tmp/apt/cache" -o "Dir::State::status=/dev/null" -o "APT::Architecture=amd64"
+        -o "APT::Architectures::=amd64" -o "APT::Architectures::=arm64" -o "Debug::NoLocking=1")
+    log "fetching Debian sid's containerd and runc packages (amd64, arm64)"
     apt-get -q "${opts[@]}" update >&2
-    (cd "$tmp/debs" && apt-get -q "${opts[@]}" download containerd runc >&2)
-    local c r
-    c=$(ls "$tmp/debs"/containerd_*_amd64.deb)
-    r=$(ls "$tmp/debs"/runc_*_amd64.deb)
-    local cv rv
-    cv=$(dpkg-deb -f "$c" Version | sed -E 's/^[0-9]+://; s/[~+-].*//')
-    rv=$(dpkg-deb -f "$r" Version | sed -E 's/^[0-9]+://; s/[~+-].*//')
-    dpkg-deb -x "$c" "$tmp/x/c"
-    dpkg-deb -x "$r" "$tmp/x/r"
-    mkdir -p "$tmp/t/bin"
-    for b in containerd containerd-shim-runc-v2 ctr; do
-        install -m 0755 "$tmp/x/c/usr/bin/$b" "$tmp/t/bin/$b"
-    done
+    (cd "$tmp/debs" && apt-get -q "${opts[@]}" download containerd:amd64 runc:amd64 containerd:arm64 runc:arm64 >&2)
+    local cv rv arch c r
+    cv=$(dpkg-deb -f "$(ls "$tmp/debs"/containerd_*_amd64.deb)" Version | sed -E 's/^[0-9]+://; s/[~+-].*//')
+    rv=$(dpkg-deb -f "$(ls "$tmp/debs"/runc_*_amd64.deb)" Version | sed -E 's/^[0-9]+://; s/[~+-].*//')
     local cdir="$tmp/out/github/containerd/containerd/releases/download/v$cv"
     local rdir="$tmp/out/github/opencontainers/runc/releases/download/v$rv"
     mkdir -p "$cdir" "$rdir"
-    local tgz="containerd-$cv-linux-amd64.tar.gz"
-    tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@1704067200 -C "$tmp/t" -czf "$cdir/$tgz" bin
-    (cd "$cdir" && sha256sum "$tgz" >"$tgz.sha256sum")
-    install -m 0755 "$(readlink -f "$tmp/x/r/usr/sbin/runc" 2>/dev/null || readlink -f "$tmp/x/r/usr/bin/runc")" "$rdir/runc.amd64"
-    (cd "$rdir" && sha256sum runc.amd64 >runc.sha256sum)
+    for arch in amd64 arm64; do
+        c=$(ls "$tmp/debs"/containerd_*_"$arch".deb)
+        r=$(ls "$tmp/debs"/runc_*_"$arch".deb)
+        dpkg-deb -x "$c" "$tmp/x/c-$arch"
+        dpkg-deb -x "$r" "$tmp/x/r-$arch"
+        mkdir -p "$tmp/t-$arch/bin"
+        for b in containerd containerd-shim-runc-v2 ctr; do
+            install -m 0755 "$tmp/x/c-$arch/usr/bin/$b" "$tmp/t-$arch/bin/$b"
+        done
+        local tgz="containerd-$cv-linux-$arch.tar.gz"
+        tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@1704067200 -C "$tmp/t-$arch" -czf "$cdir/$tgz" bin
+        (cd "$cdir" && sha256sum "$tgz" >"$tgz.sha256sum")
+        install -m 0755 "$(readlink -f "$tmp/x/r-$arch/usr/sbin/runc" 2>/dev/null || readlink -f "$tmp/x/r-$arch/usr/bin/runc")" "$rdir/runc.$arch"
+    done
+    # Upstream's runc.sha256sum lists every architecture's binary.
+    (cd "$rdir" && sha256sum runc.amd64 runc.arm64 >runc.sha256sum)
     echo "$cv $rv" >"$tmp/out/VERSIONS"
     rm -rf "$CACHE.tmp"
     mv "$tmp/out" "$CACHE.tmp"
-    echo "built by $SELF ($HASH) from $(basename "$c") $(basename "$r")" >"$CACHE.tmp/STAMP"
+    echo "built by $SELF ($HASH) from $(cd "$tmp/debs" && echo *.deb)" >"$CACHE.tmp/STAMP"
     rm -rf "$CACHE"
     mv "$CACHE.tmp" "$CACHE"
     log "built $CACHE (containerd $cv, runc $rv) in ${SECONDS}s"
