@@ -432,7 +432,7 @@ impl Store {
 
 /// The key of the Phase 0 record of an input at a disk size.
 pub fn base_key(input_sha256: &str, disk_size: Option<u64>) -> String {
-    crate::hash::sha256_bytes(format!("{SCHEME}\nbase\nkib {}\ninput {input_sha256}\ndisk {disk_size:?}\n", env!("CARGO_PKG_VERSION")).as_bytes())
+    crate::hash::sha256_bytes(format!("{SCHEME}\nbase\nkib {}\ninput {input_sha256}\ndisk {disk_size:?}\n", crate::hash::kib_build_id()).as_bytes())
 }
 
 /// What decides the disk before the first step.

@@ -8,6 +8,23 @@ use sha2::{Digest, Sha256};
 /// Read size for hashing and copying: 4 MiB.
 pub const CHUNK: usize = 4 << 20;
 
+/// This kib's identity in cache keys (the build cache's and the matrix's build keys):
+/// `<version>+<first 16 hex digits of the SHA-256 of its own executable>`, so that builds of
+/// different code never share a cache entry or a matrix stamp (a developer's rebuilt kib
+/// included), while copies of the same binary (another host, the container image) do. Read once
+/// per process (about 0.2 s for the 80 MB release binary); the version alone when
+/// `/proc/self/exe` cannot be read.
+pub fn kib_build_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| match sha256_file(Path::new("/proc/self/exe")) {
+        Ok(sum) => format!("{}+{}", env!("CARGO_PKG_VERSION"), &sum[..16]),
+        Err(e) => {
+            tracing::debug!("reading /proc/self/exe for kib's build id: {e}");
+            env!("CARGO_PKG_VERSION").to_string()
+        }
+    })
+}
+
 /// The lowercase hex SHA-256 of a file's bytes.
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut f = std::fs::File::open(path)?;

@@ -208,9 +208,10 @@ pub struct LoadOptions<'a> {
 }
 
 impl LoadOptions<'_> {
-    /// This kib's version, the file's output folder, no fetcher.
+    /// This kib's build id ([`crate::hash::kib_build_id`]: its version and executable), the
+    /// file's output folder, no fetcher.
     pub fn new() -> LoadOptions<'static> {
-        LoadOptions { output_dir: None, kib_version: env!("CARGO_PKG_VERSION").to_string(), fetcher: None }
+        LoadOptions { output_dir: None, kib_version: crate::hash::kib_build_id().to_string(), fetcher: None }
     }
 }
 
