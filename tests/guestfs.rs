@@ -8,7 +8,7 @@
 //! backend and, on a host without its tools, fails with the paragraph naming both backends; a
 //! SIGKILLed guestfs build leaves no process (the appliance's qemu included), and `kib cleanup`
 //! as the user removes its work directory; an appliance stopped by `--appliance-timeout` says so
-//! and leaves nothing. `kib shell --backend guestfs --save` on the arm64 fixture runs the image's
+//! and leaves nothing; `--disk-size` grows a disk through the appliance. `kib shell --backend guestfs --save` on the arm64 fixture runs the image's
 //! own programs under qemu-user and writes the shell's changes back.
 //!
 //! Needs scripts/guestfs-setup.sh (libguestfs-tools, uidmap, the fixed appliance); scripts/test.sh
@@ -261,7 +261,8 @@ fn auto_without_guestfs_tools_names_both_backends_and_sigkill_leaves_nothing() {
     let _turn = my_turn();
     let (tmp, home, uid) = user_tmp("kib-guestfs-kill-");
     let t = tmp.path();
-    let img = tiny_image(t, "tiny.raw", &[("/etc/os-release", "ID=debian\nVERSION_ID=12\n")]);
+    // What libguestfs's inspection needs to call it a Linux root (a Debian one).
+    let img = tiny_image(t, "tiny.raw", &[("/etc/os-release", "ID=debian\nVERSION_ID=12\n"), ("/etc/debian_version", "12.0\n"), ("/etc/fstab", "# none\n"), ("/bin/.keep", "")]);
     let manifest = t.join("m.yaml");
     std::fs::write(&manifest, "apiVersion: kib/v1\nkind: ImageManifest\nmetadata: {name: tiny}\nsteps:\n  - name: a file\n    file: {path: /etc/kib-test, content: \"x\\n\"}\n").unwrap();
     assert!(Command::new("chown").arg("-R").arg(format!("{USER}:")).arg(&home).arg(&img).arg(&manifest).status().unwrap().success());
@@ -297,6 +298,25 @@ fn auto_without_guestfs_tools_names_both_backends_and_sigkill_leaves_nothing() {
     assert!(left.is_empty(), "processes left after the timeout: {left:#?}");
     assert_nothing_left(&home.join("work"));
     assert!(!home.join("out").exists(), "an output folder after the timeout");
+    assert_eq!(sha256(&img), before);
+
+    // disk.size through the appliance: the partition grows in the table (sfdisk on the file),
+    // the ext4 root in the write-back session; the step's file is there, the BOM says so.
+    let mut a = args("guestfs");
+    a.extend(["--disk-size", "64MiB"].map(std::ffi::OsString::from));
+    let o = as_user(&home, &[], &refs(&a)).output().unwrap();
+    assert!(o.status.success(), "growing through guestfs: {}", String::from_utf8_lossy(&o.stderr));
+    let raw = home.join("out/tiny.raw");
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), 64 << 20);
+    let bom: serde_json::Value = serde_json::from_slice(&std::fs::read(home.join("out/bom.json")).unwrap()).unwrap();
+    assert_eq!((bom["disk_growth"]["to_bytes"].as_u64(), bom["disk_growth"]["fstype"].as_str()), (Some(64 << 20), Some("ext4")), "{}", bom["disk_growth"]);
+    let m = Mounted::partition(&raw, 1, &t.join("grown"));
+    assert_eq!(m.read("/etc/kib-test"), "x\n");
+    let st = rustix::fs::statvfs(m.path("/")).unwrap();
+    assert!(st.f_blocks * st.f_frsize > 50 << 20, "the filesystem did not grow: {} bytes", st.f_blocks * st.f_frsize);
+    drop(m);
+    std::fs::remove_dir_all(home.join("out")).unwrap();
+    assert_nothing_left(&home.join("work"));
     assert_eq!(sha256(&img), before);
 
     // SIGKILL while the appliance reads the tree out: the namespace goes, and with it guestfish

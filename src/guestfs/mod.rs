@@ -359,13 +359,42 @@ fn walk(root: &Path, rel: &Path, dev: u64, f: &mut dyn FnMut(&Path, &std::fs::Me
     Ok(())
 }
 
-/// Writes `changes` of `root` into the disk in one read-write appliance session: the
-/// filesystems mounted where Phase 0 found them, the removals, one tar of the changed paths
-/// (streamed, never stored), and with `trim` an fstrim of each filesystem.
+/// A filesystem to grow to its partition, which Phase 0 grew in the disk's table (`disk.size`):
+/// done at the start of the write-back session, before the changes go in.
+#[derive(Debug, Clone)]
+pub struct Grow {
+    /// The appliance's device (`/dev/sda1`; `/dev/sda` for a whole-disk filesystem).
+    pub device: String,
+    pub fstype: String,
+    /// Where it is mounted in the session (`/`).
+    pub mount_point: String,
+}
+
+impl Grow {
+    /// The guestfish commands that grow it: ext2/3/4 unmounted (`e2fsck-f`, `resize2fs`, before
+    /// the mounts), xfs and btrfs mounted (`xfs-growfs`, `btrfs-filesystem-resize`, after them).
+    /// Returns (before the mounts, after them).
+    ///
+    /// Errors: another filesystem type (kib grows ext2/3/4, xfs and btrfs).
+    pub fn commands(&self) -> Result<(String, String)> {
+        let mp = quote(self.mount_point.as_bytes())?;
+        Ok(match self.fstype.as_str() {
+            "ext2" | "ext3" | "ext4" => (format!("e2fsck-f {d}\nresize2fs {d}\n", d = self.device), String::new()),
+            "xfs" => (String::new(), format!("xfs-growfs {mp}\n")),
+            "btrfs" => (String::new(), format!("btrfs-filesystem-resize {mp}\n")),
+            other => bail!("kib cannot grow a {other} root filesystem (it grows ext2/3/4, xfs and btrfs)"),
+        })
+    }
+}
+
+/// Writes `changes` of `root` into the disk in one read-write appliance session: with `grow`, the
+/// root filesystem grown to its (already grown) partition first; the filesystems mounted where
+/// Phase 0 found them, the removals, one tar of the changed paths (streamed, never stored), and
+/// with `trim` an fstrim of each filesystem.
 ///
 /// Errors: the appliance or tar fails (the tail of their output), or a removed path cannot be
 /// passed to guestfish.
-pub fn write_back(app: &Appliance, disk: &Path, root: &Path, work: &Path, mounted: &[Mounted], changes: &Changes, trim: bool) -> Result<()> {
+pub fn write_back(app: &Appliance, disk: &Path, root: &Path, work: &Path, mounted: &[Mounted], changes: &Changes, grow: Option<&Grow>, trim: bool) -> Result<()> {
     let fifo = work.join("changes.fifo");
     mkfifo(&fifo)?;
     let list = work.join("changes.list");
@@ -376,9 +405,12 @@ pub fn write_back(app: &Appliance, disk: &Path, root: &Path, work: &Path, mounte
     }
     l.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     let mut script = format!("add {} format:raw discard:besteffort\nrun\n", quote(disk.as_os_str().as_bytes())?);
+    let (grow_unmounted, grow_mounted) = grow.map(Grow::commands).transpose()?.unwrap_or_default();
+    script.push_str(&grow_unmounted);
     for m in mounted {
         script.push_str(&format!("mount {} {}\n", m.device, quote(m.mount_point.as_bytes())?));
     }
+    script.push_str(&grow_mounted);
     for p in &changes.remove {
         let guest = Path::new("/").join(p.strip_prefix(".").unwrap_or(p));
         script.push_str(&format!("rm-rf {}\n", quote(guest.as_os_str().as_bytes())?));
@@ -419,6 +451,15 @@ mod tests {
         assert_eq!(m[0].partition(), Some(1));
         assert_eq!(m[3].partition(), Some(15));
         assert_eq!(m[2].partition(), None);
+    }
+
+    #[test]
+    fn growth_commands_per_filesystem() {
+        let g = |fstype: &str| Grow { device: "/dev/sda2".into(), fstype: fstype.into(), mount_point: "/".into() }.commands();
+        assert_eq!(g("ext4").unwrap(), ("e2fsck-f /dev/sda2\nresize2fs /dev/sda2\n".to_string(), String::new()));
+        assert_eq!(g("xfs").unwrap(), (String::new(), "xfs-growfs \"/\"\n".to_string()));
+        assert_eq!(g("btrfs").unwrap().1, "btrfs-filesystem-resize \"/\"\n");
+        assert_eq!(g("vfat").unwrap_err().to_string(), "kib cannot grow a vfat root filesystem (it grows ext2/3/4, xfs and btrfs)");
     }
 
     #[test]

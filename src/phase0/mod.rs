@@ -153,6 +153,8 @@ struct GuestfsTree {
     app: guestfs::Appliance,
     mounted: Vec<guestfs::Mounted>,
     before: guestfs::TreeState,
+    /// The root filesystem to grow in the write-back session (its partition is grown already).
+    grow: Option<guestfs::Grow>,
 }
 
 impl Image {
@@ -310,9 +312,6 @@ impl Image {
     /// the root folder (see [`crate::guestfs::extract`]), then the facts, the filesystems and the
     /// tree's state for the write-back.
     fn extract_tree(&mut self, settings: &guestfs::Settings) -> Result<()> {
-        if self.grow_to.is_some() {
-            bail!("growing the disk (disk.size, --disk-size) needs the loop backend; the guestfs backend does not grow disks yet");
-        }
         let parts = self.partitions_or_whole_disk()?;
         let mut probes = Vec::with_capacity(parts.len());
         for p in &parts {
@@ -321,7 +320,7 @@ impl Image {
         if let Some(p) = parts.iter().zip(&probes).find(|(_, pr)| pr.get("TYPE").map(String::as_str) == Some(lvmap::PV_TYPE)).map(|(p, _)| p) {
             bail!("partition {} is an LVM physical volume; LVM images need the loop backend (--backend loop, as root) for now", p.number);
         }
-        let data = format!("mode=0755,size={}", self.input.virtual_size + (256 << 20));
+        let data = format!("mode=0755,size={}", self.grow_to.unwrap_or(0).max(self.input.virtual_size) + (256 << 20));
         let spec = sys::MountSpec { source: "kib-tree", source_at: None, target: &self.root_dir, at: &self.root_dir, fstype: "tmpfs", flags: MountFlags::empty(), data: Some(&data) };
         self.held.push_mount(Mounted::mount(&self.sys, &spec).context("mounting a tmpfs for the image's tree")?);
         let app = guestfs::Appliance::prepare(&self.work.path().join("guestfs"), &settings.cache, settings.session_limit)?;
@@ -341,10 +340,59 @@ impl Image {
             let get = |k: &str| probe.and_then(|p| p.get(k).cloned()).unwrap_or_default();
             self.filesystems.push(Filesystem { partition: number, lv: None, fstype: get("TYPE"), uuid: get("UUID"), mount_point: m.mount_point.clone() });
         }
+        let grow = match self.grow_to {
+            Some(size) => self.grow_table_for_guestfs(size, &mounted).context("growing the disk")?,
+            None => None,
+        };
         let before = if self.read_only { guestfs::TreeState::default() } else { guestfs::TreeState::record(&self.root_dir).context("recording the tree's state")? };
         tracing::debug!("{} paths read out of {} filesystem(s)", before.len(), mounted.len());
-        self.guestfs = Some(GuestfsTree { app, mounted, before });
+        self.guestfs = Some(GuestfsTree { app, mounted, before, grow });
         Ok(())
+    }
+
+    /// `disk.size` with the guestfs backend: the working copy and the partition holding the root
+    /// (which must be the last) grow now, with sfdisk on the file, as with loop devices; the
+    /// filesystem grows in the write-back session (see [`guestfs::Grow`]). Returns what that
+    /// session must grow, `None` when the size is unchanged.
+    ///
+    /// Errors: a smaller size, a partition after the root's, a filesystem kib cannot grow, or
+    /// sfdisk fails.
+    fn grow_table_for_guestfs(&mut self, new_size: u64, mounted: &[guestfs::Mounted]) -> Result<Option<guestfs::Grow>> {
+        let old_size = std::fs::metadata(&self.disk)?.len();
+        let root_fs = self.filesystems.iter().find(|f| f.mount_point == "/").cloned().context("no root filesystem to grow")?;
+        let device = mounted.iter().find(|m| m.mount_point == "/").map(|m| m.device.clone()).context("no root filesystem to grow")?;
+        grow::check(&self.table, root_fs.partition, old_size, new_size)?;
+        if new_size == old_size {
+            return Ok(None);
+        }
+        let g = guestfs::Grow { device, fstype: root_fs.fstype.clone(), mount_point: "/".into() };
+        g.commands()?;
+        let before = grow::partition(&self.table, root_fs.partition, old_size)?;
+        let table = grow::grow_table(&*self.sys, &self.disk, &self.table, root_fs.partition, new_size)?;
+        let after = grow::partition(&table, root_fs.partition, new_size)?;
+        if after.start != before.start {
+            bail!("sfdisk moved partition {} from byte {} to {}; refusing to go on", after.number, before.start, after.start);
+        }
+        tracing::info!(
+            "grew the disk from {} to {} and partition {} from {} to {}; its {} filesystem grows when the changes are written back",
+            grow::human(old_size),
+            grow::human(new_size),
+            after.number,
+            grow::human(before.size),
+            grow::human(after.size),
+            root_fs.fstype
+        );
+        self.growth = Some(grow::Growth {
+            from_bytes: old_size,
+            to_bytes: new_size,
+            partition: after.number,
+            partition_from_bytes: before.size,
+            partition_to_bytes: after.size,
+            fstype: root_fs.fstype,
+            lv: None,
+        });
+        self.table = table;
+        Ok(Some(g))
     }
 
     /// The backend this image was opened with.
@@ -368,7 +416,7 @@ impl Image {
         }
         let changes = g.before.changes(&self.root_dir).context("finding what the steps changed")?;
         tracing::info!("writing back {} changed and {} removed paths through libguestfs", changes.write.len(), changes.remove.len());
-        guestfs::write_back(&g.app, &self.disk, &self.root_dir, self.work.path(), &g.mounted, &changes, trim).context("writing the changes back into the disk")
+        guestfs::write_back(&g.app, &self.disk, &self.root_dir, self.work.path(), &g.mounted, &changes, g.grow.as_ref(), trim).context("writing the changes back into the disk")
     }
 
     fn mount_tree(&mut self) -> Result<()> {
