@@ -91,6 +91,29 @@ pub fn grow_table(sys: &dyn Sys, disk: &Path, table: &Table, number: u32, new_si
     super::partition::read(disk).with_context(|| format!("reading the partition table of {} after growing it", disk.display()))
 }
 
+/// [`grow_table`] for the partition holding a `fstype` filesystem, checking that it did not move.
+/// Returns the new table, the partition as it is now, and the BOM's record.
+///
+/// Errors: those of [`grow_table`], or sfdisk moved the partition's start.
+pub fn grow_partition(sys: &dyn Sys, disk: &Path, table: &Table, number: u32, old_size: u64, new_size: u64, fstype: &str) -> Result<(Table, Partition, Growth)> {
+    let before = partition(table, number, old_size)?;
+    let grown = grow_table(sys, disk, table, number, new_size)?;
+    let after = partition(&grown, number, new_size)?;
+    if after.start != before.start {
+        bail!("sfdisk moved partition {} from byte {} to {}; refusing to go on", after.number, before.start, after.start);
+    }
+    let growth = Growth {
+        from_bytes: old_size,
+        to_bytes: new_size,
+        partition: after.number,
+        partition_from_bytes: before.size,
+        partition_to_bytes: after.size,
+        fstype: fstype.to_string(),
+        lv: None,
+    };
+    Ok((grown, after, growth))
+}
+
 /// The partition `number` of `table`, or the whole disk of `disk_size` bytes when `number` is 0.
 pub fn partition(table: &Table, number: u32, disk_size: u64) -> Result<Partition> {
     if number == 0 {

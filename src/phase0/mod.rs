@@ -367,30 +367,17 @@ impl Image {
         }
         let g = guestfs::Grow { device, fstype: root_fs.fstype.clone(), mount_point: "/".into() };
         g.commands()?;
-        let before = grow::partition(&self.table, root_fs.partition, old_size)?;
-        let table = grow::grow_table(&*self.sys, &self.disk, &self.table, root_fs.partition, new_size)?;
-        let after = grow::partition(&table, root_fs.partition, new_size)?;
-        if after.start != before.start {
-            bail!("sfdisk moved partition {} from byte {} to {}; refusing to go on", after.number, before.start, after.start);
-        }
+        let (table, _, growth) = grow::grow_partition(&*self.sys, &self.disk, &self.table, root_fs.partition, old_size, new_size, &root_fs.fstype)?;
         tracing::info!(
             "grew the disk from {} to {} and partition {} from {} to {}; its {} filesystem grows when the changes are written back",
             grow::human(old_size),
             grow::human(new_size),
-            after.number,
-            grow::human(before.size),
-            grow::human(after.size),
+            growth.partition,
+            grow::human(growth.partition_from_bytes),
+            grow::human(growth.partition_to_bytes),
             root_fs.fstype
         );
-        self.growth = Some(grow::Growth {
-            from_bytes: old_size,
-            to_bytes: new_size,
-            partition: after.number,
-            partition_from_bytes: before.size,
-            partition_to_bytes: after.size,
-            fstype: root_fs.fstype,
-            lv: None,
-        });
+        self.growth = Some(growth);
         self.table = table;
         Ok(Some(g))
     }
@@ -521,14 +508,9 @@ impl Image {
         if new_size == old_size {
             return Ok(vols.to_vec());
         }
-        let before = grow::partition(&self.table, root_fs.partition, old_size)?;
         self.unmount()?;
         self.filesystems.clear();
-        let table = grow::grow_table(&*self.sys, &self.disk, &self.table, root_fs.partition, new_size)?;
-        let after = grow::partition(&table, root_fs.partition, new_size)?;
-        if after.start != before.start {
-            bail!("sfdisk moved partition {} from byte {} to {}; refusing to go on", after.number, before.start, after.start);
-        }
+        let (table, after, growth) = grow::grow_partition(&*self.sys, &self.disk, &self.table, root_fs.partition, old_size, new_size, &root_fs.fstype)?;
         let dev = LoopDev::attach(&self.sys, &self.disk, after.start, after.size, false)?;
         let device = dev.path().to_path_buf();
         self.held.push_loop(dev);
@@ -551,18 +533,10 @@ impl Image {
             grow::human(new_size),
             after.number,
             root_fs.fstype,
-            grow::human(before.size),
-            grow::human(after.size)
+            grow::human(growth.partition_from_bytes),
+            grow::human(growth.partition_to_bytes)
         );
-        self.growth = Some(grow::Growth {
-            from_bytes: old_size,
-            to_bytes: new_size,
-            partition: after.number,
-            partition_from_bytes: before.size,
-            partition_to_bytes: after.size,
-            fstype: root_fs.fstype,
-            lv: None,
-        });
+        self.growth = Some(growth);
         self.table = table;
         Ok(vols.iter().map(|v| Volume::partition(self.table.partitions.iter().find(|q| q.number == v.part.number).cloned().unwrap_or_else(|| after.clone()))).collect())
     }
