@@ -1,7 +1,8 @@
 //! `kib shell`: Phase 0 on a working copy, then a shell or one command inside the image, in the
 //! chroot session the steps use (loop devices as root, or, with `--backend guestfs`, the tree
-//! read out through libguestfs's appliance, as a normal user). For finding out by hand what a step should do, and for images
-//! customized by hand: `--save` keeps the result as a raw disk for `kib customize --phases 2`.
+//! read out through libguestfs's appliance, as a normal user). For finding out by hand what a
+//! step should do, and for images customized by hand: `--save` keeps the result as a raw disk
+//! for `kib customize --phases 2` (with guestfs, after writing the changes back).
 
 use std::path::Path;
 use std::process::ExitCode;
