@@ -76,6 +76,13 @@ export CONTAINERS_CONF="${CONTAINERS_CONF:-$REPO/scripts/containers.conf}"
 # From here on, stdout carries only the final image name (fd 3); everything else goes to stderr.
 exec 3>&1 1>&2
 
+# One run at a time: two runs side by side (tests/container.rs and tests/matrix.rs, which the test
+# runner may start together) race in podman's storage when one removes an older image below while
+# the other looks images up ("image not known").
+mkdir -p "$CACHE_DIR"
+exec 9>"$CACHE_DIR/.make-container-image.lock"
+flock 9
+
 CONTAINERFILE="$REPO/Containerfile"
 PACKAGES="$(sed -n "s/^ *packages='\([^']*\)'.*/\1/p" "$CONTAINERFILE")"
 [[ -n "$PACKAGES" ]] || die "found no packages='...' line in $CONTAINERFILE"

@@ -12,7 +12,7 @@
 //!
 //! These tests change the host's binfmt_misc handlers (they disable a host handler, or register
 //! a stand-in one) and always put them back through Drop guards; they take a lock so that they
-//! never run at the same time.
+//! never run at the same time, nor beside another binary's test that runs arm64 programs.
 
 mod common;
 
@@ -32,8 +32,9 @@ const FIXTURE_HOST: &str = "https://downloads.kib.example";
 
 static BINFMT_LOCK: Mutex<()> = Mutex::new(());
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    BINFMT_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// This binary's lock, then the one across test binaries ([`common::binfmt_lock`]).
+fn lock() -> (std::sync::MutexGuard<'static, ()>, BinfmtLock) {
+    (BINFMT_LOCK.lock().unwrap_or_else(|e| e.into_inner()), binfmt_lock(true))
 }
 
 /// The arm64 test fixture that `testdata/arm64/make-image.sh` builds and caches (any arm64

@@ -42,7 +42,7 @@ read -r containerd runc < <(bash testdata/el/make-containerd-tarball.sh "$WORK/w
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 python3 -m http.server --bind 127.0.0.1 --directory "$WORK/www" "$port" >"$WORK/http.log" 2>&1 &
 server=$!
-for _ in $(seq 50); do curl -fsS -o /dev/null "http://127.0.0.1:$port/FIXTURES.json" && break; sleep 0.1; done
+for _ in $(seq 50); do curl -fsS -o /dev/null "http://127.0.0.1:$port/FIXTURES.json" 2>/dev/null && break; sleep 0.1; done
 cat >"$WORK/config.yaml" <<EOF
 # The fixture mirror (testdata/mirror/example-matrix.sh); Debian's archive is the real one.
 mirrors:

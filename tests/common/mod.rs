@@ -5,6 +5,19 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A lock on the host's binfmt_misc handlers across test binaries, which the runner starts two at
+/// a time: an `flock` on `/run/kib-tests-binfmt.lock`, exclusive for tests/arm64.rs while it
+/// disables or registers handlers, shared for tests that only run foreign programs through them
+/// (tests/guestfs.rs's arm64 shell). Released on drop.
+pub struct BinfmtLock(std::fs::File);
+
+pub fn binfmt_lock(exclusive: bool) -> BinfmtLock {
+    use rustix::fs::{flock, FlockOperation};
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open("/run/kib-tests-binfmt.lock").unwrap();
+    flock(&f, if exclusive { FlockOperation::LockExclusive } else { FlockOperation::LockShared }).unwrap();
+    BinfmtLock(f)
+}
+
 /// Whether the calling test must be skipped because it does not run as root (it attaches loop
 /// devices and mounts filesystems). Prints why, so that a normal user's `cargo test` names
 /// every test it skipped.
