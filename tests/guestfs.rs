@@ -391,6 +391,94 @@ fn a_normal_user_runs_a_shell_in_a_foreign_image_and_saves_it() {
     assert!(leftovers(&home).is_empty(), "{:?}", leftovers(&home));
 }
 
+/// The LVM + SELinux fixture (root and /var on logical volumes of rootvg, SELinux permissive)
+/// customized by the user through the appliance, which activates the volume group in its own
+/// kernel (the host's LVM never sees it): the steps' files land on the right LVs with the labels
+/// file_contexts gives their paths, and the BOM records the volume group, its LVs and the
+/// filesystems as root reads them from the output with lvm. The input is bit-identical, the VG's
+/// metadata unchanged, and nothing is left.
+#[test]
+fn a_normal_user_customizes_an_lvm_selinux_image_through_libguestfs() {
+    if skip_unless_root("a_normal_user_customizes_an_lvm_selinux_image_through_libguestfs") {
+        return;
+    }
+    let input = lvm_fixture("debian-12-lvm-selinux-amd64.raw");
+    let before = sha256(&input);
+    let (tmp, home, uid) = user_tmp("kib-guestfs-lvm-");
+    let t = tmp.path();
+    let manifest = home.join("lvm.yaml");
+    let phase = |p: &str| repo().join("phases/node").join(p).display().to_string();
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: kib/v1\nkind: ImageManifest\nmetadata: {{name: lvm-guestfs}}\ninclude: [{}, {}]\nsteps:\n  - name: a file on the root LV\n    file: {{path: /etc/kib-lvm, content: \"root\\n\"}}\n  - name: a file on the /var LV\n    file: {{path: /var/lib/kib-lvm, content: \"var\\n\"}}\n",
+            phase("kernel.yaml"),
+            phase("no-auto-updates.yaml")
+        ),
+    )
+    .unwrap();
+    assert!(Command::new("chown").arg("-R").arg(format!("{USER}:")).arg(&home).status().unwrap().success());
+    let out = home.join("out");
+    let args: Vec<std::ffi::OsString> = [
+        "customize", "--backend", "guestfs", "--disk-image", input.to_str().unwrap(), "--manifest", manifest.to_str().unwrap(), "--format", "raw", "--output-dir", out.to_str().unwrap(), "--work-dir", home.join("work").to_str().unwrap(),
+    ]
+    .map(std::ffi::OsString::from)
+    .to_vec();
+    let _turn = my_turn();
+    let t0 = Instant::now();
+    let o = as_user(&home, &[], &refs(&args)).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "the LVM image through guestfs as {USER}: {err}");
+    eprintln!("LVM + SELinux fixture through guestfs as {USER}: {:.0?}", t0.elapsed());
+    assert!(err.contains("LVM: volume group rootvg"), "{err}");
+    assert_eq!(sha256(&input), before, "the input changed");
+    let left = wait_no_processes(uid, Duration::from_secs(15));
+    assert!(left.is_empty(), "processes left: {left:#?}");
+    assert_nothing_left(&home.join("work"));
+    assert!(leftovers(&home).is_empty(), "{:?}", leftovers(&home));
+
+    // The output's VG is the input's, and the BOM says where each LV is, as lvm reads it.
+    let raw = out.join("lvm-guestfs.raw");
+    let (vg_in, _, _) = read_vg(&input, 3, &t.join("lvm-in"));
+    let (vg_out, pv_start, _) = read_vg(&raw, 3, &t.join("lvm-out"));
+    assert_eq!((&vg_out.name, &vg_out.uuid, vg_out.seqno), (&vg_in.name, &vg_in.uuid, vg_in.seqno));
+    let bom = kib::bom::Bom::read(&out.join("bom.json")).unwrap();
+    assert_eq!(bom.volume_groups.len(), 1, "{:?}", bom.volume_groups);
+    let vg = &bom.volume_groups[0];
+    assert_eq!((vg.name.as_str(), vg.uuid.as_str(), vg.seqno), (vg_in.name.as_str(), vg_in.uuid.as_str(), vg_in.seqno));
+    let (var, root) = (vg_out.lv("varlv").unwrap(), vg_out.lv("rootlv").unwrap());
+    for (lv, mp) in [(root, "/"), (var, "/var")] {
+        let rec = vg.lvs.iter().find(|l| l.name == lv.lv).unwrap();
+        assert_eq!((rec.fstype.as_str(), rec.mount_point.as_deref(), rec.offset, rec.partition), ("xfs", Some(mp), pv_start + lv.offset_bytes_in_pv, 3), "{rec:?}");
+        let want = format!("rootvg/{}", lv.lv);
+        assert!(bom.filesystems.iter().any(|f| f.lv.as_deref() == Some(want.as_str()) && f.mount_point == mp && f.partition == 3 && f.fstype == "xfs" && !f.uuid.is_empty()), "{:?}", bom.filesystems);
+    }
+    let se = bom.selinux.as_ref().expect("selinux in the BOM");
+    assert!(se.relabelled && se.policy == "default", "{se:?}");
+    assert_eq!(bom.backend.as_ref().map(|b| b.name), Some(kib::backend::Backend::Guestfs));
+
+    // Each file on its LV, root's, labelled as file_contexts says.
+    let var_mnt = mount_lv(&raw, pv_start + var.offset_bytes_in_pv, var.size_bytes, "xfs", &t.join("mnt-var"));
+    let root_mnt = mount_lv(&raw, pv_start + root.offset_bytes_in_pv, root.size_bytes, "xfs", &t.join("mnt-root"));
+    assert_eq!(root_mnt.read("/etc/kib-lvm"), "root\n");
+    assert_eq!(var_mnt.read("/lib/kib-lvm"), "var\n");
+    assert!(!root_mnt.path("/var/lib/kib-lvm").exists(), "the /var file landed on the root LV");
+    let fc = root_mnt.path("/etc/selinux/default/contexts/files/file_contexts");
+    for (mnt, prefix, path) in [
+        (&root_mnt, "", "/etc/kib-lvm"),
+        (&root_mnt, "", "/etc/sysctl.d/99-kubernetes.conf"),
+        (&root_mnt, "", "/etc/modules-load.d/kubernetes.conf"),
+        (&var_mnt, "/var", "/lib/kib-lvm"),
+    ] {
+        let image_path = format!("{prefix}{path}");
+        let m = std::fs::metadata(mnt.path(path)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (0, 0), "{image_path} is root's");
+        let have = selinux_label(&mnt.path(path));
+        assert!(!have.is_empty(), "{image_path} has no SELinux label");
+        assert_eq!(have, selinux_wanted(&fc, &image_path), "{image_path}");
+    }
+}
+
 fn refs(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
     v.iter().map(|s| s.as_os_str()).collect()
 }

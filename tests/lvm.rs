@@ -41,19 +41,6 @@ impl Drop for HostVg {
     }
 }
 
-/// `security.selinux` of a file, without the trailing NUL; empty when it has none.
-fn label(p: &Path) -> String {
-    let out = Command::new("getfattr").args(["--absolute-names", "--only-values", "-n", "security.selinux"]).arg(p).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim_end_matches('\0').to_string()
-}
-
-/// What file_contexts `fc` says `path` (an image path) should be labelled.
-fn wanted(fc: &Path, path: &str) -> String {
-    let out = Command::new("matchpathcon").args(["-n", "-f"]).arg(fc).arg(path).output().unwrap();
-    assert!(out.status.success(), "matchpathcon {path}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[test]
 fn lvm_selinux_fixture_through_the_node_manifest_beside_a_host_vg_of_the_same_name() {
     if skip_unless_root("lvm_selinux_fixture_through_the_node_manifest_beside_a_host_vg_of_the_same_name") {
@@ -115,9 +102,9 @@ fn lvm_selinux_fixture_through_the_node_manifest_beside_a_host_vg_of_the_same_na
         (&var_mnt, "/var", "/lib/dpkg/info/containerd.list"),
     ] {
         let image_path = format!("{prefix}{path}");
-        let have = label(&mnt.path(path));
+        let have = selinux_label(&mnt.path(path));
         assert!(!have.is_empty(), "{image_path} has no SELinux label");
-        assert_eq!(have, wanted(&fc, &image_path), "{image_path}");
+        assert_eq!(have, selinux_wanted(&fc, &image_path), "{image_path}");
         checked += 1;
     }
     assert_eq!(checked, 10);

@@ -179,16 +179,93 @@ pub fn parse_mountpoints(text: &str) -> Vec<Mounted> {
 /// The host tar options shared by reading the tree out and writing changes back.
 const TAR_KEEP: &[&str] = &["--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "--selinux"];
 
+/// What the read-only session found besides the tree.
+#[derive(Debug, Default)]
+pub struct Extracted {
+    /// The filesystems the appliance mounted, shallowest mount point first.
+    pub mounted: Vec<Mounted>,
+    /// Every device holding a filesystem libguestfs recognizes, with its type (`list-filesystems`:
+    /// `/dev/rootvg/rootlv` → `xfs`).
+    pub filesystems: Vec<(String, String)>,
+    /// lvm's `pvs` and `lvs -a --segments` JSON reports ([`crate::phase0::lvm::report_args`], the
+    /// loop backend's very fields), run in the appliance on the physical volumes' partitions; `None`
+    /// when there are none, or when lvm failed there (its error is in the log).
+    pub lvm_reports: Option<(String, String)>,
+}
+
+/// The appliance's device for partition `number` of its only disk (`/dev/sda3`; `/dev/sda` for
+/// the whole disk, number 0). libguestfs names the first added disk `/dev/sda`.
+pub fn device_of(number: u32) -> String {
+    if number == 0 {
+        "/dev/sda".into()
+    } else {
+        format!("/dev/sda{number}")
+    }
+}
+
+/// The guestfish lines that print the session's findings after the tree: section markers
+/// (`@mountpoints`, `@filesystems`, `@pvs`, `@lvs`) each followed by a command's output. The lvm
+/// reports run through the appliance's `debug sh` (libguestfs has no call for lvm's own JSON
+/// reports), prefixed with `-` so that a failing one leaves its section empty. guestfish splits
+/// `debug`'s argument at white space and drops quotes, so the reports run without kib's
+/// `--config` string (the appliance's lvm has its own configuration and sees only this disk).
+fn findings_script(pv_partitions: &[u32]) -> String {
+    let mut s = String::from("echo @mountpoints\nmountpoints\necho @filesystems\nlist-filesystems\n");
+    if !pv_partitions.is_empty() {
+        let devices: Vec<String> = pv_partitions.iter().map(|&n| device_of(n)).collect();
+        let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
+        for (marker, report) in [("@pvs", crate::phase0::lvm::Report::Pvs), ("@lvs", crate::phase0::lvm::Report::Lvs)] {
+            let mut words = vec!["lvm".to_string()];
+            let mut args = crate::phase0::lvm::report_args(report, &devices).into_iter();
+            while let Some(a) = args.next() {
+                if a == "--config" {
+                    args.next();
+                } else {
+                    words.push(a);
+                }
+            }
+            s.push_str(&format!("echo {marker}\n-debug sh \"{}\"\n", words.join(" ")));
+        }
+    }
+    s
+}
+
+/// Splits the session's standard output into [`Extracted`] (without the mounts' check).
+pub fn parse_findings(text: &str) -> Extracted {
+    let mut sections: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut current = "";
+    for line in text.lines() {
+        match line.trim() {
+            m @ ("@mountpoints" | "@filesystems" | "@pvs" | "@lvs") => current = m,
+            _ => sections.entry(current).or_default().push(line),
+        }
+    }
+    let section = |k: &str| sections.get(k).map(|l| l.join("\n")).unwrap_or_default();
+    let filesystems = section("@filesystems")
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(d, _)| d.starts_with("/dev/"))
+        .map(|(d, t)| (d.trim().to_string(), t.trim().to_string()))
+        .collect();
+    let (pvs, lvs) = (section("@pvs"), section("@lvs"));
+    let lvm_reports = (!pvs.trim().is_empty() && !lvs.trim().is_empty()).then_some((pvs, lvs));
+    Extracted { mounted: parse_mountpoints(&section("@mountpoints")), filesystems, lvm_reports }
+}
+
 /// Streams the disk's tree, mounted as its fstab says, into `root` (an empty directory kib owns,
-/// a tmpfs), in one read-only appliance session. Returns the filesystems the appliance mounted.
+/// a tmpfs), in one read-only appliance session; with `pv_partitions` (the partitions blkid calls
+/// LVM physical volumes), lvm's reports on them too. Returns what the session found.
 ///
 /// Errors: no operating system found in the disk, the appliance fails (the tail of its output),
 /// or tar fails.
-pub fn extract(app: &Appliance, disk: &Path, root: &Path, work: &Path) -> Result<Vec<Mounted>> {
+pub fn extract(app: &Appliance, disk: &Path, root: &Path, work: &Path, pv_partitions: &[u32]) -> Result<Extracted> {
     let fifo = work.join("tree.fifo");
     mkfifo(&fifo)?;
     let script = work.join("extract.guestfish");
-    std::fs::write(&script, format!("tar-out / {} numericowner:true xattrs:true selinux:true acls:true\nmountpoints\n", quote(fifo.as_os_str().as_bytes())?))?;
+    std::fs::write(
+        &script,
+        format!("tar-out / {} numericowner:true xattrs:true selinux:true acls:true\n{}", quote(fifo.as_os_str().as_bytes())?, findings_script(pv_partitions)),
+    )?;
     // tar stops at the archive's end marker; `cat` drains the rest so that guestfish never gets
     // EPIPE. Device nodes cannot be made in a user namespace: /dev's entries stay in the image.
     let mut tar = exec::host_tool("sh");
@@ -200,17 +277,20 @@ pub fn extract(app: &Appliance, disk: &Path, root: &Path, work: &Path) -> Result
     let disk_s = disk.to_string_lossy();
     let script_s = script.to_string_lossy();
     let mut gf = app.guestfish(&["--ro", "--format=raw", "-a", &disk_s, "-i", "-f", &script_s]);
-    let ran = run_capturing(&mut gf, "guestfish (reading the tree out)", &work.join("mountpoints.txt"), app.limit);
+    let ran = run_capturing(&mut gf, "guestfish (reading the tree out)", &work.join("findings.txt"), app.limit);
     unblock_fifo(&fifo, false);
     let unpacked = reader.join().map_err(|_| anyhow::anyhow!("the tar thread panicked"))?;
     let out = ran.map_err(|e| appliance_error(e, "reading the image's tree out through libguestfs's appliance"))?;
     unpacked.map_err(anyhow::Error::new).context("unpacking the image's tree")?;
     let _ = std::fs::remove_file(&fifo);
-    let mounted = parse_mountpoints(&out);
-    if !mounted.iter().any(|m| m.mount_point == "/") {
+    let found = parse_findings(&out);
+    if !found.mounted.iter().any(|m| m.mount_point == "/") {
         bail!("libguestfs's inspection mounted no root filesystem (guestfish's mountpoints said: {})", out.trim());
     }
-    Ok(mounted)
+    if !pv_partitions.is_empty() && found.lvm_reports.is_none() {
+        tracing::warn!("lvm's reports could not be read in the appliance (see the log); the BOM records no volume groups");
+    }
+    Ok(found)
 }
 
 /// Runs guestfish with its standard output captured in `out` (in the run's work directory, so
@@ -451,6 +531,20 @@ mod tests {
         assert_eq!(m[0].partition(), Some(1));
         assert_eq!(m[3].partition(), Some(15));
         assert_eq!(m[2].partition(), None);
+    }
+
+    #[test]
+    fn findings_sections_and_lvm_reports() {
+        let script = findings_script(&[3]);
+        assert!(script.contains("-debug sh \"lvm pvs --readonly --devices /dev/sda3 --reportformat json"), "{script}");
+        assert!(!script.contains("--config") && !script.contains('\''), "{script}");
+        assert_eq!(findings_script(&[]), "echo @mountpoints\nmountpoints\necho @filesystems\nlist-filesystems\n");
+        let out = "@mountpoints\n/dev/rootvg/rootlv: /\n/dev/sda2: /boot\n@filesystems\n/dev/sda1: unknown\n/dev/rootvg/rootlv: xfs\n@pvs\n  {\"report\": []}\n@lvs\n  {\"report\": []}\n";
+        let f = parse_findings(out);
+        assert_eq!(f.mounted.iter().map(|m| m.device.as_str()).collect::<Vec<_>>(), ["/dev/rootvg/rootlv", "/dev/sda2"]);
+        assert_eq!(f.filesystems[1], ("/dev/rootvg/rootlv".to_string(), "xfs".to_string()));
+        assert_eq!(f.lvm_reports, Some(("  {\"report\": []}".to_string(), "  {\"report\": []}".to_string())));
+        assert_eq!(parse_findings("@mountpoints\n/dev/sda1: /\n@pvs\n@lvs\n").lvm_reports, None, "a failed report leaves its section empty");
     }
 
     #[test]

@@ -243,8 +243,18 @@ pub fn read(sys: &Arc<dyn Sys>, disk: &Path, pvs: &[Partition], system_dir: &Pat
     let lvs_json = sys.output(&mut lvm_command(system_dir, &lvm::report_args(Report::Lvs, &devs)), &what("lvs")).map_err(|e| lvm_error(e, &what("lvs")))?;
     refuse_host_activation(&devices)?;
     held.close().context("detaching the LVM physical volumes after reading them")?;
-    let pv_rows = lvm::parse_pvs(&pvs_json)?;
-    let seg_rows = lvm::parse_lvs(&lvs_json)?;
+    from_reports(&pvs_json, &lvs_json, &devices, pvs)
+}
+
+/// Maps the volume groups of lvm's `pvs` and `lvs` reports ([`lvm::report_args`]), read with
+/// `devices[i]` holding the physical volume on partition `pvs[i]`: the loop backend's own loop
+/// devices, or the guestfs appliance's `/dev/sdaN`.
+///
+/// Errors: reports kib cannot read, a PV on another device, or LVs that cannot be mapped
+/// ([`lvm::LvmError::Refused`]: each named with its layout).
+pub fn from_reports(pvs_json: &str, lvs_json: &str, devices: &[String], pvs: &[Partition]) -> Result<Found> {
+    let pv_rows = lvm::parse_pvs(pvs_json)?;
+    let seg_rows = lvm::parse_lvs(lvs_json)?;
     let vgs = lvm::map_volume_groups(&pv_rows, &seg_rows)?;
     let mut pv_partitions = Vec::new();
     for vg in &vgs {

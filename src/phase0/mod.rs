@@ -317,17 +317,34 @@ impl Image {
         for p in &parts {
             probes.push(self.sys.probe(&self.disk, p.start, p.size).with_context(|| format!("probing partition {} with blkid", p.number))?);
         }
-        if let Some(p) = parts.iter().zip(&probes).find(|(_, pr)| pr.get("TYPE").map(String::as_str) == Some(lvmap::PV_TYPE)).map(|(p, _)| p) {
-            bail!("partition {} is an LVM physical volume; LVM images need the loop backend (--backend loop, as root) for now", p.number);
-        }
+        let pv_parts: Vec<Partition> =
+            parts.iter().zip(&probes).filter(|(_, pr)| pr.get("TYPE").map(String::as_str) == Some(lvmap::PV_TYPE)).map(|(p, _)| p.clone()).collect();
         let data = format!("mode=0755,size={}", self.grow_to.unwrap_or(0).max(self.input.virtual_size) + (256 << 20));
         let spec = sys::MountSpec { source: "kib-tree", source_at: None, target: &self.root_dir, at: &self.root_dir, fstype: "tmpfs", flags: MountFlags::empty(), data: Some(&data) };
         self.held.push_mount(Mounted::mount(&self.sys, &spec).context("mounting a tmpfs for the image's tree")?);
         let app = guestfs::Appliance::prepare(&self.work.path().join("guestfs"), &settings.cache, settings.session_limit)?;
         tracing::info!("libguestfs's appliance runs under {}", app.accel.to_uppercase());
         let activity = crate::progress::Activity::task("reading the tree out through libguestfs", None);
-        let mounted = guestfs::extract(&app, &self.disk, &self.root_dir, self.work.path())?;
+        let found = guestfs::extract(&app, &self.disk, &self.root_dir, self.work.path(), &pv_parts.iter().map(|p| p.number).collect::<Vec<_>>())?;
+        let mounted = found.mounted;
         activity.finish();
+        // The LVs, mapped from lvm's reports in the appliance as the loop backend maps its own,
+        // and probed with blkid at their byte ranges in the file.
+        let mut vols: Vec<Volume> = parts.iter().cloned().map(Volume::partition).collect();
+        if let Some((pvs_json, lvs_json)) = &found.lvm_reports {
+            let devices: Vec<String> = pv_parts.iter().map(|p| guestfs::device_of(p.number)).collect();
+            match lvmap::from_reports(pvs_json, lvs_json, &devices, &pv_parts) {
+                Ok(lvm) => {
+                    for v in lvm.volumes() {
+                        probes.push(self.sys.probe(&self.disk, v.part.start, v.part.size).with_context(|| format!("probing {} with blkid", v.describe()))?);
+                        vols.push(v);
+                    }
+                    self.lvm = Some(lvm);
+                }
+                // The appliance mounts any layout lvm activates; only the BOM's record needs the mapping.
+                Err(e) => tracing::warn!("the image's LVM layout is not recorded in the BOM: {e:#}"),
+            }
+        }
         let root = GuestRoot::open(&self.root_dir).context("opening the image's tree")?;
         let Some(os) = facts::os_release(&root).context("reading os-release")? else {
             bail!("the root filesystem libguestfs found has no /etc/os-release");
@@ -335,11 +352,21 @@ impl Image {
         self.facts = facts::collect(&root, os).context("reading the image's architecture and kernels")?;
         self.root = Some(root);
         for m in &mounted {
-            let number = m.partition().unwrap_or(0);
-            let probe = parts.iter().position(|p| p.number == number).map(|i| &probes[i]);
-            let get = |k: &str| probe.and_then(|p| p.get(k).cloned()).unwrap_or_default();
-            self.filesystems.push(Filesystem { partition: number, lv: None, fstype: get("TYPE"), uuid: get("UUID"), mount_point: m.mount_point.clone() });
+            let i = match lvm::parse_lv_spec(&m.device) {
+                Some(r) => vols.iter().position(|v| v.lv.as_ref().is_some_and(|n| n.vg == r.vg && n.lv == r.lv)),
+                None => vols.iter().position(|v| v.lv.is_none() && v.part.number == m.partition().unwrap_or(0)),
+            };
+            let get = |k: &str| i.and_then(|i| probes[i].get(k).cloned()).unwrap_or_default();
+            let fstype = Some(get("TYPE")).filter(|t| !t.is_empty()).or_else(|| found.filesystems.iter().find(|(d, _)| *d == m.device).map(|(_, t)| t.clone())).unwrap_or_default();
+            self.filesystems.push(Filesystem {
+                partition: i.map_or_else(|| m.partition().unwrap_or(0), |i| vols[i].part.number),
+                lv: lvm::parse_lv_spec(&m.device).map(|r| format!("{}/{}", r.vg, r.lv)),
+                fstype,
+                uuid: get("UUID"),
+                mount_point: m.mount_point.clone(),
+            });
         }
+        self.record_volume_groups(&vols, &probes);
         let grow = match self.grow_to {
             Some(size) => self.grow_table_for_guestfs(size, &mounted).context("growing the disk")?,
             None => None,
@@ -360,6 +387,12 @@ impl Image {
     fn grow_table_for_guestfs(&mut self, new_size: u64, mounted: &[guestfs::Mounted]) -> Result<Option<guestfs::Grow>> {
         let old_size = std::fs::metadata(&self.disk)?.len();
         let root_fs = self.filesystems.iter().find(|f| f.mount_point == "/").cloned().context("no root filesystem to grow")?;
+        if let Some(lv) = &root_fs.lv {
+            bail!(
+                "disk.size: the root filesystem is on the logical volume {lv}; the guestfs backend does not grow LVM volumes yet. \
+                 Grow it with the loop backend (--backend loop, as root), or leave disk.size out"
+            );
+        }
         let device = mounted.iter().find(|m| m.mount_point == "/").map(|m| m.device.clone()).context("no root filesystem to grow")?;
         grow::check(&self.table, root_fs.partition, old_size, new_size)?;
         if new_size == old_size {

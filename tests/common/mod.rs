@@ -238,6 +238,19 @@ pub fn mount_lv(disk: &Path, offset: u64, size: u64, fstype: &str, dir: &Path) -
     Mounted { dir: dir.to_path_buf(), disk: Some(disk.to_path_buf()) }
 }
 
+/// `security.selinux` of a file, without the trailing NUL; empty when it has none.
+pub fn selinux_label(p: &Path) -> String {
+    let out = Command::new("getfattr").args(["--absolute-names", "--only-values", "-n", "security.selinux"]).arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim_end_matches('\0').to_string()
+}
+
+/// What file_contexts `fc` says `path` (an image path) should be labelled.
+pub fn selinux_wanted(fc: &Path, path: &str) -> String {
+    let out = Command::new("matchpathcon").args(["-n", "-f"]).arg(fc).arg(path).output().unwrap();
+    assert!(out.status.success(), "matchpathcon {path}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Validates an OVF descriptor against DMTF's OVF envelope schema DSP8023 1.1.1, vendored in
 /// testdata/schemas/ovf/ (see its README), with xmllint (Debian libxml2-utils) and no network.
 /// Returns xmllint's output on failure.
