@@ -178,8 +178,10 @@ pub struct MatrixOutputOptions {
     #[arg(short, long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
     /// kib's cache folder, shared by every build (downloads, checksum lists, input checksums).
-    #[arg(long, value_name = "DIR", default_value = "/var/cache/kib")]
-    pub cache_dir: PathBuf,
+    /// Default: the configuration's cache_dir, else /var/cache/kib for root and ~/.cache/kib for a
+    /// normal user.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// kib's configuration file (mirrors, offline), for the plan's checksum lists and passed to
     /// every build. Default /etc/kib/config.yaml, if it exists.
     #[arg(long, value_name = "FILE")]
@@ -224,6 +226,14 @@ pub struct MatrixRunArgs {
     /// number of CPUs divided by --jobs, at least 1.
     #[arg(long, value_name = "N")]
     pub convert_jobs: Option<usize>,
+    /// How each build reaches its image's filesystems (its --backend): loop devices (root),
+    /// libguestfs's appliance (no root), or auto: loop for root with /dev/loop-control, guestfs
+    /// otherwise.
+    #[arg(long, value_enum, default_value_t = crate::backend::BackendArg::Auto)]
+    pub backend: crate::backend::BackendArg,
+    /// guestfs backend: each build's --appliance-timeout, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub appliance_timeout: u64,
 }
 
 /// What `kib matrix render` writes for.

@@ -479,6 +479,54 @@ fn a_normal_user_customizes_an_lvm_selinux_image_through_libguestfs() {
     }
 }
 
+/// `kib matrix run` as the user: `--backend auto` resolves to guestfs for a normal user, each
+/// build runs through the appliance into folders the user owns, the matrix's record says built,
+/// and a second run finds the build up to date without starting an appliance.
+#[test]
+fn a_normal_user_runs_a_matrix_through_libguestfs() {
+    if skip_unless_root("a_normal_user_runs_a_matrix_through_libguestfs") {
+        return;
+    }
+    let (tmp, home, uid) = user_tmp("kib-guestfs-matrix-");
+    let img = tiny_image(tmp.path(), "tiny.raw", &[("/etc/os-release", "ID=debian\nVERSION_ID=12\n"), ("/etc/debian_version", "12.0\n"), ("/etc/fstab", "# none\n"), ("/bin/.keep", "")]);
+    let sum = sha256(&img);
+    std::fs::write(home.join("m.yaml"), "apiVersion: kib/v1\nkind: ImageManifest\nmetadata: {name: tiny}\nsteps:\n  - name: a file\n    file: {path: /etc/kib-matrix, content: \"x\\n\"}\noutput: {formats: [raw]}\n").unwrap();
+    std::fs::write(home.join("matrix.yaml"), format!("apiVersion: kib/v1\nkind: ImageMatrix\nbases:\n  tiny:\n    amd64: {{path: {}, sha256: {sum}}}\nmanifests: [m.yaml]\narches: [amd64]\n", img.display())).unwrap();
+    assert!(Command::new("chown").arg("-R").arg(format!("{USER}:")).arg(&home).arg(&img).status().unwrap().success());
+    let out = home.join("out");
+    let args: Vec<std::ffi::OsString> = ["matrix", "run", home.join("matrix.yaml").to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--work-dir", home.join("work").to_str().unwrap()]
+        .map(std::ffi::OsString::from)
+        .to_vec();
+    let _turn = my_turn();
+    let o = as_user(&home, &[], &refs(&args)).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "kib matrix run as {USER}: {stdout}\n{stderr}");
+    assert!(stderr.contains("backend guestfs (--backend auto: not root) for every build"), "{stderr}");
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("matrix.json")).unwrap()).unwrap();
+    let builds = rec["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 1);
+    assert_eq!(builds[0]["status"], "built", "{rec:#}");
+    let name = builds[0]["name"].as_str().unwrap();
+    let dir = out.join(name);
+    let raw = dir.join(format!("{name}.raw"));
+    let bom = bom(&dir);
+    assert_eq!(bom["backend"]["name"], "guestfs", "{}", bom["backend"]);
+    assert_eq!(std::fs::metadata(&raw).unwrap().uid(), uid, "the output belongs to the user");
+    // The user's cache, not root's.
+    assert!(home.join(".cache/kib").is_dir(), "no cache in the user's home");
+    let m = Mounted::partition(&raw, 1, &tmp.path().join("mnt"));
+    assert_eq!(m.read("/etc/kib-matrix"), "x\n");
+    drop(m);
+    // Again: up to date, in well under an appliance's start.
+    let t0 = Instant::now();
+    let o = as_user(&home, &[], &refs(&args)).output().unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("1 up to date"), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let left = wait_no_processes(uid, Duration::from_secs(15));
+    assert!(left.is_empty(), "processes left: {left:#?}");
+    assert_nothing_left(&home.join("work"));
+}
+
 fn refs(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
     v.iter().map(|s| s.as_os_str()).collect()
 }

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use crate::cli::{FetchOptions, MatrixCommand, MatrixOutputOptions, MatrixPlanArgs, MatrixRenderArgs, MatrixRunArgs, OutputFormat};
 use crate::matrix::run::{self as runner, RunOptions, Status};
 use crate::matrix::{LoadOptions, Plan};
+use crate::backend::Backend;
 use crate::{exec, out};
 
 pub fn run(c: &MatrixCommand, output: OutputFormat) -> Result<ExitCode> {
@@ -20,17 +21,18 @@ pub fn run(c: &MatrixCommand, output: OutputFormat) -> Result<ExitCode> {
     }
 }
 
-/// Loads the plan with a fetcher on `cache_dir` (for URL bases' checksum lists).
-fn load(file: &Path, o: &MatrixOutputOptions) -> Result<Plan> {
-    let fetcher = super::fetcher(&FetchOptions { mirror: Vec::new(), offline: false, cache_dir: Some(o.cache_dir.clone()), config: o.config.clone(), fetch_retries: 4, no_package_cache: false })?;
+/// Loads the plan with a fetcher on the cache folder (for URL bases' checksum lists). Returns it
+/// and that folder (`--cache-dir`, the configuration's, or the user's default).
+fn load(file: &Path, o: &MatrixOutputOptions) -> Result<(Plan, std::path::PathBuf)> {
+    let fetcher = super::fetcher(&FetchOptions { mirror: Vec::new(), offline: false, cache_dir: o.cache_dir.clone(), config: o.config.clone(), fetch_retries: 4, no_package_cache: false })?;
     let mut opts = LoadOptions::new();
     opts.output_dir = o.output_dir.clone();
     opts.fetcher = Some(&fetcher);
-    Plan::load(file, &opts)
+    Ok((Plan::load(file, &opts)?, fetcher.cache_dir.clone()))
 }
 
 fn plan(a: &MatrixPlanArgs, output: OutputFormat) -> Result<ExitCode> {
-    let plan = load(&a.file, &a.out)?;
+    let (plan, _) = load(&a.file, &a.out)?;
     let root = &plan.output_dir;
     match output {
         OutputFormat::Json => {
@@ -78,7 +80,7 @@ fn plan(a: &MatrixPlanArgs, output: OutputFormat) -> Result<ExitCode> {
 }
 
 fn run_builds(a: &MatrixRunArgs) -> Result<ExitCode> {
-    let plan = load(&a.file, &a.out)?;
+    let (plan, cache_dir) = load(&a.file, &a.out)?;
     let builds = match (a.index, a.arch) {
         (Some(i), None) => vec![plan.build(i)?],
         (Some(i), Some(arch)) => {
@@ -96,8 +98,18 @@ fn run_builds(a: &MatrixRunArgs) -> Result<ExitCode> {
             b
         }
     };
-    if !rustix::process::geteuid().is_root() {
-        bail!("kib matrix run must run as root: each build is a kib customize, which attaches loop devices and mounts filesystems");
+    // Each build resolves --backend itself; the matrix stops early where none could run.
+    let host = crate::backend::Host::probe();
+    let backend = crate::backend::choose(a.backend, &host);
+    match backend.backend {
+        Backend::Loop if !host.root => bail!(
+            "kib matrix run --backend loop must run as root: each build attaches loop devices and mounts filesystems. As a normal user, \
+             run it with --backend guestfs (or auto, the default); see the README's \"Without root\""
+        ),
+        Backend::Guestfs if !host.guestfs_missing.is_empty() => {
+            bail!("{}", crate::guestfs::ns::neither_paragraph("matrix run", host.root, host.loop_control.as_ref().err().map_or("it opens", String::as_str), &host.guestfs_missing))
+        }
+        _ => tracing::info!("backend {} ({}) for every build", backend.backend, backend.reason),
     }
     exec::install_signal_handlers()?;
     let kib = std::env::current_exe().context("finding kib's own executable")?;
@@ -106,7 +118,9 @@ fn run_builds(a: &MatrixRunArgs) -> Result<ExitCode> {
         kib,
         jobs: a.jobs,
         force: a.force,
-        cache_dir: a.out.cache_dir.clone(),
+        cache_dir,
+        backend: a.backend,
+        appliance_timeout: a.appliance_timeout,
         config: a.out.config.clone(),
         work_dir: a.work_dir.clone(),
         convert_jobs: a.convert_jobs.unwrap_or((cpus / a.jobs as usize).max(1)),
@@ -150,7 +164,7 @@ fn run_builds(a: &MatrixRunArgs) -> Result<ExitCode> {
 }
 
 fn render(a: &MatrixRenderArgs) -> Result<ExitCode> {
-    let plan = load(&a.file, &MatrixOutputOptions { output_dir: None, cache_dir: "/var/cache/kib".into(), config: None })?;
+    let (plan, _) = load(&a.file, &MatrixOutputOptions { output_dir: None, cache_dir: Some("/var/cache/kib".into()), config: None })?;
     let measured = runner::MatrixRecord::read(a.measured.as_deref().unwrap_or(&plan.output_dir));
     let yaml = crate::matrix::render::render(&plan, &crate::matrix::render::RenderOptions {
         target: a.target,

@@ -117,6 +117,10 @@ pub struct RunOptions {
     pub convert_jobs: usize,
     /// Lines of a failed build's log to keep.
     pub tail_lines: usize,
+    /// Each child's `--backend`.
+    pub backend: crate::backend::BackendArg,
+    /// Each child's `--appliance-timeout` (seconds).
+    pub appliance_timeout: u64,
 }
 
 /// The `kib customize` command line of `build`.
@@ -146,6 +150,13 @@ pub fn customize_command(build: &Build, root: &Path, opts: &RunOptions) -> Comma
         c.arg("--config").arg(f);
     }
     c.arg("--convert-jobs").arg(opts.convert_jobs.to_string());
+    use clap::ValueEnum;
+    if let Some(b) = opts.backend.to_possible_value() {
+        c.arg("--backend").arg(b.get_name());
+    }
+    if opts.backend != crate::backend::BackendArg::Loop {
+        c.arg("--appliance-timeout").arg(opts.appliance_timeout.to_string());
+    }
     c
 }
 

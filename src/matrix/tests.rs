@@ -290,3 +290,30 @@ fn bad_matrices_are_refused_with_file_line_and_field() {
     let e = format!("{:#}", Plan::load(&f.path("m10.yaml"), &LoadOptions::new()).unwrap_err());
     assert!(e.contains("m10.yaml:2:") && e.contains("kind") && e.contains("unknown variant `ImageManifest`"), "{e}");
 }
+
+#[test]
+fn each_build_gets_the_backend_and_the_appliance_limit() {
+    let f = Fixture::new();
+    let p = f.plan("").unwrap();
+    let mut opts = run::RunOptions {
+        kib: "/usr/bin/kib".into(),
+        jobs: 1,
+        force: false,
+        cache_dir: "/home/alice/.cache/kib".into(),
+        config: None,
+        work_dir: "/home/alice/kib-work".into(),
+        convert_jobs: 2,
+        tail_lines: 15,
+        backend: crate::backend::BackendArg::Guestfs,
+        appliance_timeout: 900,
+    };
+    let args = |o: &run::RunOptions| run::customize_command(&p.builds[0], Path::new("/out"), o).get_args().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ");
+    let a = args(&opts);
+    assert!(a.contains("--backend guestfs --appliance-timeout 900"), "{a}");
+    assert!(a.contains("--cache-dir /home/alice/.cache/kib") && a.contains("--work-dir /home/alice/kib-work"), "{a}");
+    opts.backend = crate::backend::BackendArg::Loop;
+    let a = args(&opts);
+    assert!(a.ends_with("--backend loop"), "{a}");
+    opts.backend = crate::backend::BackendArg::Auto;
+    assert!(args(&opts).ends_with("--backend auto --appliance-timeout 900"));
+}
