@@ -515,6 +515,10 @@ pub struct Settings {
     pub refresh: bool,
     /// The `--lock` file.
     pub lock: Option<PathBuf>,
+    /// Whether to take and use snapshots after steps. Without them (the guestfs backend, whose
+    /// working copy is written once, at the end), only a build's outputs are stored and reused:
+    /// an unchanged rebuild publishes them again, any change runs every step.
+    pub snapshots: bool,
 }
 
 /// The build cache in one build: found before Phase 0 (when the input's SHA-256 is known without
@@ -584,7 +588,7 @@ impl BuildCache {
         };
         c.compute_keys(manifest, &base.facts, ctx);
         c.base = Some(base);
-        c.hit = c.deepest();
+        c.hit = if c.settings.snapshots { c.deepest() } else { None };
         Ok(c)
     }
 
@@ -670,10 +674,12 @@ impl BuildCache {
         }
     }
 
-    /// Evicts least recently used snapshots beyond the size cap, after a build that stored some.
+    /// Evicts least recently used snapshots and outputs beyond the size cap, after a build that
+    /// stored some.
     /// Best effort: errors are logged.
     pub fn prune(&self) {
-        if self.stored.is_empty() {
+        // Without snapshots (guestfs) the build may have stored outputs, which count too.
+        if self.stored.is_empty() && self.settings.snapshots {
             return;
         }
         match self.store.prune(self.settings.max_size) {
@@ -791,8 +797,13 @@ outputs
     /// options, with the folder holding them, when this build restores its every step and every
     /// file is as it was stored.
     pub fn reusable_outputs(&self, phase2: &str) -> Option<(PathBuf, OutputsEntry)> {
-        let hit = self.hit.as_ref()?;
-        if hit.steps_done != self.total_steps || self.total_steps == 0 {
+        // Every step's key must be trusted: the last step's snapshot is there, or (without
+        // snapshots) the keys are known and --refresh does not ask for the packages again.
+        let complete = match &self.hit {
+            Some(hit) => hit.steps_done == self.total_steps,
+            None => !self.settings.snapshots && self.base.is_some() && self.keys.len() == self.total_steps && !(self.settings.refresh && self.first_packages.is_some()),
+        };
+        if !complete || self.total_steps == 0 {
             return None;
         }
         let key = self.outputs_key(phase2)?;
@@ -876,7 +887,8 @@ impl StepCache for BuildCache {
 
     fn wants_snapshot(&self, index: usize, record: &StepRecord) -> bool {
         let last = index + 1 == self.total_steps;
-        !self.keys.is_empty() && index < self.keys.len() && (last || record.duration_seconds >= self.settings.min_seconds) && self.store.entry(&self.keys[index]).is_none()
+        self.settings.snapshots
+            && !self.keys.is_empty() && index < self.keys.len() && (last || record.duration_seconds >= self.settings.min_seconds) && self.store.entry(&self.keys[index]).is_none()
     }
 
     fn snapshot(&mut self, index: usize, records: &[StepRecord], refreshed: bool) -> Result<()> {

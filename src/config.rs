@@ -62,14 +62,18 @@ impl Config {
     }
 }
 
+/// Whether this process runs in a user namespace whose uid 0 is not the host's (the guestfs
+/// backend's, for a normal user): `/proc/self/uid_map` does not map 0 to 0.
+pub fn in_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|m| !m.split_whitespace().take(2).eq(["0", "0"]))
+}
+
 /// The cache folder when neither `--cache-dir` nor the configuration names one: `/var/cache/kib`
 /// for root (the real root: uid 0 outside any user namespace), else `$XDG_CACHE_HOME/kib` or
 /// `~/.cache/kib` (a normal user, also inside the guestfs backend's user namespace, where kib is
 /// uid 0 but /var/cache/kib is not its own).
 pub fn default_cache_dir() -> std::path::PathBuf {
-    let real_root = rustix::process::geteuid().is_root()
-        && std::fs::read_to_string("/proc/self/uid_map").map_or(true, |m| m.split_whitespace().take(2).eq(["0", "0"]));
-    if real_root {
+    if rustix::process::geteuid().is_root() && !in_user_namespace() {
         return "/var/cache/kib".into();
     }
     match (std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()), std::env::var_os("HOME").filter(|v| !v.is_empty())) {

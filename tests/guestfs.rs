@@ -178,7 +178,7 @@ fn a_normal_user_builds_the_node_image_through_libguestfs() {
 
     // Root's loop-backend build, for comparison.
     let loop_out = t.join("loop-out");
-    let o = customize_cmd_to(&input, &manifest, t, &loop_out).args(["--format", "qcow2", "--no-package-cache"]).output().unwrap();
+    let o = customize_cmd_to(&input, &manifest, t, &loop_out).args(["--format", "qcow2"]).output().unwrap();
     assert!(o.status.success(), "loop build: {}", String::from_utf8_lossy(&o.stderr));
     assert_nothing_left(&t.join("work"));
 
@@ -214,6 +214,17 @@ fn a_normal_user_builds_the_node_image_through_libguestfs() {
         assert_eq!(m.uid(), uid, "{f} belongs to the user");
     }
 
+    // The package cache, in the user's cache folder: apt's downloads, every file and folder the
+    // user's own (apt downloads as root in the namespace, not as _apt's subordinate uid).
+    let pkg_cache = home.join(".cache/kib/packages");
+    let mut debs = 0;
+    for e in walkdir(&pkg_cache) {
+        let m = std::fs::symlink_metadata(&e).unwrap();
+        assert_eq!(m.uid(), uid, "{} in the package cache is not the user's", e.display());
+        debs += usize::from(e.extension().is_some_and(|x| x == "deb"));
+    }
+    assert!(debs > 10, "{debs} .deb files in {}", pkg_cache.display());
+
     // The BOMs: the same packages, steps, sysprep and input; the backend and its differences.
     let (a, b) = (bom(&loop_out), bom(&out));
     assert_eq!(a["backend"]["name"], "loop");
@@ -234,7 +245,8 @@ fn a_normal_user_builds_the_node_image_through_libguestfs() {
     // The trees, file by file.
     let (ma, mb) = (mounted_output(&loop_out.join("k8s-node-debian.qcow2"), t, "loop"), mounted_output(&out.join("k8s-node-debian.qcow2"), t, "guestfs"));
     let (fa, fb) = (fingerprint(&ma.dir), fingerprint(&mb.dir));
-    // ldconfig's cache holds timestamps; apt's lock and partial folders are made by apt on each run.
+    // ldconfig's cache holds timestamps; apt's lock and partial folders are made by apt on each run
+    // (the partial folders owned by _apt with loop devices, by root where apt runs unsandboxed).
     let expected = ["var/cache/ldconfig/aux-cache", "var/lib/apt/lists/lock", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial"];
     let differ: Vec<String> = fa
         .keys()
@@ -481,7 +493,8 @@ fn a_normal_user_customizes_an_lvm_selinux_image_through_libguestfs() {
 
 /// `kib matrix run` as the user: `--backend auto` resolves to guestfs for a normal user, each
 /// build runs through the appliance into folders the user owns, the matrix's record says built,
-/// and a second run finds the build up to date without starting an appliance.
+/// a second run finds the build up to date, and a forced one gets the outputs from the build
+/// cache (which keeps outputs, not snapshots, under guestfs), without starting an appliance.
 #[test]
 fn a_normal_user_runs_a_matrix_through_libguestfs() {
     if skip_unless_root("a_normal_user_runs_a_matrix_through_libguestfs") {
@@ -509,8 +522,8 @@ fn a_normal_user_runs_a_matrix_through_libguestfs() {
     let name = builds[0]["name"].as_str().unwrap();
     let dir = out.join(name);
     let raw = dir.join(format!("{name}.raw"));
-    let bom = bom(&dir);
-    assert_eq!(bom["backend"]["name"], "guestfs", "{}", bom["backend"]);
+    let first = bom(&dir);
+    assert_eq!(first["backend"]["name"], "guestfs", "{}", first["backend"]);
     assert_eq!(std::fs::metadata(&raw).unwrap().uid(), uid, "the output belongs to the user");
     // The user's cache, not root's.
     assert!(home.join(".cache/kib").is_dir(), "no cache in the user's home");
@@ -522,9 +535,35 @@ fn a_normal_user_runs_a_matrix_through_libguestfs() {
     let o = as_user(&home, &[], &refs(&args)).output().unwrap();
     assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("1 up to date"), "{}", String::from_utf8_lossy(&o.stdout));
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    // --force runs the build again; its build cache (outputs only under guestfs) publishes the
+    // stored outputs without starting an appliance.
+    let mut forced = args.clone();
+    forced.push("--force".into());
+    let t0 = Instant::now();
+    let o = as_user(&home, &[], &refs(&forced)).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again = bom(&dir);
+    assert!(again["build_cache"]["outputs_reused_from"].is_string(), "{}", again["build_cache"]);
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    let m = Mounted::partition(&raw, 1, &tmp.path().join("mnt"));
+    assert_eq!(m.read("/etc/kib-matrix"), "x\n");
+    drop(m);
     let left = wait_no_processes(uid, Duration::from_secs(15));
     assert!(left.is_empty(), "processes left: {left:#?}");
     assert_nothing_left(&home.join("work"));
+}
+
+/// Every path below `dir`, not following symlinks.
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walkdir(&p));
+        }
+        out.push(p);
+    }
+    out
 }
 
 fn refs(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {

@@ -186,11 +186,6 @@ pub fn run_in_namespace(args: &CustomizeArgs, backend: &crate::backend::Choice) 
     let guestfs = backend.backend == crate::backend::Backend::Guestfs;
     let mut plan = Plan::new(args)?;
     let mut fetcher = super::fetcher(&args.fetch)?;
-    if guestfs && fetcher.package_cache {
-        // apt's _apt user would own the cache's files on the host through a subordinate uid.
-        tracing::info!("the guestfs backend does not use the package cache");
-        fetcher.package_cache = false;
-    }
     let lock = args.lock.as_deref().map(Lock::load).transpose()?;
     if let Some(lock) = &lock {
         tracing::info!("--lock {}: {} packages and {} downloads pinned", lock.path.display(), lock.packages.packages.len(), lock.downloads.sums.len());
@@ -205,13 +200,11 @@ pub fn run_in_namespace(args: &CustomizeArgs, backend: &crate::backend::Choice) 
     crate::input::refuse_outputs_on_input(&input, &outputs)?;
     let _output_dir = phase2::ensure_output_dir(&args.output_dir)?;
     tracing::info!("manifest {} ({} steps), image {}", manifest.path.display(), manifest.steps.len(), args.disk_image.display());
-    let mut cache = if guestfs {
-        tracing::info!("the guestfs backend does not use the build cache");
-        None
-    } else {
-        build_cache(args, &plan, &input, &fetcher.cache_dir, &ctx)?
-    };
-    let phase2_key = phase2_description(&plan, &ctx);
+    let mut cache = build_cache(args, &plan, &input, &fetcher.cache_dir, &ctx, !guestfs)?;
+    if guestfs && cache.is_some() {
+        tracing::info!("build cache: the guestfs backend stores and reuses a build's outputs, and takes no snapshots after steps");
+    }
+    let phase2_key = phase2_description(&plan, &ctx, backend.backend);
     if let (Some(c), Some(k)) = (&mut cache, &phase2_key) {
         if let Some((dir, stored)) = c.reusable_outputs(k) {
             return publish_stored_outputs(args, &plan, &input, fetched.as_ref(), c, &dir, stored, &ctx, t0);
@@ -378,7 +371,7 @@ fn check_expected_os(args: &CustomizeArgs, os_release: &IndexMap<String, String>
 
 /// What decides Phase 2's outputs besides the disk after the last step, for the build cache's
 /// stored outputs: `None` without Phase 2 (nothing is stored or reused then).
-fn phase2_description(plan: &Plan, ctx: &BuildContext) -> Option<String> {
+fn phase2_description(plan: &Plan, ctx: &BuildContext, backend: crate::backend::Backend) -> Option<String> {
     if !plan.phases.contains(Phase::Artifacts) {
         return None;
     }
@@ -393,6 +386,7 @@ output {:?}
 provider {:?}
 manifest name {}
 date {date}
+backend {backend}
 ", plan.formats, plan.compression, plan.name, m.sysprep, m.output, m.provider, m.name))
 }
 
@@ -475,7 +469,7 @@ fn publish_stored_outputs(
 /// `--phases 0,1` build (whose recorded date its steps see).
 ///
 /// Errors: a bad `--cache-max-size`, an unreadable `--lock`.
-fn build_cache(args: &CustomizeArgs, plan: &Plan, input: &Path, cache_dir: &Path, ctx: &BuildContext) -> Result<Option<BuildCache>> {
+fn build_cache(args: &CustomizeArgs, plan: &Plan, input: &Path, cache_dir: &Path, ctx: &BuildContext, snapshots: bool) -> Result<Option<BuildCache>> {
     let o = &args.cache;
     if o.no_cache || !plan.phases.contains(Phase::Base) || !plan.phases.contains(Phase::Customization) {
         return Ok(None);
@@ -485,7 +479,7 @@ fn build_cache(args: &CustomizeArgs, plan: &Plan, input: &Path, cache_dir: &Path
         return Ok(None);
     }
     let max_size = manifest::parse_disk_size(&o.cache_max_size).map_err(|e| anyhow::anyhow!("--cache-max-size: {e}"))?;
-    let settings = buildcache::Settings { cache_dir: cache_dir.to_path_buf(), min_seconds: o.cache_min_seconds, max_size, refresh: o.refresh, lock: args.lock.clone() };
+    let settings = buildcache::Settings { cache_dir: cache_dir.to_path_buf(), min_seconds: o.cache_min_seconds, max_size, refresh: o.refresh, lock: args.lock.clone(), snapshots };
     Ok(Some(BuildCache::prepare(settings, input, &plan.manifest, ctx, plan.disk_size)?))
 }
 

@@ -64,8 +64,7 @@ pub struct Settings {
 pub const DIFFERENCES: &[&str] = &[
     "the image's tree is read out through libguestfs's appliance into a tmpfs and the changes are written back with tar (owners, modes, ACLs, xattrs, file capabilities and SELinux labels kept)",
     "device nodes in the image's /dev are not read out; they stay in the image as they were",
-    "the build cache is not used (no snapshots, no reuse)",
-    "the package cache is not used; every build downloads its packages",
+    "the build cache takes no snapshots after steps (the working copy is written once, at the end): an unchanged rebuild publishes the stored outputs again, any change runs every step",
 ];
 
 /// The environment every guestfish of this run gets.

@@ -33,10 +33,25 @@ const DPKG_OPTS: &[&str] = &[
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Apt;
 
+/// In a user namespace (the guestfs backend, for a normal user), apt downloads as root there
+/// instead of its `_apt` user: `_apt`'s uid maps to a subordinate id on the host, which would own
+/// files and the `partial` folders in the user's package cache that the user could then neither
+/// read nor remove outside kib.
+const SANDBOX_ROOT: &[&str] = &["-o", "APT::Sandbox::User=root"];
+
+fn sandbox_opts() -> &'static [&'static str] {
+    if crate::config::in_user_namespace() {
+        SANDBOX_ROOT
+    } else {
+        &[]
+    }
+}
+
 impl Apt {
     fn get(c: &mut dyn Chroot, verb: &str, extra: &[&str], names: &[String], timeout: Option<Duration>) -> Result<()> {
         let mut argv = vec!["apt-get", "-q", "-y", verb];
         argv.extend_from_slice(DPKG_OPTS);
+        argv.extend_from_slice(sandbox_opts());
         argv.extend_from_slice(extra);
         argv.extend(names.iter().map(String::as_str));
         c.run(&argv, &format!("apt-get {verb} {}", names.join(" ")), timeout)?;
@@ -50,7 +65,9 @@ impl PackageManager for Apt {
     }
 
     fn refresh(&mut self, c: &mut dyn Chroot, timeout: Option<Duration>) -> Result<()> {
-        c.run(&["apt-get", "-q", "update"], "apt-get update", timeout)?;
+        let mut argv = vec!["apt-get", "-q", "update"];
+        argv.extend_from_slice(sandbox_opts());
+        c.run(&argv, "apt-get update", timeout)?;
         Ok(())
     }
 
