@@ -29,7 +29,7 @@
 #              overhead build. The limit is 100 MiB; it fails above. Results in target/bench/memory.txt
 #   guestfs    the guestfs backend (issue 17): the node manifest built by a normal user (kibbench, made with a
 #              subordinate id range by scripts/guestfs-setup.sh) with --backend guestfs, beside kib's loop backend
-#              (--no-package-cache, as the guestfs backend has none), the baseline and virt-customize, in one
+#              (both --no-package-cache: every run downloads), the baseline and virt-customize, in one
 #              hyperfine session (KIB_BENCH_RUNS, default 3). compare includes the guestfs row too
 #              (KIB_BENCH_GUESTFS=0 leaves it out there).
 # Usage: scripts/bench.sh [compare|incremental|guestfs|overhead|node|formats|formats-serial|conversions|memory]... (default: overhead node), as root
@@ -86,8 +86,10 @@ guestfs_setup() {
   chmod 755 "$out"
   mkdir -p "$out/gfs"
   chown kibbench: "$out/gfs"
-  guestfs_cmd="runuser -u kibbench -- env HOME=$out/gfs $KIB -q customize --backend guestfs --disk-image $image \
-    --manifest manifests/k8s-node-debian.yaml --format qcow2 --output-dir $out/gfs/out --work-dir $out/gfs/work"
+  # --no-cache: the build cache would publish the first run's outputs again; --no-package-cache:
+  # beside the loop backend's run without it (every run downloads its packages).
+  guestfs_cmd="runuser -u kibbench -- env HOME=$out/gfs $KIB -q customize --backend guestfs --no-cache --no-package-cache \
+    --disk-image $image --manifest manifests/k8s-node-debian.yaml --format qcow2 --output-dir $out/gfs/out --work-dir $out/gfs/work"
 }
 # virt-customize, where it installs without touching qemu-img. Sets vc_why (empty: usable).
 virt_customize_setup() {
@@ -136,7 +138,7 @@ for b in "${@:-overhead node}"; do
         cmds+=(--prepare true -n virt-customize "testdata/bench/virt-customize-node.sh $image $out/vc.qcow2")
         if [ "${KIB_BENCH_GUESTFS:-1}" != 0 ]; then
           guestfs_setup
-          cmds+=(--prepare true -n "kib --backend guestfs (normal user)" "$guestfs_cmd")
+          cmds+=(--prepare true -n "kib --backend guestfs (normal user, --no-package-cache)" "$guestfs_cmd")
         fi
       else
         echo "compare: virt-customize is left out: $vc_why" | tee target/bench/virt-customize.txt
@@ -163,7 +165,7 @@ for b in "${@:-overhead node}"; do
       guestfs_setup
       cmds=(-n "kib (loop backend, --no-package-cache)" "$k --output-dir $out/kib"
             -n baseline "testdata/bench/baseline-node.sh $image $out/baseline.qcow2"
-            -n "kib --backend guestfs (normal user)" "$guestfs_cmd")
+            -n "kib --backend guestfs (normal user, --no-package-cache)" "$guestfs_cmd")
       virt_customize_setup
       if [ -z "$vc_why" ]; then
         cmds+=(-n virt-customize "testdata/bench/virt-customize-node.sh $image $out/vc.qcow2")
