@@ -220,7 +220,7 @@ pub struct MatrixRunArgs {
     #[arg(long)]
     pub force: bool,
     /// Where each build's work directory is created (its --work-dir).
-    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    #[arg(long, value_name = "DIR", default_value_os_t = crate::config::default_work_dir())]
     pub work_dir: PathBuf,
     /// How many format conversions each build runs at once (its --convert-jobs). Default: the
     /// number of CPUs divided by --jobs, at least 1.
@@ -438,7 +438,7 @@ pub struct BuildArgs {
     #[arg(long, value_name = "SIZE")]
     pub disk_size: Option<String>,
     /// Where the per-run work directory is created.
-    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    #[arg(long, value_name = "DIR", default_value_os_t = crate::config::default_work_dir())]
     pub work_dir: PathBuf,
     /// How kib reaches the image's filesystems: loop, guestfs or auto, as for `kib customize`.
     #[arg(long, value_enum, default_value_t = crate::backend::BackendArg::Auto)]
@@ -494,7 +494,7 @@ pub struct CustomizeArgs {
     #[arg(long, conflicts_with = "disk_image_sha256")]
     pub no_verify: bool,
     /// Where the per-run work directory (holding the raw working copy) is created.
-    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    #[arg(long, value_name = "DIR", default_value_os_t = crate::config::default_work_dir())]
     pub work_dir: PathBuf,
     #[command(flatten)]
     pub fetch: FetchOptions,
@@ -562,7 +562,7 @@ pub struct ShellArgs {
     #[arg(long)]
     pub no_verify: bool,
     /// Where the per-run work directory (holding the raw working copy) is created.
-    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    #[arg(long, value_name = "DIR", default_value_os_t = crate::config::default_work_dir())]
     pub work_dir: PathBuf,
     /// kib's cache folder, for the checksums of inputs already read in full. Default:
     /// /var/cache/kib for root, ~/.cache/kib for a normal user (guestfs backend).
@@ -616,7 +616,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "PATH")]
     pub bom: Option<PathBuf>,
     /// Where the work directory is created (for non-raw images, and --boot's overlay and seed).
-    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    #[arg(long, value_name = "DIR", default_value_os_t = crate::config::default_work_dir())]
     pub work_dir: PathBuf,
     /// How kib reaches the image's filesystems: loop, guestfs or auto, as for `kib customize`
     /// (guestfs reads the tree out through libguestfs's appliance, without root).
@@ -651,7 +651,7 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
     /// The work directory base that runs used (their --work-dir).
-    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    #[arg(long, value_name = "DIR", default_value_os_t = crate::config::default_work_dir())]
     pub work_dir: PathBuf,
     /// kib's cache folder, whose half-written build-cache snapshots (of killed runs) are
     /// removed. Default: the configuration's cache_dir, else /var/cache/kib.
@@ -673,7 +673,7 @@ pub struct InspectArgs {
     #[arg(long, value_name = "FILE", requires = "sbom")]
     pub sbom_output: Option<PathBuf>,
     /// Where the work directory is created (only used for non-raw images).
-    #[arg(long, value_name = "DIR", default_value = "/var/tmp/kib")]
+    #[arg(long, value_name = "DIR", default_value_os_t = crate::config::default_work_dir())]
     pub work_dir: PathBuf,
     /// How kib reaches the image's filesystems: loop, guestfs or auto, as for `kib customize`
     /// (guestfs reads the tree out through libguestfs's appliance, without root).

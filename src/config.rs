@@ -62,6 +62,17 @@ impl Config {
     }
 }
 
+/// Where work directories are made when `--work-dir` is not given: `/var/tmp/kib` for root (the
+/// real root), `work` in the user's cache folder ([`default_cache_dir`]) for a normal user, also
+/// inside the guestfs backend's user namespace. Not a folder of its own in the world-writable
+/// /var/tmp: another user could make it first and swap what kib makes inside.
+pub fn default_work_dir() -> std::path::PathBuf {
+    if rustix::process::geteuid().is_root() && !in_user_namespace() {
+        return "/var/tmp/kib".into();
+    }
+    default_cache_dir().join("work")
+}
+
 /// Whether this process runs in a user namespace whose uid 0 is not the host's (the guestfs
 /// backend's, for a normal user): `/proc/self/uid_map` does not map 0 to 0.
 pub fn in_user_namespace() -> bool {

@@ -507,7 +507,8 @@ fn a_normal_user_runs_a_matrix_through_libguestfs() {
     std::fs::write(home.join("matrix.yaml"), format!("apiVersion: kib/v1\nkind: ImageMatrix\nbases:\n  tiny:\n    amd64: {{path: {}, sha256: {sum}}}\nmanifests: [m.yaml]\narches: [amd64]\n", img.display())).unwrap();
     assert!(Command::new("chown").arg("-R").arg(format!("{USER}:")).arg(&home).arg(&img).status().unwrap().success());
     let out = home.join("out");
-    let args: Vec<std::ffi::OsString> = ["matrix", "run", home.join("matrix.yaml").to_str().unwrap(), "--output-dir", out.to_str().unwrap(), "--work-dir", home.join("work").to_str().unwrap()]
+    // No --work-dir: a normal user's default is in their cache folder.
+    let args: Vec<std::ffi::OsString> = ["matrix", "run", home.join("matrix.yaml").to_str().unwrap(), "--output-dir", out.to_str().unwrap()]
         .map(std::ffi::OsString::from)
         .to_vec();
     let _turn = my_turn();
@@ -550,7 +551,9 @@ fn a_normal_user_runs_a_matrix_through_libguestfs() {
     drop(m);
     let left = wait_no_processes(uid, Duration::from_secs(15));
     assert!(left.is_empty(), "processes left: {left:#?}");
-    assert_nothing_left(&home.join("work"));
+    let work = home.join(".cache/kib/work");
+    assert!(work.is_dir(), "no default work directory base {}", work.display());
+    assert_nothing_left(&work);
 }
 
 /// Every path below `dir`, not following symlinks.
