@@ -1,5 +1,5 @@
 //! The guestfs backend (src/guestfs/): a normal user, without root and without loop devices,
-//! builds the node manifest through libguestfs's appliance (under TCG here), and the result
+//! builds the node manifest (plus an `images` step) through libguestfs's appliance (under TCG here), and the result
 //! equals root's loop-backend build of the same manifest: the same packages, steps and sysprep
 //! in the BOM, the same SBOM components, and the same tree, file by file (type, mode, owner,
 //! size, content, symlink target, xattrs, link count), apart from what the package cache and
@@ -174,7 +174,7 @@ fn a_normal_user_builds_the_node_image_through_libguestfs() {
     std::fs::write(home.join("SHA256SUMS"), sums).unwrap();
     assert!(Command::new("chown").arg("-R").arg(format!("{USER}:")).arg(&home).status().unwrap().success());
     let input_sum = sha256(&input);
-    let manifest = repo().join("manifests/k8s-node-debian.yaml");
+    let manifest = node_manifest_with_an_image(&home);
 
     // Root's loop-backend build, for comparison.
     let loop_out = t.join("loop-out");
@@ -233,6 +233,11 @@ fn a_normal_user_builds_the_node_image_through_libguestfs() {
     assert!(b["backend"]["differences"].as_array().unwrap().len() >= 3, "{}", b["backend"]);
     assert_eq!(a["packages"], b["packages"]);
     assert_eq!(names(&a, "steps", "name"), names(&b, "steps", "name"));
+    // The images step: containerd, started in the chroot inside the user namespace, imported the
+    // archive as it does with loop devices.
+    let loaded = |bom: &serde_json::Value| bom["steps"].as_array().unwrap().iter().find(|s| s["kind"] == "images").map(|s| s["images"].clone()).unwrap();
+    assert_eq!(loaded(&a), loaded(&b));
+    assert_eq!(loaded(&b)[0]["name"], "kib.example/fixture/true:1", "{}", loaded(&b));
     assert_eq!(a["sysprep"], b["sysprep"]);
     assert_eq!(a["input"]["sha256"], b["input"]["sha256"]);
     assert_eq!(a["os_release"], b["os_release"]);
@@ -248,12 +253,14 @@ fn a_normal_user_builds_the_node_image_through_libguestfs() {
     // ldconfig's cache holds timestamps; apt's lock and partial folders are made by apt on each run
     // (the partial folders owned by _apt with loop devices, by root where apt runs unsandboxed).
     let expected = ["var/cache/ldconfig/aux-cache", "var/lib/apt/lists/lock", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial"];
+    // containerd's bolt databases hold the import's timestamps.
+    let timestamped = |k: &str| k.starts_with("var/lib/containerd/") && k.ends_with(".db");
     let differ: Vec<String> = fa
         .keys()
         .chain(fb.keys())
         .filter(|k| fa.get(*k) != fb.get(*k))
         .map(|k| k.display().to_string())
-        .filter(|k| !expected.contains(&k.as_str()))
+        .filter(|k| !expected.contains(&k.as_str()) && !timestamped(k))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -405,10 +412,11 @@ fn a_normal_user_runs_a_shell_in_a_foreign_image_and_saves_it() {
 
 /// The LVM + SELinux fixture (root and /var on logical volumes of rootvg, SELinux permissive)
 /// customized by the user through the appliance, which activates the volume group in its own
-/// kernel (the host's LVM never sees it): the steps' files land on the right LVs with the labels
-/// file_contexts gives their paths, and the BOM records the volume group, its LVs and the
-/// filesystems as root reads them from the output with lvm. The input is bit-identical, the VG's
-/// metadata unchanged, and nothing is left.
+/// kernel (the host's LVM never sees it), with `--disk-size`: the PV and the last LV grow in
+/// place as with loop devices, the steps' files land on the right LVs with the labels
+/// file_contexts gives their paths, and the BOM records the growth, the volume group, its LVs
+/// and the filesystems as root reads them from the output with lvm. The input is bit-identical,
+/// and nothing is left.
 #[test]
 fn a_normal_user_customizes_an_lvm_selinux_image_through_libguestfs() {
     if skip_unless_root("a_normal_user_customizes_an_lvm_selinux_image_through_libguestfs") {
@@ -433,6 +441,7 @@ fn a_normal_user_customizes_an_lvm_selinux_image_through_libguestfs() {
     let out = home.join("out");
     let args: Vec<std::ffi::OsString> = [
         "customize", "--backend", "guestfs", "--disk-image", input.to_str().unwrap(), "--manifest", manifest.to_str().unwrap(), "--format", "raw", "--output-dir", out.to_str().unwrap(), "--work-dir", home.join("work").to_str().unwrap(),
+        "--disk-size", "3584MiB",
     ]
     .map(std::ffi::OsString::from)
     .to_vec();
@@ -449,19 +458,29 @@ fn a_normal_user_customizes_an_lvm_selinux_image_through_libguestfs() {
     assert_nothing_left(&home.join("work"));
     assert!(leftovers(&home).is_empty(), "{:?}", leftovers(&home));
 
-    // The output's VG is the input's, and the BOM says where each LV is, as lvm reads it.
+    // The output's VG is the input's, grown as with loop devices: the PV fills the grown
+    // partition and the last LV (varlv) takes the new 128 extents in one segment, its xfs grown;
+    // the BOM says where each LV is now, as lvm reads it.
     let raw = out.join("lvm-guestfs.raw");
+    assert_eq!(std::fs::metadata(&raw).unwrap().len(), 3584 << 20);
     let (vg_in, _, _) = read_vg(&input, 3, &t.join("lvm-in"));
     let (vg_out, pv_start, _) = read_vg(&raw, 3, &t.join("lvm-out"));
-    assert_eq!((&vg_out.name, &vg_out.uuid, vg_out.seqno), (&vg_in.name, &vg_in.uuid, vg_in.seqno));
+    assert_eq!((&vg_out.name, &vg_out.uuid), (&vg_in.name, &vg_in.uuid));
+    assert!(vg_out.seqno > vg_in.seqno, "growth writes metadata: seqno {} -> {}", vg_in.seqno, vg_out.seqno);
+    let (var_in, var_grown) = (vg_in.lv("varlv").unwrap(), vg_out.lv("varlv").unwrap());
+    assert_eq!((var_grown.first_pe, var_grown.extent_count), (var_in.first_pe, var_in.extent_count + 128));
+    assert_eq!(var_grown.first_pe + var_grown.extent_count, vg_out.pvs[0].pe_count, "varlv fills the grown PV");
+    assert_eq!(vg_out.lv("rootlv").unwrap().extent_count, vg_in.lv("rootlv").unwrap().extent_count);
     let bom = kib::bom::Bom::read(&out.join("bom.json")).unwrap();
+    let g = bom.disk_growth.as_ref().expect("disk_growth in the BOM");
+    assert_eq!((g.partition, g.lv.as_deref(), g.fstype.as_str(), g.to_bytes), (3, Some("rootvg/varlv"), "xfs", 3584 << 20));
     assert_eq!(bom.volume_groups.len(), 1, "{:?}", bom.volume_groups);
     let vg = &bom.volume_groups[0];
-    assert_eq!((vg.name.as_str(), vg.uuid.as_str(), vg.seqno), (vg_in.name.as_str(), vg_in.uuid.as_str(), vg_in.seqno));
+    assert_eq!((vg.name.as_str(), vg.uuid.as_str(), vg.seqno), (vg_in.name.as_str(), vg_in.uuid.as_str(), vg_out.seqno));
     let (var, root) = (vg_out.lv("varlv").unwrap(), vg_out.lv("rootlv").unwrap());
     for (lv, mp) in [(root, "/"), (var, "/var")] {
         let rec = vg.lvs.iter().find(|l| l.name == lv.lv).unwrap();
-        assert_eq!((rec.fstype.as_str(), rec.mount_point.as_deref(), rec.offset, rec.partition), ("xfs", Some(mp), pv_start + lv.offset_bytes_in_pv, 3), "{rec:?}");
+        assert_eq!((rec.fstype.as_str(), rec.mount_point.as_deref(), rec.offset, rec.size, rec.partition), ("xfs", Some(mp), pv_start + lv.offset_bytes_in_pv, lv.size_bytes, 3), "{rec:?}");
         let want = format!("rootvg/{}", lv.lv);
         assert!(bom.filesystems.iter().any(|f| f.lv.as_deref() == Some(want.as_str()) && f.mount_point == mp && f.partition == 3 && f.fstype == "xfs" && !f.uuid.is_empty()), "{:?}", bom.filesystems);
     }
@@ -474,6 +493,8 @@ fn a_normal_user_customizes_an_lvm_selinux_image_through_libguestfs() {
     let root_mnt = mount_lv(&raw, pv_start + root.offset_bytes_in_pv, root.size_bytes, "xfs", &t.join("mnt-root"));
     assert_eq!(root_mnt.read("/etc/kib-lvm"), "root\n");
     assert_eq!(var_mnt.read("/lib/kib-lvm"), "var\n");
+    let st = rustix::fs::statvfs(&var_mnt.dir).unwrap();
+    assert!(st.f_blocks * st.f_frsize > var_in.size_bytes, "the xfs on varlv did not grow: {} bytes", st.f_blocks * st.f_frsize);
     assert!(!root_mnt.path("/var/lib/kib-lvm").exists(), "the /var file landed on the root LV");
     let fc = root_mnt.path("/etc/selinux/default/contexts/files/file_contexts");
     for (mnt, prefix, path) in [
@@ -554,6 +575,44 @@ fn a_normal_user_runs_a_matrix_through_libguestfs() {
     let work = home.join(".cache/kib/work");
     assert!(work.is_dir(), "no default work directory base {}", work.display());
     assert_nothing_left(&work);
+}
+
+/// manifests/k8s-node-debian.yaml plus an `images` step that pre-loads a one-layer fixture image
+/// (umoci and skopeo, a docker-archive of /bin/true, from a file:// URL), written into `home` with
+/// its includes made absolute so that the user can read it. Returns its path.
+fn node_manifest_with_an_image(home: &Path) -> PathBuf {
+    let archive = home.join("true.tar");
+    let script = r#"set -eu
+w=$1; out=$2
+umoci init --layout "$w/oci"
+umoci new --image "$w/oci:fixture"
+umoci unpack --image "$w/oci:fixture" "$w/bundle" >/dev/null
+mkdir -p "$w/bundle/rootfs/usr/local/bin"
+cp /bin/true "$w/bundle/rootfs/usr/local/bin/true"
+umoci repack --image "$w/oci:fixture" "$w/bundle"
+umoci config --image "$w/oci:fixture" --os linux --architecture amd64 --config.entrypoint /usr/local/bin/true \
+    --config.label "org.opencontainers.image.description=kib TEST FIXTURE"
+echo '{"default":[{"type":"insecureAcceptAnything"}]}' > "$w/policy.json"
+skopeo --policy "$w/policy.json" copy -q "oci:$w/oci:fixture" "docker-archive:$out:kib.example/fixture/true:1"
+"#;
+    let w = tempfile::tempdir().unwrap();
+    let st = Command::new("bash").args(["-c", script, "make-image"]).arg(w.path()).arg(&archive).status().unwrap();
+    assert!(st.success(), "building the image fixture with umoci and skopeo failed");
+    let text = std::fs::read_to_string(repo().join("manifests/k8s-node-debian.yaml")).unwrap();
+    let mut m: yaml_serde::Value = yaml_serde::from_str(&text).unwrap();
+    for inc in m["include"].as_sequence_mut().unwrap() {
+        *inc = yaml_serde::Value::String(repo().join(inc.as_str().unwrap()).display().to_string());
+    }
+    let step: yaml_serde::Value = yaml_serde::from_str(&format!(
+        "name: a fixture image\nimages:\n  namespace: k8s.io\n  archives:\n    - url: file://{}\n      sha256: {}\n",
+        archive.display(),
+        sha256(&archive)
+    ))
+    .unwrap();
+    m["steps"].as_sequence_mut().unwrap().push(step);
+    let path = home.join("k8s-node-debian.yaml");
+    std::fs::write(&path, yaml_serde::to_string(&m).unwrap()).unwrap();
+    path
 }
 
 /// Every path below `dir`, not following symlinks.

@@ -210,21 +210,30 @@ pub fn device_of(number: u32) -> String {
 /// `--config` string (the appliance's lvm has its own configuration and sees only this disk).
 fn findings_script(pv_partitions: &[u32]) -> String {
     let mut s = String::from("echo @mountpoints\nmountpoints\necho @filesystems\nlist-filesystems\n");
-    if !pv_partitions.is_empty() {
-        let devices: Vec<String> = pv_partitions.iter().map(|&n| device_of(n)).collect();
-        let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
-        for (marker, report) in [("@pvs", crate::phase0::lvm::Report::Pvs), ("@lvs", crate::phase0::lvm::Report::Lvs)] {
-            let mut words = vec!["lvm".to_string()];
-            let mut args = crate::phase0::lvm::report_args(report, &devices).into_iter();
-            while let Some(a) = args.next() {
-                if a == "--config" {
-                    args.next();
-                } else {
-                    words.push(a);
-                }
+    s.push_str(&lvm_reports_script(pv_partitions));
+    s
+}
+
+/// The `@pvs` and `@lvs` sections of [`findings_script`]: lvm's reports on `pv_partitions`
+/// (nothing without any).
+fn lvm_reports_script(pv_partitions: &[u32]) -> String {
+    let mut s = String::new();
+    if pv_partitions.is_empty() {
+        return s;
+    }
+    let devices: Vec<String> = pv_partitions.iter().map(|&n| device_of(n)).collect();
+    let devices: Vec<&str> = devices.iter().map(String::as_str).collect();
+    for (marker, report) in [("@pvs", crate::phase0::lvm::Report::Pvs), ("@lvs", crate::phase0::lvm::Report::Lvs)] {
+        let mut words = vec!["lvm".to_string()];
+        let mut args = crate::phase0::lvm::report_args(report, &devices).into_iter();
+        while let Some(a) = args.next() {
+            if a == "--config" {
+                args.next();
+            } else {
+                words.push(a);
             }
-            s.push_str(&format!("echo {marker}\n-debug sh \"{}\"\n", words.join(" ")));
         }
+        s.push_str(&format!("echo {marker}\n-debug sh \"{}\"\n", words.join(" ")));
     }
     s
 }
@@ -442,11 +451,27 @@ fn walk(root: &Path, rel: &Path, dev: u64, f: &mut dyn FnMut(&Path, &std::fs::Me
 /// done at the start of the write-back session, before the changes go in.
 #[derive(Debug, Clone)]
 pub struct Grow {
-    /// The appliance's device (`/dev/sda1`; `/dev/sda` for a whole-disk filesystem).
+    /// The appliance's device (`/dev/sda1`; `/dev/sda` for a whole-disk filesystem;
+    /// `/dev/VG/LV` for a logical volume).
     pub device: String,
     pub fstype: String,
-    /// Where it is mounted in the session (`/`).
+    /// Where it is mounted in the session (`/`, `/var`).
     pub mount_point: String,
+    /// For a filesystem on a logical volume: the PV and LV to grow first.
+    pub lvm: Option<GrowLv>,
+}
+
+/// The LVM part of a [`Grow`]: the PV on the grown partition fills it (`pvresize`), then the LV
+/// takes the free extents that follow it, as one contiguous run (`lvextend --alloc contiguous`;
+/// Phase 0 checked that no other LV follows it on its PV, as the loop backend does).
+#[derive(Debug, Clone)]
+pub struct GrowLv {
+    /// The PV's device in the appliance (`/dev/sda3`).
+    pub pv: String,
+    /// `VG/LV`.
+    pub lv: String,
+    /// Every LVM physical volume's partition, for lvm's reports after the growth.
+    pub pv_partitions: Vec<u32>,
 }
 
 impl Grow {
@@ -457,12 +482,19 @@ impl Grow {
     /// Errors: another filesystem type (kib grows ext2/3/4, xfs and btrfs).
     pub fn commands(&self) -> Result<(String, String)> {
         let mp = quote(self.mount_point.as_bytes())?;
-        Ok(match self.fstype.as_str() {
+        let (before, after) = match self.fstype.as_str() {
             "ext2" | "ext3" | "ext4" => (format!("e2fsck-f {d}\nresize2fs {d}\n", d = self.device), String::new()),
             "xfs" => (String::new(), format!("xfs-growfs {mp}\n")),
             "btrfs" => (String::new(), format!("btrfs-filesystem-resize {mp}\n")),
-            other => bail!("kib cannot grow a {other} root filesystem (it grows ext2/3/4, xfs and btrfs)"),
-        })
+            other => bail!("kib cannot grow a {other} filesystem (it grows ext2/3/4, xfs and btrfs)"),
+        };
+        let lvm = match &self.lvm {
+            // guestfish's lvresize-free cannot say `contiguous`; lvm itself can, through debug sh
+            // (a failure there stops the session: no `-` prefix).
+            Some(l) => format!("pvresize {}\ndebug sh \"lvm lvextend --alloc contiguous -l +100%FREE {} {}\"\n", l.pv, l.lv, l.pv),
+            None => String::new(),
+        };
+        Ok((lvm + &before, after))
     }
 }
 
@@ -471,9 +503,12 @@ impl Grow {
 /// Phase 0 found them, the removals, one tar of the changed paths (streamed, never stored), and
 /// with `trim` an fstrim of each filesystem.
 ///
+/// Returns lvm's reports after growing a logical volume (`None` otherwise).
+///
 /// Errors: the appliance or tar fails (the tail of their output), or a removed path cannot be
 /// passed to guestfish.
-pub fn write_back(app: &Appliance, disk: &Path, root: &Path, work: &Path, mounted: &[Mounted], changes: &Changes, grow: Option<&Grow>, trim: bool) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn write_back(app: &Appliance, disk: &Path, root: &Path, work: &Path, mounted: &[Mounted], changes: &Changes, grow: Option<&Grow>, trim: bool) -> Result<Option<(String, String)>> {
     let fifo = work.join("changes.fifo");
     mkfifo(&fifo)?;
     let list = work.join("changes.list");
@@ -500,6 +535,9 @@ pub fn write_back(app: &Appliance, disk: &Path, root: &Path, work: &Path, mounte
             script.push_str(&format!("fstrim {}\n", quote(m.mount_point.as_bytes())?));
         }
     }
+    if let Some(l) = grow.and_then(|g| g.lvm.as_ref()) {
+        script.push_str(&lvm_reports_script(&l.pv_partitions));
+    }
     script.push_str("umount-all\nshutdown\n");
     let script_path = work.join("write-back.guestfish");
     std::fs::write(&script_path, script)?;
@@ -508,14 +546,14 @@ pub fn write_back(app: &Appliance, disk: &Path, root: &Path, work: &Path, mounte
     let limit = app.limit;
     let writer = std::thread::spawn(move || exec::run(&mut tar, "tar (packing the changes)", Some(limit)));
     let mut gf = app.guestfish(&["-f", &script_path.to_string_lossy()]);
-    let ran = exec::run(&mut gf, "guestfish (writing the changes back)", Some(app.limit));
+    let ran = run_capturing(&mut gf, "guestfish (writing the changes back)", &work.join("write-back.txt"), app.limit);
     unblock_fifo(&fifo, true);
     let packed = writer.join().map_err(|_| anyhow::anyhow!("the tar thread panicked"))?;
-    ran.map_err(|e| appliance_error(e, "writing the changes back through libguestfs's appliance"))?;
+    let out = ran.map_err(|e| appliance_error(e, "writing the changes back through libguestfs's appliance"))?;
     packed.map_err(anyhow::Error::new).context("packing the changed files")?;
     let _ = std::fs::remove_file(&fifo);
     let _ = std::fs::remove_file(&list);
-    Ok(())
+    Ok(parse_findings(&out).lvm_reports)
 }
 
 #[cfg(test)]
@@ -548,11 +586,16 @@ mod tests {
 
     #[test]
     fn growth_commands_per_filesystem() {
-        let g = |fstype: &str| Grow { device: "/dev/sda2".into(), fstype: fstype.into(), mount_point: "/".into() }.commands();
+        let g = |fstype: &str| Grow { device: "/dev/sda2".into(), fstype: fstype.into(), mount_point: "/".into(), lvm: None }.commands();
         assert_eq!(g("ext4").unwrap(), ("e2fsck-f /dev/sda2\nresize2fs /dev/sda2\n".to_string(), String::new()));
         assert_eq!(g("xfs").unwrap(), (String::new(), "xfs-growfs \"/\"\n".to_string()));
         assert_eq!(g("btrfs").unwrap().1, "btrfs-filesystem-resize \"/\"\n");
-        assert_eq!(g("vfat").unwrap_err().to_string(), "kib cannot grow a vfat root filesystem (it grows ext2/3/4, xfs and btrfs)");
+        assert_eq!(g("vfat").unwrap_err().to_string(), "kib cannot grow a vfat filesystem (it grows ext2/3/4, xfs and btrfs)");
+        let lv = Grow { device: "/dev/rootvg/varlv".into(), fstype: "xfs".into(), mount_point: "/var".into(), lvm: Some(GrowLv { pv: "/dev/sda3".into(), lv: "rootvg/varlv".into(), pv_partitions: vec![3] }) };
+        assert_eq!(
+            lv.commands().unwrap(),
+            ("pvresize /dev/sda3\ndebug sh \"lvm lvextend --alloc contiguous -l +100%FREE rootvg/varlv /dev/sda3\"\n".to_string(), "xfs-growfs \"/var\"\n".to_string())
+        );
     }
 
     #[test]

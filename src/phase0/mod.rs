@@ -111,6 +111,21 @@ pub struct Filesystem {
     pub mount_point: String,
 }
 
+/// The mount data kib gives an image's filesystem of type `fstype`. xfs always gets `nouuid`:
+/// the kernel refuses a second xfs with the UUID of one already mounted, which two builds from
+/// the same base image (a matrix run with `-j 2`, or this host's own disk cloned) would be.
+/// Read-only mounts also skip log replay (`noload`, `norecovery`, `nologreplay`), which would
+/// write.
+pub fn fs_data(fstype: &str, read_only: bool) -> Option<&'static str> {
+    match (fstype, read_only) {
+        ("xfs", false) => Some("nouuid"),
+        ("xfs", true) => Some("norecovery,nouuid"),
+        ("ext4" | "ext3", true) => Some("noload"),
+        ("btrfs", true) => Some("nologreplay"),
+        _ => None,
+    }
+}
+
 /// Runs Phase 0 (see [`Image::open`]).
 pub fn run(opts: &Options) -> Result<Image> {
     Image::open(opts)
@@ -328,23 +343,7 @@ impl Image {
         let found = guestfs::extract(&app, &self.disk, &self.root_dir, self.work.path(), &pv_parts.iter().map(|p| p.number).collect::<Vec<_>>())?;
         let mounted = found.mounted;
         activity.finish();
-        // The LVs, mapped from lvm's reports in the appliance as the loop backend maps its own,
-        // and probed with blkid at their byte ranges in the file.
-        let mut vols: Vec<Volume> = parts.iter().cloned().map(Volume::partition).collect();
-        if let Some((pvs_json, lvs_json)) = &found.lvm_reports {
-            let devices: Vec<String> = pv_parts.iter().map(|p| guestfs::device_of(p.number)).collect();
-            match lvmap::from_reports(pvs_json, lvs_json, &devices, &pv_parts) {
-                Ok(lvm) => {
-                    for v in lvm.volumes() {
-                        probes.push(self.sys.probe(&self.disk, v.part.start, v.part.size).with_context(|| format!("probing {} with blkid", v.describe()))?);
-                        vols.push(v);
-                    }
-                    self.lvm = Some(lvm);
-                }
-                // The appliance mounts any layout lvm activates; only the BOM's record needs the mapping.
-                Err(e) => tracing::warn!("the image's LVM layout is not recorded in the BOM: {e:#}"),
-            }
-        }
+        let (vols, probes) = self.map_appliance_lvm(found.lvm_reports.as_ref())?;
         let root = GuestRoot::open(&self.root_dir).context("opening the image's tree")?;
         let Some(os) = facts::os_release(&root).context("reading os-release")? else {
             bail!("the root filesystem libguestfs found has no /etc/os-release");
@@ -377,6 +376,42 @@ impl Image {
         Ok(())
     }
 
+    /// The guestfs backend's volumes: the partitions (or the whole disk), then the LVs of lvm's
+    /// reports from the appliance, mapped as the loop backend maps its own reports ([`lvmap`]),
+    /// each probed with blkid at its byte range in the file; the mapping is kept in `self.lvm`.
+    /// Returns every volume and its probe, in that order. A layout kib cannot map is a warning,
+    /// not an error: the appliance mounts whatever lvm activates; only the BOM's record (and
+    /// `disk.size`) need the mapping.
+    ///
+    /// Errors: blkid fails.
+    fn map_appliance_lvm(&mut self, reports: Option<&(String, String)>) -> Result<(Vec<Volume>, Vec<probe::Probe>)> {
+        let parts = self.partitions_or_whole_disk()?;
+        let mut probes = Vec::with_capacity(parts.len());
+        for p in &parts {
+            probes.push(self.sys.probe(&self.disk, p.start, p.size).with_context(|| format!("probing partition {} with blkid", p.number))?);
+        }
+        let pv_parts: Vec<Partition> =
+            parts.iter().zip(&probes).filter(|(_, pr)| pr.get("TYPE").map(String::as_str) == Some(lvmap::PV_TYPE)).map(|(p, _)| p.clone()).collect();
+        let mut vols: Vec<Volume> = parts.into_iter().map(Volume::partition).collect();
+        if let Some((pvs_json, lvs_json)) = reports {
+            let devices: Vec<String> = pv_parts.iter().map(|p| guestfs::device_of(p.number)).collect();
+            match lvmap::from_reports(pvs_json, lvs_json, &devices, &pv_parts) {
+                Ok(lvm) => {
+                    for v in lvm.volumes() {
+                        probes.push(self.sys.probe(&self.disk, v.part.start, v.part.size).with_context(|| format!("probing {} with blkid", v.describe()))?);
+                        vols.push(v);
+                    }
+                    self.lvm = Some(lvm);
+                }
+                Err(e) => {
+                    self.lvm = None;
+                    tracing::warn!("the image's LVM layout is not recorded in the BOM: {e:#}");
+                }
+            }
+        }
+        Ok((vols, probes))
+    }
+
     /// `disk.size` with the guestfs backend: the working copy and the partition holding the root
     /// (which must be the last) grow now, with sfdisk on the file, as with loop devices; the
     /// filesystem grows in the write-back session (see [`guestfs::Grow`]). Returns what that
@@ -386,19 +421,19 @@ impl Image {
     /// sfdisk fails.
     fn grow_table_for_guestfs(&mut self, new_size: u64, mounted: &[guestfs::Mounted]) -> Result<Option<guestfs::Grow>> {
         let old_size = std::fs::metadata(&self.disk)?.len();
+        if self.lvm.is_some() {
+            return self.grow_lvm_for_guestfs(new_size, old_size);
+        }
         let root_fs = self.filesystems.iter().find(|f| f.mount_point == "/").cloned().context("no root filesystem to grow")?;
         if let Some(lv) = &root_fs.lv {
-            bail!(
-                "disk.size: the root filesystem is on the logical volume {lv}; the guestfs backend does not grow LVM volumes yet. \
-                 Grow it with the loop backend (--backend loop, as root), or leave disk.size out"
-            );
+            bail!("disk.size: the root filesystem is on the logical volume {lv}, and kib could not map the image's LVM layout (see the warning above)");
         }
         let device = mounted.iter().find(|m| m.mount_point == "/").map(|m| m.device.clone()).context("no root filesystem to grow")?;
         grow::check(&self.table, root_fs.partition, old_size, new_size)?;
         if new_size == old_size {
             return Ok(None);
         }
-        let g = guestfs::Grow { device, fstype: root_fs.fstype.clone(), mount_point: "/".into() };
+        let g = guestfs::Grow { device, fstype: root_fs.fstype.clone(), mount_point: "/".into(), lvm: None };
         g.commands()?;
         let (table, _, growth) = grow::grow_partition(&*self.sys, &self.disk, &self.table, root_fs.partition, old_size, new_size, &root_fs.fstype)?;
         tracing::info!(
@@ -409,6 +444,65 @@ impl Image {
             grow::human(growth.partition_from_bytes),
             grow::human(growth.partition_to_bytes),
             root_fs.fstype
+        );
+        self.growth = Some(growth);
+        self.table = table;
+        Ok(Some(g))
+    }
+
+    /// `disk.size` on an LVM image with the guestfs backend, as [`Image::grow_lvm`] does it with
+    /// loop devices: the last partition must be a PV, and the LV allocated last on it grows as
+    /// one contiguous run. The partition and the GPT grow now (sfdisk on the file); the PV, the
+    /// LV and its filesystem in the write-back session ([`guestfs::GrowLv`]), after which lvm's
+    /// reports there give the BOM the grown layout. Returns what that session must grow.
+    ///
+    /// Errors: the last partition holds no PV, the LV cannot grow in place, its filesystem is one
+    /// kib does not grow, or an xfs or btrfs LV the image's fstab does not mount.
+    fn grow_lvm_for_guestfs(&mut self, new_size: u64, old_size: u64) -> Result<Option<guestfs::Grow>> {
+        let found = self.lvm.clone().expect("called with LVM");
+        let last = self.table.partitions.iter().max_by_key(|p| p.start).cloned().context("the disk has no partition table to grow")?;
+        let Some((vgi, pvi)) = found.pv_partitions.iter().enumerate().find_map(|(g, ps)| ps.iter().position(|p| p.number == last.number).map(|i| (g, i))) else {
+            bail!("disk.size: the image has LVM, but its last partition ({}) is not an LVM physical volume; kib grows only the last partition", last.number);
+        };
+        let vg = &found.vgs[vgi];
+        let Some(m) = vg.lvs.iter().filter(|m| m.pv_index == pvi).max_by_key(|m| m.first_pe).cloned() else {
+            bail!("disk.size: the physical volume on partition {} holds no logical volume kib could grow", last.number);
+        };
+        vg.growable_in_place(&m.lv).map_err(|e| anyhow::anyhow!("disk.size: {e}; kib grows a logical volume only in place, as one contiguous segment"))?;
+        let name = lvmap::LvName { vg: vg.name.clone(), lv: m.lv.clone() };
+        let record = self.volume_groups.iter().find(|g| g.name == name.vg).and_then(|g| g.lvs.iter().find(|l| l.name == name.lv));
+        let fstype = record.map(|l| l.fstype.clone()).unwrap_or_default();
+        if !probe::LINUX_FS.contains(&fstype.as_str()) {
+            bail!("disk.size: {name} is the logical volume that can grow (it is last on its PV), but it holds {}, which kib does not grow", if fstype.is_empty() { "no filesystem".to_string() } else { fstype });
+        }
+        let mount_point = record.and_then(|l| l.mount_point.clone());
+        if mount_point.is_none() && !grow::grows_offline(&fstype) {
+            bail!("disk.size: {name} ({fstype}) is the logical volume that can grow, and the image's fstab does not mount it; the guestfs backend grows xfs and btrfs only where they are mounted");
+        }
+        grow::check(&self.table, last.number, old_size, new_size)?;
+        if new_size == old_size {
+            return Ok(None);
+        }
+        let g = guestfs::Grow {
+            device: format!("/dev/{}/{}", name.vg, name.lv),
+            fstype: fstype.clone(),
+            mount_point: mount_point.unwrap_or_else(|| "/".into()),
+            lvm: Some(guestfs::GrowLv {
+                pv: guestfs::device_of(last.number),
+                lv: name.to_string(),
+                pv_partitions: found.pv_partitions.iter().flatten().map(|p| p.number).collect(),
+            }),
+        };
+        g.commands()?;
+        let (table, after, mut growth) = grow::grow_partition(&*self.sys, &self.disk, &self.table, last.number, old_size, new_size, &fstype)?;
+        growth.lv = Some(name.to_string());
+        tracing::info!(
+            "grew the disk from {} to {} and partition {} (LVM PV) from {} to {}; the PV, {name} and its {fstype} filesystem grow when the changes are written back",
+            grow::human(old_size),
+            grow::human(new_size),
+            after.number,
+            grow::human(last.size),
+            grow::human(after.size)
         );
         self.growth = Some(growth);
         self.table = table;
@@ -436,7 +530,15 @@ impl Image {
         }
         let changes = g.before.changes(&self.root_dir).context("finding what the steps changed")?;
         tracing::info!("writing back {} changed and {} removed paths through libguestfs", changes.write.len(), changes.remove.len());
-        guestfs::write_back(&g.app, &self.disk, &self.root_dir, self.work.path(), &g.mounted, &changes, g.grow.as_ref(), trim).context("writing the changes back into the disk")
+        let grown_lvm = guestfs::write_back(&g.app, &self.disk, &self.root_dir, self.work.path(), &g.mounted, &changes, g.grow.as_ref(), trim).context("writing the changes back into the disk")?;
+        if let Some(reports) = grown_lvm {
+            // The grown LV's new extents, for the BOM, as lvm now reports them.
+            let (vols, probes) = self.map_appliance_lvm(Some(&reports))?;
+            self.record_volume_groups(&vols, &probes);
+        } else if g.grow.as_ref().is_some_and(|g| g.lvm.is_some()) {
+            tracing::warn!("lvm's reports after growing could not be read in the appliance; the BOM's volume groups show the layout before growing");
+        }
+        Ok(())
     }
 
     fn mount_tree(&mut self) -> Result<()> {
@@ -552,7 +654,7 @@ impl Image {
             grow::grow_filesystem(&*self.sys, &root_fs.fstype, &device, &self.root_dir)?;
         }
         let source = device.to_string_lossy().into_owned();
-        let spec = sys::MountSpec { source: &source, source_at: None, target: &self.root_dir, at: &self.root_dir, fstype: &root_fs.fstype, flags: MountFlags::empty(), data: None };
+        let spec = sys::MountSpec { source: &source, source_at: None, target: &self.root_dir, at: &self.root_dir, fstype: &root_fs.fstype, flags: MountFlags::empty(), data: fs_data(&root_fs.fstype, false) };
         let mounted = Mounted::mount(&self.sys, &spec).with_context(|| format!("mounting the grown partition {} ({})", after.number, root_fs.fstype))?;
         self.held.push_mount(mounted);
         self.root = Some(GuestRoot::open(&self.root_dir).context("opening the mounted root")?);
@@ -636,7 +738,7 @@ impl Image {
                 grow::grow_filesystem(&*self.sys, &fstype, &device, &self.root_dir)?;
             }
             let source = device.to_string_lossy().into_owned();
-            let spec = sys::MountSpec { source: &source, source_at: None, target: &self.root_dir, at: &self.root_dir, fstype: &fstype, flags: MountFlags::empty(), data: None };
+            let spec = sys::MountSpec { source: &source, source_at: None, target: &self.root_dir, at: &self.root_dir, fstype: &fstype, flags: MountFlags::empty(), data: fs_data(&fstype, false) };
             let mounted = Mounted::mount(&self.sys, &spec).with_context(|| format!("mounting the grown {name} ({fstype})"))?;
             self.held.push_mount(mounted);
             self.root = Some(GuestRoot::open(&self.root_dir).context("opening the mounted root")?);
@@ -653,7 +755,7 @@ impl Image {
                 let at = self.work.path().join("grow-lv");
                 std::fs::create_dir_all(&at)?;
                 let source = device.to_string_lossy().into_owned();
-                let spec = sys::MountSpec { source: &source, source_at: None, target: &at, at: &at, fstype: &fstype, flags: MountFlags::empty(), data: None };
+                let spec = sys::MountSpec { source: &source, source_at: None, target: &at, at: &at, fstype: &fstype, flags: MountFlags::empty(), data: fs_data(&fstype, false) };
                 held.push_mount(Mounted::mount(&self.sys, &spec).with_context(|| format!("mounting {name} ({fstype}) to grow it"))?);
                 grow::grow_filesystem(&*self.sys, &fstype, &device, &at)?;
             }
@@ -774,16 +876,7 @@ impl Image {
 
     /// Mount flags and data for a filesystem: read-write, or read-only without journal replay.
     fn mount_options(&self, fstype: &str) -> (MountFlags, Option<&'static str>) {
-        if !self.read_only {
-            return (MountFlags::empty(), None);
-        }
-        let data = match fstype {
-            "ext4" | "ext3" => Some("noload"),
-            "xfs" => Some("norecovery"),
-            "btrfs" => Some("nologreplay"),
-            _ => None,
-        };
-        (MountFlags::RDONLY, data)
+        (if self.read_only { MountFlags::RDONLY } else { MountFlags::empty() }, fs_data(fstype, self.read_only))
     }
 
     /// Unmounts every filesystem and detaches the loop devices, in reverse order of setting them

@@ -177,7 +177,7 @@ fn partitions_without_os_release_are_skipped_and_unwound() {
         "probe $T/work/run/disk.raw@1048576+10485760",
         &format!("probe $T/work/run/disk.raw@11534336+{data}"),
         &format!("attach /dev/loop0 = $T/work/run/disk.raw@11534336+{data} rw"),
-        "mount /dev/loop0 on $T/work/run/root type xfs",
+        "mount /dev/loop0 on $T/work/run/root type xfs data nouuid",
         "unmount $T/work/run/root",
         "detach /dev/loop0",
         "attach /dev/loop1 = $T/work/run/disk.raw@1048576+10485760 rw",
@@ -246,13 +246,13 @@ fn read_only_attaches_read_only_and_mounts_without_journal_replay() {
             &format!("probe {input}@11534336+{var}"),
             // The larger one first: it has no os-release.
             &format!("attach /dev/loop0 = {input}@11534336+{var} ro"),
-            "mount /dev/loop0 on $T/work/run/root type xfs flags [RDONLY] data norecovery",
+            "mount /dev/loop0 on $T/work/run/root type xfs flags [RDONLY] data norecovery,nouuid",
             "unmount $T/work/run/root",
             "detach /dev/loop0",
             &format!("attach /dev/loop1 = {input}@1048576+10485760 ro"),
             "mount /dev/loop1 on $T/work/run/root type ext4 flags [RDONLY] data noload",
             &format!("attach /dev/loop2 = {input}@11534336+{var} ro"),
-            "mount /dev/loop2 on $T/work/run/root/var type xfs flags [RDONLY] data norecovery",
+            "mount /dev/loop2 on $T/work/run/root/var type xfs flags [RDONLY] data norecovery,nouuid",
             "unmount $T/work/run/root/var",
             "detach /dev/loop2",
             "unmount $T/work/run/root",
@@ -585,9 +585,9 @@ fn lvm_volumes_are_read_read_only_then_mapped_one_loop_device_each() {
         &format!("probe $T/work/run/disk.raw@{var_at}+{VAR_LV}"),
         // The larger LV is the root candidate tried first.
         &format!("attach /dev/loop1 = $T/work/run/disk.raw@{}+{ROOT_LV} rw", 11 * MIB),
-        "mount /dev/loop1 on $T/work/run/root type xfs",
+        "mount /dev/loop1 on $T/work/run/root type xfs data nouuid",
         &format!("attach /dev/loop2 = $T/work/run/disk.raw@{var_at}+{VAR_LV} rw"),
-        "mount /dev/loop2 on $T/work/run/root/var type xfs",
+        "mount /dev/loop2 on $T/work/run/root/var type xfs data nouuid",
         "attach /dev/loop3 = $T/work/run/disk.raw@2097152+8388608 rw",
         "mount /dev/loop3 on $T/work/run/root/boot type ext4",
         "unmount $T/work/run/root/boot",
@@ -655,4 +655,14 @@ fn an_lv_kib_cannot_map_is_refused_by_name_and_layout_and_nothing_is_left() {
 fn unwinds_after_a_failure_at_every_point_of_an_lvm_open() {
     let n = fails_cleanly_at_every_point(|t| lvm_like(t, "/dev/mapper/rootvg-rootlv", "/dev/rootvg/varlv", "debian-12-lvm-amd64"), |t| options(t, false, None));
     assert!(n >= 14, "{n}");
+}
+
+#[test]
+fn xfs_is_always_mounted_nouuid() {
+    // Two builds from one base image mount xfs filesystems with the same UUID at once.
+    assert_eq!(super::fs_data("xfs", false), Some("nouuid"));
+    assert_eq!(super::fs_data("xfs", true), Some("norecovery,nouuid"));
+    assert_eq!(super::fs_data("ext4", false), None);
+    assert_eq!(super::fs_data("ext4", true), Some("noload"));
+    assert_eq!(super::fs_data("btrfs", true), Some("nologreplay"));
 }

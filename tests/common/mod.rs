@@ -233,7 +233,8 @@ pub fn read_vg(disk: &Path, partition: u32, tmp: &Path) -> (kib::phase0::lvm::Vo
 /// loop device at its byte range; unmounted on drop.
 pub fn mount_lv(disk: &Path, offset: u64, size: u64, fstype: &str, dir: &Path) -> Mounted {
     std::fs::create_dir_all(dir).unwrap();
-    let opt = if fstype == "xfs" { "norecovery" } else { "noload" };
+    // nouuid: another test may have mounted a copy of the same xfs (the same UUID) right now.
+    let opt = if fstype == "xfs" { "norecovery,nouuid" } else { "noload" };
     sh(Command::new("mount").args(["-t", fstype, "-o", &format!("ro,{opt},loop,offset={offset},sizelimit={size}")]).arg(disk).arg(dir));
     Mounted { dir: dir.to_path_buf(), disk: Some(disk.to_path_buf()) }
 }
