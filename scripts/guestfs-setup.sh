@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares this host, once and as root, for kib's guestfs backend (`kib customize --backend guestfs`,
 # which normal users run without root; README "Without root"):
-#   - libguestfs-tools (guestfish) and uidmap (newuidmap/newgidmap), from Debian. libguestfs0 pulls in
+#   - libguestfs-tools (guestfish), libguestfs-xfs (xfsprogs in the appliance) and uidmap
+#     (newuidmap/newgidmap), from Debian. libguestfs0 pulls in
 #     qemu-system-x86; Debian 12's own (7.2) would replace the host's qemu-utils 10 and qemu-img would
 #     disappear (DESIGN §6), so qemu-system-x86 and qemu-utils come from bookworm-backports first
 #     (scripts/deps.sh does that), and this script refuses to go on if apt would still touch a qemu package;
@@ -20,7 +21,8 @@ export DEBIAN_FRONTEND=noninteractive
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'; }
 
 need=()
-for p in libguestfs-tools uidmap; do have_pkg "$p" || need+=("$p"); done
+# libguestfs-xfs: xfsprogs in the appliance, for xfs_growfs (disk.size on an xfs root or LV).
+for p in libguestfs-tools libguestfs-xfs uidmap; do have_pkg "$p" || need+=("$p"); done
 if [ "${#need[@]}" -gt 0 ]; then
   command -v qemu-system-x86_64 >/dev/null || bash scripts/deps.sh
   if apt-get -s install --no-install-recommends "${need[@]}" 2>/dev/null | grep -E '^(Inst|Remv) qemu'; then

@@ -33,6 +33,8 @@ const STAGING: &str = "/var/lib/kib-image-import";
 const IMPORT_SCRIPT: &str = r#"set -eu
 ns="$1"; shift
 state=/run/kib-containerd
+uuid=/var/lib/containerd/io.containerd.grpc.v1.introspection/uuid
+had_uuid=; if [ -e "$uuid" ]; then had_uuid=1; fi
 mkdir -p "$state"
 containerd --address "$state/containerd.sock" --state "$state/state" >"$state/log" 2>&1 &
 pid=$!
@@ -67,9 +69,20 @@ for arg in "$@"; do
     fi
   fi
 done
+# containerd collects the import's unreferenced blobs (the archive's own metadata) in the
+# background, whenever it gets to it; removing a throw-away tag with --sync runs that collection
+# now, so that the store holds the same files on every build.
+some=$(c images ls -q | grep -v '^sha256:' | head -n 1)
+if [ -n "$some" ]; then
+  c images tag "$some" kib.invalid/gc:sync >/dev/null
+  c images rm --sync kib.invalid/gc:sync >/dev/null
+fi
 ctr --address "$state/containerd.sock" -n "$ns" images ls > /var/lib/kib-image-import/images.txt
 kill "$pid"
 wait "$pid" || true
+# The instance UUID containerd made on this first start would be shared by every node built from
+# the image; each node's containerd makes its own.
+if [ -z "$had_uuid" ]; then rm -f "$uuid"; fi
 "#;
 
 /// Runs one `images` step.
