@@ -126,6 +126,18 @@ pub fn fs_data(fstype: &str, read_only: bool) -> Option<&'static str> {
     }
 }
 
+/// What [`Image::lvm_grow_target`] found.
+struct LvGrowTarget {
+    found: lvmap::Found,
+    /// The last partition (a PV's).
+    last: Partition,
+    /// The index of the VG in `found`.
+    vg_index: usize,
+    /// The LV that grows.
+    lv: lvm::LvMapping,
+    name: lvmap::LvName,
+}
+
 /// Runs Phase 0 (see [`Image::open`]).
 pub fn run(opts: &Options) -> Result<Image> {
     Image::open(opts)
@@ -315,6 +327,20 @@ impl Image {
         &self.sys
     }
 
+    /// The partitions (or the whole disk), each probed with blkid, and those blkid calls LVM
+    /// physical volumes.
+    ///
+    /// Errors: the disk cannot be read, or blkid fails.
+    fn probe_partitions(&self) -> Result<(Vec<Partition>, Vec<probe::Probe>, Vec<Partition>)> {
+        let parts = self.partitions_or_whole_disk()?;
+        let mut probes = Vec::with_capacity(parts.len());
+        for p in &parts {
+            probes.push(self.sys.probe(&self.disk, p.start, p.size).with_context(|| format!("probing partition {} with blkid", p.number))?);
+        }
+        let pvs = parts.iter().zip(&probes).filter(|(_, pr)| pr.get("TYPE").map(String::as_str) == Some(lvmap::PV_TYPE)).map(|(p, _)| p.clone()).collect();
+        Ok((parts, probes, pvs))
+    }
+
     fn partitions_or_whole_disk(&self) -> Result<Vec<Partition>> {
         if !self.table.partitions.is_empty() {
             return Ok(self.table.partitions.clone());
@@ -327,13 +353,7 @@ impl Image {
     /// the root folder (see [`crate::guestfs::extract`]), then the facts, the filesystems and the
     /// tree's state for the write-back.
     fn extract_tree(&mut self, settings: &guestfs::Settings) -> Result<()> {
-        let parts = self.partitions_or_whole_disk()?;
-        let mut probes = Vec::with_capacity(parts.len());
-        for p in &parts {
-            probes.push(self.sys.probe(&self.disk, p.start, p.size).with_context(|| format!("probing partition {} with blkid", p.number))?);
-        }
-        let pv_parts: Vec<Partition> =
-            parts.iter().zip(&probes).filter(|(_, pr)| pr.get("TYPE").map(String::as_str) == Some(lvmap::PV_TYPE)).map(|(p, _)| p.clone()).collect();
+        let (_, _, pv_parts) = self.probe_partitions()?;
         let data = format!("mode=0755,size={}", self.grow_to.unwrap_or(0).max(self.input.virtual_size) + (256 << 20));
         let spec = sys::MountSpec { source: "kib-tree", source_at: None, target: &self.root_dir, at: &self.root_dir, fstype: "tmpfs", flags: MountFlags::empty(), data: Some(&data) };
         self.held.push_mount(Mounted::mount(&self.sys, &spec).context("mounting a tmpfs for the image's tree")?);
@@ -385,13 +405,7 @@ impl Image {
     ///
     /// Errors: blkid fails.
     fn map_appliance_lvm(&mut self, reports: Option<&(String, String)>) -> Result<(Vec<Volume>, Vec<probe::Probe>)> {
-        let parts = self.partitions_or_whole_disk()?;
-        let mut probes = Vec::with_capacity(parts.len());
-        for p in &parts {
-            probes.push(self.sys.probe(&self.disk, p.start, p.size).with_context(|| format!("probing partition {} with blkid", p.number))?);
-        }
-        let pv_parts: Vec<Partition> =
-            parts.iter().zip(&probes).filter(|(_, pr)| pr.get("TYPE").map(String::as_str) == Some(lvmap::PV_TYPE)).map(|(p, _)| p.clone()).collect();
+        let (parts, mut probes, pv_parts) = self.probe_partitions()?;
         let mut vols: Vec<Volume> = parts.into_iter().map(Volume::partition).collect();
         if let Some((pvs_json, lvs_json)) = reports {
             let devices: Vec<String> = pv_parts.iter().map(|p| guestfs::device_of(p.number)).collect();
@@ -450,6 +464,25 @@ impl Image {
         Ok(Some(g))
     }
 
+    /// The LV `disk.size` grows on an LVM image, with either backend: the last partition must
+    /// hold a PV, and the LV allocated last on it grows, in place (no other LV after it).
+    ///
+    /// Errors: the last partition holds no PV or no LV, or that LV cannot grow in place.
+    fn lvm_grow_target(&self) -> Result<LvGrowTarget> {
+        let found = self.lvm.clone().expect("called with LVM");
+        let last = self.table.partitions.iter().max_by_key(|p| p.start).cloned().context("the disk has no partition table to grow")?;
+        let Some((vg_index, pvi)) = found.pv_partitions.iter().enumerate().find_map(|(g, ps)| ps.iter().position(|p| p.number == last.number).map(|i| (g, i))) else {
+            bail!("disk.size: the image has LVM, but its last partition ({}) is not an LVM physical volume; kib grows only the last partition", last.number);
+        };
+        let vg = &found.vgs[vg_index];
+        let Some(lv) = vg.lvs.iter().filter(|m| m.pv_index == pvi).max_by_key(|m| m.first_pe).cloned() else {
+            bail!("disk.size: the physical volume on partition {} holds no logical volume kib could grow", last.number);
+        };
+        vg.growable_in_place(&lv.lv).map_err(|e| anyhow::anyhow!("disk.size: {e}; kib grows a logical volume only in place, as one contiguous segment"))?;
+        let name = lvmap::LvName { vg: vg.name.clone(), lv: lv.lv.clone() };
+        Ok(LvGrowTarget { found, last, vg_index, lv, name })
+    }
+
     /// `disk.size` on an LVM image with the guestfs backend, as [`Image::grow_lvm`] does it with
     /// loop devices: the last partition must be a PV, and the LV allocated last on it grows as
     /// one contiguous run. The partition and the GPT grow now (sfdisk on the file); the PV, the
@@ -459,17 +492,7 @@ impl Image {
     /// Errors: the last partition holds no PV, the LV cannot grow in place, its filesystem is one
     /// kib does not grow, or an xfs or btrfs LV the image's fstab does not mount.
     fn grow_lvm_for_guestfs(&mut self, new_size: u64, old_size: u64) -> Result<Option<guestfs::Grow>> {
-        let found = self.lvm.clone().expect("called with LVM");
-        let last = self.table.partitions.iter().max_by_key(|p| p.start).cloned().context("the disk has no partition table to grow")?;
-        let Some((vgi, pvi)) = found.pv_partitions.iter().enumerate().find_map(|(g, ps)| ps.iter().position(|p| p.number == last.number).map(|i| (g, i))) else {
-            bail!("disk.size: the image has LVM, but its last partition ({}) is not an LVM physical volume; kib grows only the last partition", last.number);
-        };
-        let vg = &found.vgs[vgi];
-        let Some(m) = vg.lvs.iter().filter(|m| m.pv_index == pvi).max_by_key(|m| m.first_pe).cloned() else {
-            bail!("disk.size: the physical volume on partition {} holds no logical volume kib could grow", last.number);
-        };
-        vg.growable_in_place(&m.lv).map_err(|e| anyhow::anyhow!("disk.size: {e}; kib grows a logical volume only in place, as one contiguous segment"))?;
-        let name = lvmap::LvName { vg: vg.name.clone(), lv: m.lv.clone() };
+        let LvGrowTarget { found, last, name, .. } = self.lvm_grow_target()?;
         let record = self.volume_groups.iter().find(|g| g.name == name.vg).and_then(|g| g.lvs.iter().find(|l| l.name == name.lv));
         let fstype = record.map(|l| l.fstype.clone()).unwrap_or_default();
         if !probe::LINUX_FS.contains(&fstype.as_str()) {
@@ -542,14 +565,8 @@ impl Image {
     }
 
     fn mount_tree(&mut self) -> Result<()> {
-        let parts = self.partitions_or_whole_disk()?;
-        let mut probes = Vec::with_capacity(parts.len());
-        for p in &parts {
-            probes.push(self.sys.probe(&self.disk, p.start, p.size).with_context(|| format!("probing partition {} with blkid", p.number))?);
-        }
+        let (parts, mut probes, pv_parts) = self.probe_partitions()?;
         let mut vols: Vec<Volume> = parts.iter().cloned().map(Volume::partition).collect();
-        let pv_parts: Vec<Partition> =
-            parts.iter().zip(&probes).filter(|(_, pr)| pr.get("TYPE").map(String::as_str) == Some(lvmap::PV_TYPE)).map(|(p, _)| p.clone()).collect();
         if !pv_parts.is_empty() {
             let dir = lvmap::private_system_dir(self.work.path())?;
             let found = lvmap::read(&self.sys, &self.disk, &pv_parts, &dir).context("reading the image's LVM volume groups")?;
@@ -686,17 +703,8 @@ impl Image {
     /// Errors: the last partition holds no PV, the LV cannot grow in place (another LV follows
     /// it), or a filesystem kib cannot grow.
     fn grow_lvm(&mut self, new_size: u64, old_size: u64, vols: &[Volume], probes: &[probe::Probe]) -> Result<Vec<Volume>> {
-        let found = self.lvm.clone().expect("called with LVM");
-        let last = self.table.partitions.iter().max_by_key(|p| p.start).cloned().context("the disk has no partition table to grow")?;
-        let Some((vgi, pvi)) = found.pv_partitions.iter().enumerate().find_map(|(g, ps)| ps.iter().position(|p| p.number == last.number).map(|i| (g, i))) else {
-            bail!("disk.size: the image has LVM, but its last partition ({}) is not an LVM physical volume; kib grows only the last partition", last.number);
-        };
+        let LvGrowTarget { found, last, vg_index: vgi, lv: m, name } = self.lvm_grow_target()?;
         let vg = &found.vgs[vgi];
-        let Some(m) = vg.lvs.iter().filter(|m| m.pv_index == pvi).max_by_key(|m| m.first_pe).cloned() else {
-            bail!("disk.size: the physical volume on partition {} holds no logical volume kib could grow", last.number);
-        };
-        vg.growable_in_place(&m.lv).map_err(|e| anyhow::anyhow!("disk.size: {e}; kib grows a logical volume only in place, as one contiguous segment"))?;
-        let name = lvmap::LvName { vg: vg.name.clone(), lv: m.lv.clone() };
         let vi = vols.iter().position(|v| v.lv.as_ref() == Some(&name)).context("the LV to grow is not among the volumes")?;
         let fstype = probes[vi].get("TYPE").cloned().unwrap_or_default();
         if !probe::LINUX_FS.contains(&fstype.as_str()) {
